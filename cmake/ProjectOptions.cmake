@@ -1,0 +1,14 @@
+# Warnings and sanitizers as INTERFACE targets that every project target links.
+add_library(vit_warnings INTERFACE)
+target_compile_options(vit_warnings INTERFACE -Wall -Wextra -Wpedantic -Wshadow=local -Wconversion
+                                              -Wno-sign-conversion)
+
+add_library(vit_sanitizers INTERFACE)
+if(VIT_SANITIZE)
+  set(_san -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+  target_compile_options(vit_sanitizers INTERFACE ${_san})
+  target_link_options(vit_sanitizers INTERFACE ${_san})
+endif()
+
+add_library(vit_project_options INTERFACE)
+target_link_libraries(vit_project_options INTERFACE vit_warnings vit_sanitizers)

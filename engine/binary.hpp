@@ -1,0 +1,65 @@
+// Element-wise binary layers on same-shaped tensors: the residual Add, in-place Accumulate
+// (where a tensor fans out, the gradients of its branches are summed) and Dropout.
+#pragma once
+
+#include "engine/plan.hpp"
+
+namespace engine {
+
+// dst = src0 (op) src1 with a oneDNN binary primitive; dst may alias src0 (in place).
+class Binary {
+ public:
+  explicit Binary(dnnl::algorithm algorithm) : algorithm_(algorithm) {}
+  void operator()(Context& ctx, const Tensor& src0, const Tensor& src1, const Tensor& dst);
+
+ private:
+  struct Plan {
+    dnnl::binary prim;
+    dnnl::memory src0, src1, dst;
+  };
+  dnnl::algorithm algorithm_;
+  PlanCache<Plan> plans_;
+};
+
+// dst = a + b: a residual connection. Its backward is the identity for both inputs.
+class Add {
+ public:
+  const Tensor& forward(Context& ctx, const Tensor& a, const Tensor& b);
+  const Tensor& backward(const Tensor& diff_dst) const { return diff_dst; }
+
+ private:
+  Binary add_{dnnl::algorithm::binary_add};
+  PlanCache<Tensor> dst_;
+};
+
+// dst += src, in place.
+class Accumulate {
+ public:
+  void operator()(Context& ctx, const Tensor& dst, const Tensor& src) { add_(ctx, dst, src, dst); }
+
+ private:
+  Binary add_{dnnl::algorithm::binary_add};
+};
+
+// Inverted dropout (torch.nn.Dropout): in training each element is zeroed with probability p
+// and the rest scaled by 1/(1-p); in evaluation, or with p = 0, it is the identity and
+// returns its input. The mask comes from ctx.rng, so a seed fixes it.
+class Dropout {
+ public:
+  explicit Dropout(float p);
+  const Tensor& forward(Context& ctx, const Tensor& src);
+  const Tensor& backward(Context& ctx, const Tensor& diff_dst);
+
+  float p;
+  bool training = true;
+
+ private:
+  struct Plan {
+    Tensor mask, dst, diff_src;  // mask holds 0 or 1/(1-p)
+  };
+  bool active_ = false;  // whether the last forward applied a mask
+  Binary mul_{dnnl::algorithm::binary_mul};
+  PlanCache<Plan> plans_;
+};
+
+}  // namespace engine

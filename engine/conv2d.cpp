@@ -1,0 +1,92 @@
+#include "engine/conv2d.hpp"
+
+#include <cmath>
+
+#include "engine/init.hpp"
+
+namespace engine {
+
+using dnnl::memory;
+
+Conv2d::Conv2d(ParameterStore& store, const std::string& name, int64_t in, int64_t out,
+               int64_t kernel, int64_t stride_, int64_t padding_, bool has_bias)
+    : in_channels(in), out_channels(out), kernel_size(kernel), stride(stride_), padding(padding_) {
+  require(in > 0 && out > 0 && kernel > 0 && stride_ > 0 && padding_ >= 0,
+          "Conv2d '" + name + "': channels, kernel and stride must be positive");
+  weight = &store.add(name + ".weight", {out, in, kernel, kernel});
+  bias = has_bias ? &store.add(name + ".bias", {out}, /*decay=*/false) : nullptr;
+}
+
+void Conv2d::reset_parameters(Context& ctx) {
+  const float bound = 1.0f / std::sqrt(static_cast<float>(in_channels * kernel_size * kernel_size));
+  uniform(ctx, weight->value, -bound, bound);
+  if (bias) uniform(ctx, bias->value, -bound, bound);
+}
+
+std::unique_ptr<Conv2d::Plan> Conv2d::build(Context& ctx, const Dims& s) {
+  const int64_t oh = (s[2] + 2 * padding - kernel_size) / stride + 1;
+  const int64_t ow = (s[3] + 2 * padding - kernel_size) / stride + 1;
+  require(oh > 0 && ow > 0, "Conv2d: input " + to_string(s) + " is smaller than the kernel");
+  auto p = std::make_unique<Plan>();
+  const Dims dst_dims{s[0], out_channels, oh, ow};
+  p->dst_tensor = Tensor(ctx.eng, dst_dims);
+  p->diff_src_tensor = Tensor(ctx.eng, s);
+
+  // Plain layouts throughout: blocked formats would need reorders at every layer boundary.
+  const memory::desc src_md = plain_desc(s), dst_md = plain_desc(dst_dims);
+  const memory::desc w_md = plain_desc(weight->dims);
+  const memory::desc b_md = bias ? plain_desc({out_channels}) : memory::desc();
+  const Dims strides{stride, stride}, pad{padding, padding};
+  const auto algo = dnnl::algorithm::convolution_direct;
+
+  dnnl::convolution_forward::primitive_desc fwd_pd(
+      {dnnl::prop_kind::forward_training, algo, src_md, w_md, b_md, dst_md, strides, pad, pad},
+      ctx.eng);
+  p->fwd = dnnl::convolution_forward(fwd_pd);
+  p->bwd_data = dnnl::convolution_backward_data(
+      {{algo, src_md, w_md, dst_md, strides, pad, pad}, ctx.eng, fwd_pd});
+  p->bwd_weights = dnnl::convolution_backward_weights(
+      {{algo, src_md, w_md, b_md, dst_md, strides, pad, pad}, ctx.eng, fwd_pd});
+
+  p->src = memory_over(ctx, src_md);
+  p->weight = memory_over(ctx, w_md, weight->value.data());
+  p->dst = memory_over(ctx, dst_md, p->dst_tensor.data());
+  p->diff_dst = memory_over(ctx, dst_md);
+  p->diff_src = memory_over(ctx, src_md, p->diff_src_tensor.data());
+  p->diff_weight = memory_over(ctx, w_md, weight->grad.data());
+  if (bias) {
+    p->bias = memory_over(ctx, b_md, bias->value.data());
+    p->diff_bias = memory_over(ctx, b_md, bias->grad.data());
+  }
+  return p;
+}
+
+const Tensor& Conv2d::forward(Context& ctx, const Tensor& src) {
+  require(src.dims().size() == 4 && src.dim(1) == in_channels,
+          "Conv2d: input has shape " + to_string(src.dims()) + ", expected [B, " +
+              std::to_string(in_channels) + ", H, W]");
+  Plan& p = plans_.get(src.dims(), [&] { return build(ctx, src.dims()); });
+  p.src.set_data_handle(src.data());
+  std::unordered_map<int, memory> args{
+      {DNNL_ARG_SRC, p.src}, {DNNL_ARG_WEIGHTS, p.weight}, {DNNL_ARG_DST, p.dst}};
+  if (bias) args[DNNL_ARG_BIAS] = p.bias;
+  p.fwd.execute(ctx.strm, args);
+  return p.dst_tensor;
+}
+
+const Tensor& Conv2d::backward(Context& ctx, const Tensor& diff_dst) {
+  Plan& p = plans_.current("Conv2d");
+  check_same_dims(diff_dst.dims(), p.dst_tensor.dims(), "Conv2d", "diff_dst");
+  p.diff_dst.set_data_handle(diff_dst.data());
+  p.bwd_data.execute(ctx.strm, {{DNNL_ARG_DIFF_DST, p.diff_dst},
+                                {DNNL_ARG_WEIGHTS, p.weight},
+                                {DNNL_ARG_DIFF_SRC, p.diff_src}});
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, p.src},
+                                       {DNNL_ARG_DIFF_DST, p.diff_dst},
+                                       {DNNL_ARG_DIFF_WEIGHTS, p.diff_weight}};
+  if (bias) args[DNNL_ARG_DIFF_BIAS] = p.diff_bias;
+  p.bwd_weights.execute(ctx.strm, args);
+  return p.diff_src_tensor;
+}
+
+}  // namespace engine

@@ -1,0 +1,97 @@
+#include "engine/linear.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/init.hpp"
+
+namespace engine {
+
+using dnnl::memory;
+
+Linear::Linear(ParameterStore& store, const std::string& name, int64_t in, int64_t out,
+               bool has_bias)
+    : in_features(in), out_features(out) {
+  require(in > 0 && out > 0, "Linear '" + name + "': features must be positive");
+  weight = &store.add(name + ".weight", {out, in});
+  bias = has_bias ? &store.add(name + ".bias", {out}, /*decay=*/false) : nullptr;
+}
+
+void Linear::reset_parameters(Context& ctx) {
+  const float bound = 1.0f / std::sqrt(static_cast<float>(in_features));
+  uniform(ctx, weight->value, -bound, bound);
+  if (bias) uniform(ctx, bias->value, -bound, bound);
+}
+
+std::unique_ptr<Linear::Plan> Linear::build(Context& ctx, const Dims& src_dims) {
+  const int64_t M = product(src_dims) / in_features;
+  const int64_t I = in_features, O = out_features;
+  auto p = std::make_unique<Plan>();
+  Dims dst_dims = src_dims;
+  dst_dims.back() = O;
+  p->dst_tensor = Tensor(ctx.eng, dst_dims);
+  p->diff_src_tensor = Tensor(ctx.eng, src_dims);
+
+  const memory::desc src_md = plain_desc({M, I}), dst_md = plain_desc({M, O});
+  const memory::desc w_md = plain_desc({O, I});
+  const memory::desc w_t_md({I, O}, memory::data_type::f32, Dims{1, I});   // Wᵀ as a view
+  const memory::desc dd_t_md({O, M}, memory::data_type::f32, Dims{1, O});  // diff_dstᵀ
+  const memory::desc b_md = plain_desc({1, O});
+
+  p->fwd = dnnl::matmul(
+      {dnnl::matmul::desc(src_md, w_t_md, bias ? b_md : memory::desc(), dst_md), ctx.eng});
+  p->bwd_data = dnnl::matmul({dnnl::matmul::desc(dst_md, w_md, src_md), ctx.eng});
+  p->bwd_weights = dnnl::matmul({dnnl::matmul::desc(dd_t_md, src_md, w_md), ctx.eng});
+  if (bias) {
+    p->ones_tensor = Tensor(ctx.eng, {1, M});
+    std::fill_n(p->ones_tensor.data(), M, 1.0f);
+    p->ones = memory_over(ctx, plain_desc({1, M}), p->ones_tensor.data());
+    p->bwd_bias = dnnl::matmul({dnnl::matmul::desc(plain_desc({1, M}), dst_md, b_md), ctx.eng});
+  }
+
+  p->src = memory_over(ctx, src_md);
+  p->weight = memory_over(ctx, w_md, weight->value.data());
+  p->weight_t = memory_over(ctx, w_t_md, weight->value.data());
+  p->dst = memory_over(ctx, dst_md, p->dst_tensor.data());
+  p->diff_dst = memory_over(ctx, dst_md);
+  p->diff_dst_t = memory_over(ctx, dd_t_md);
+  p->diff_src = memory_over(ctx, src_md, p->diff_src_tensor.data());
+  p->diff_weight = memory_over(ctx, w_md, weight->grad.data());
+  if (bias) {
+    p->bias = memory_over(ctx, b_md, bias->value.data());
+    p->diff_bias = memory_over(ctx, b_md, bias->grad.data());
+  }
+  return p;
+}
+
+const Tensor& Linear::forward(Context& ctx, const Tensor& src) {
+  require(src.dim(-1) == in_features, "Linear: input has shape " + to_string(src.dims()) +
+                                          ", expected last axis " + std::to_string(in_features));
+  Plan& p = plans_.get(src.dims(), [&] { return build(ctx, src.dims()); });
+  p.src.set_data_handle(src.data());
+  std::unordered_map<int, memory> args{
+      {DNNL_ARG_SRC, p.src}, {DNNL_ARG_WEIGHTS, p.weight_t}, {DNNL_ARG_DST, p.dst}};
+  if (bias) args[DNNL_ARG_BIAS] = p.bias;
+  p.fwd.execute(ctx.strm, args);
+  return p.dst_tensor;
+}
+
+const Tensor& Linear::backward(Context& ctx, const Tensor& diff_dst) {
+  Plan& p = plans_.current("Linear");
+  check_same_dims(diff_dst.dims(), p.dst_tensor.dims(), "Linear", "diff_dst");
+  p.diff_dst.set_data_handle(diff_dst.data());
+  p.diff_dst_t.set_data_handle(diff_dst.data());
+  p.bwd_data.execute(
+      ctx.strm,
+      {{DNNL_ARG_SRC, p.diff_dst}, {DNNL_ARG_WEIGHTS, p.weight}, {DNNL_ARG_DST, p.diff_src}});
+  p.bwd_weights.execute(
+      ctx.strm,
+      {{DNNL_ARG_SRC, p.diff_dst_t}, {DNNL_ARG_WEIGHTS, p.src}, {DNNL_ARG_DST, p.diff_weight}});
+  if (bias)
+    p.bwd_bias.execute(
+        ctx.strm,
+        {{DNNL_ARG_SRC, p.ones}, {DNNL_ARG_WEIGHTS, p.diff_dst}, {DNNL_ARG_DST, p.diff_bias}});
+  return p.diff_src_tensor;
+}
+
+}  // namespace engine

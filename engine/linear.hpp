@@ -1,0 +1,38 @@
+// Linear: dst = src·Wᵀ + b over the last axis, any leading axes (torch.nn.Linear).
+#pragma once
+
+#include <string>
+
+#include "engine/parameter_store.hpp"
+#include "engine/plan.hpp"
+
+namespace engine {
+
+struct Linear {
+  Linear(ParameterStore& store, const std::string& name, int64_t in_features, int64_t out_features,
+         bool bias = true);
+
+  // src [..., in] -> dst [..., out]. src must stay alive until backward.
+  const Tensor& forward(Context& ctx, const Tensor& src);
+  // diff_dst [..., out] -> diff_src [..., in]; overwrites the weight and bias gradients.
+  const Tensor& backward(Context& ctx, const Tensor& diff_dst);
+  // torch's default: weight and bias uniform in ±1/√in_features.
+  void reset_parameters(Context& ctx);
+
+  int64_t in_features, out_features;
+  Parameter* weight;  // [out, in]
+  Parameter* bias;    // [out], or nullptr
+
+ private:
+  struct Plan {
+    dnnl::matmul fwd, bwd_data, bwd_weights;
+    dnnl::matmul bwd_bias;  // 1ᵀ·diff_dst: the bias gradient as a GEMV, M = 1 included
+    dnnl::memory src, weight, weight_t, bias, dst, diff_dst, diff_dst_t, diff_src, diff_weight,
+        diff_bias, ones;
+    Tensor dst_tensor, diff_src_tensor, ones_tensor;  // [..., out], [..., in], [1, M]
+  };
+  std::unique_ptr<Plan> build(Context& ctx, const Dims& src_dims);
+  PlanCache<Plan> plans_;
+};
+
+}  // namespace engine

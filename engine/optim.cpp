@@ -1,0 +1,68 @@
+#include "engine/optim.hpp"
+
+#include <cmath>
+
+namespace engine {
+
+void AdamW::update(ParameterStore& store, float lr) {
+  ++step;
+  const float bc1 = 1.0f - std::pow(beta1, static_cast<float>(step));
+  const float bc2 = 1.0f - std::pow(beta2, static_cast<float>(step));
+  const float step_size = lr / bc1, inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
+  float* __restrict w = store.values();
+  const float* __restrict g = store.grads();
+  float* __restrict m = store.adam_m();
+  float* __restrict v = store.adam_v();
+  for (const Parameter& p : store.parameters()) {
+    if (!p.trainable) continue;
+    const int64_t begin = p.offset, end = p.offset + p.value.numel();
+    const float decay = p.decay ? 1.0f - lr * weight_decay : 1.0f;
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = begin; i < end; ++i) {
+      m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
+      v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
+      w[i] = w[i] * decay - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
+    }
+  }
+}
+
+void Sgd::update(ParameterStore& store, float lr) {
+  float* __restrict w = store.values();
+  const float* __restrict g = store.grads();
+  float* __restrict buf = store.adam_m();
+  for (const Parameter& p : store.parameters()) {
+    if (!p.trainable) continue;
+    const int64_t begin = p.offset, end = p.offset + p.value.numel();
+    const float wd = p.decay ? weight_decay : 0.0f;
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = begin; i < end; ++i) {
+      const float grad = g[i] + wd * w[i];
+      buf[i] = momentum * buf[i] + grad;
+      w[i] -= lr * (nesterov ? grad + momentum * buf[i] : buf[i]);
+    }
+  }
+}
+
+float clip_grad_norm(ParameterStore& store, float max_norm) {
+  float* g = store.grads();
+  double sum = 0.0;
+  for (const Parameter& p : store.parameters()) {
+    if (!p.trainable) continue;
+    const int64_t begin = p.offset, end = p.offset + p.value.numel();
+#pragma omp parallel for simd reduction(+ : sum) schedule(static)
+    for (int64_t i = begin; i < end; ++i) sum += static_cast<double>(g[i]) * g[i];
+  }
+  const float norm = static_cast<float>(std::sqrt(sum));
+  if (max_norm > 0.0f && norm > max_norm) {
+    const float scale = max_norm / (norm + 1e-6f);
+    for (const Parameter& p : store.parameters()) {
+      if (!p.trainable) continue;
+      const int64_t begin = p.offset, end = p.offset + p.value.numel();
+#pragma omp parallel for simd schedule(static)
+      for (int64_t i = begin; i < end; ++i) g[i] *= scale;
+    }
+  }
+  return norm;
+}
+
+}  // namespace engine

@@ -1,0 +1,61 @@
+// Shared plumbing for layers: primitives are built once per input shape and kept, so a layer
+// that sees the training batch, a last partial batch and the evaluation batch holds three
+// plans and switches between them without rebuilding anything.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "engine/context.hpp"
+#include "engine/error.hpp"
+#include "engine/tensor.hpp"
+
+namespace engine {
+
+template <class Plan>
+class PlanCache {
+ public:
+  // `build()` returns a std::unique_ptr<Plan>; it runs only for a key not seen before.
+  template <class Build>
+  Plan& get(const Dims& key, Build&& build) {
+    auto it = plans_.find(key);
+    if (it == plans_.end()) it = plans_.emplace(key, build()).first;
+    current_ = it->second.get();
+    return *current_;
+  }
+  // The plan of the last forward: what backward must use.
+  Plan& current(const char* layer) const {
+    require(current_ != nullptr, std::string(layer) + ": backward called before forward");
+    return *current_;
+  }
+
+ private:
+  std::map<Dims, std::unique_ptr<Plan>> plans_;
+  Plan* current_ = nullptr;
+};
+
+inline dnnl::memory::desc plain_desc(const Dims& dims) {
+  return dnnl::memory::desc(dims, dnnl::memory::data_type::f32, row_major_strides(dims));
+}
+
+// A oneDNN memory over caller-owned data; a null handle is set later with set_data_handle.
+inline dnnl::memory memory_over(const Context& ctx, const dnnl::memory::desc& desc,
+                                float* data = nullptr) {
+  return dnnl::memory(desc, ctx.eng, data != nullptr ? static_cast<void*>(data) : DNNL_MEMORY_NONE);
+}
+
+// A scratch or workspace buffer the size a primitive descriptor asks for (none if zero).
+inline dnnl::memory owned_memory(const Context& ctx, const dnnl::memory::desc& desc) {
+  return dnnl::memory(desc, ctx.eng);
+}
+
+inline void check_same_dims(const Dims& got, const Dims& want, const char* layer,
+                            const char* what) {
+  require(got == want, std::string(layer) + ": " + what + " has shape " + to_string(got) +
+                           ", expected " + to_string(want));
+}
+
+}  // namespace engine

@@ -1,0 +1,37 @@
+#include "engine/softmax.hpp"
+
+namespace engine {
+
+const Tensor& Softmax::forward(Context& ctx, const Tensor& src) {
+  Plan& p = plans_.get(src.dims(), [&] {
+    auto plan = std::make_unique<Plan>();
+    const dnnl::memory::desc md = plain_desc(src.dims());
+    const int axis = static_cast<int>(src.dims().size()) - 1;
+    dnnl::softmax_forward::primitive_desc fwd_pd({dnnl::prop_kind::forward_training, md, axis},
+                                                 ctx.eng);
+    plan->fwd = dnnl::softmax_forward(fwd_pd);
+    plan->bwd = dnnl::softmax_backward({{md, md, axis}, ctx.eng, fwd_pd});
+    plan->dst_tensor = Tensor(ctx.eng, src.dims());
+    plan->diff_src_tensor = Tensor(ctx.eng, src.dims());
+    plan->src = memory_over(ctx, md);
+    plan->dst = memory_over(ctx, md, plan->dst_tensor.data());
+    plan->diff_dst = memory_over(ctx, md);
+    plan->diff_src = memory_over(ctx, md, plan->diff_src_tensor.data());
+    return plan;
+  });
+  p.src.set_data_handle(src.data());
+  p.fwd.execute(ctx.strm, {{DNNL_ARG_SRC, p.src}, {DNNL_ARG_DST, p.dst}});
+  return p.dst_tensor;
+}
+
+const Tensor& Softmax::backward(Context& ctx, const Tensor& diff_dst) {
+  Plan& p = plans_.current("Softmax");
+  check_same_dims(diff_dst.dims(), p.dst_tensor.dims(), "Softmax", "diff_dst");
+  p.diff_dst.set_data_handle(diff_dst.data());
+  p.bwd.execute(
+      ctx.strm,
+      {{DNNL_ARG_DST, p.dst}, {DNNL_ARG_DIFF_DST, p.diff_dst}, {DNNL_ARG_DIFF_SRC, p.diff_src}});
+  return p.diff_src_tensor;
+}
+
+}  // namespace engine

@@ -1,0 +1,101 @@
+#include "check.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+#include <doctest/doctest.h>
+
+namespace check {
+
+void randomize(const Tensor& t, std::mt19937_64& rng, float low, float high) {
+  std::uniform_real_distribution<float> dist(low, high);
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = dist(rng);
+}
+
+Tensor random_tensor(Context& ctx, const Dims& dims, std::mt19937_64& rng, float low, float high) {
+  Tensor t(ctx.eng, dims);
+  randomize(t, rng, low, high);
+  return t;
+}
+
+std::vector<float> copy_of(const Tensor& t) {
+  return copy_of(t.data(), t.numel());
+}
+std::vector<float> copy_of(const float* data, int64_t n) {
+  return {data, data + n};
+}
+
+double weighted_sum(const Tensor& dst, const Tensor& r) {
+  REQUIRE(dst.numel() == r.numel());
+  double s = 0.0;
+  for (int64_t i = 0; i < dst.numel(); ++i) s += static_cast<double>(dst[i]) * r[i];
+  return s;
+}
+
+void check_close(const std::string& what, const float* got, const std::vector<double>& want,
+                 double rtol, double atol) {
+  int bad = 0;
+  std::ostringstream report;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double err = std::abs(static_cast<double>(got[i]) - want[i]);
+    if (!(err <= atol + rtol * std::abs(want[i]))) {
+      if (bad < 5) report << "\n  [" << i << "] got " << got[i] << ", want " << want[i];
+      ++bad;
+    }
+  }
+  INFO(what << ": " << bad << " of " << want.size() << " elements differ" << report.str());
+  CHECK(bad == 0);
+}
+
+void check_close(const std::string& what, const Tensor& got, const std::vector<double>& want,
+                 double rtol, double atol) {
+  REQUIRE_MESSAGE(got.numel() == static_cast<int64_t>(want.size()), what << ": size differs");
+  check_close(what, got.data(), want, rtol, atol);
+}
+
+static void compare(const GradTarget& t, const std::vector<float>& analytic,
+                    const std::vector<double>& numeric) {
+  double scale = 0.0;
+  for (double g : numeric) scale = std::max(scale, std::abs(g));
+  // A gradient that is zero everywhere checks nothing: every target must carry signal.
+  INFO(t.name << ": numeric gradient is zero everywhere");
+  REQUIRE(scale > 1e-6);
+  check_close(t.name + " gradient", analytic.data(), numeric, 1e-2, 1e-3 * scale);
+}
+
+void check_gradients(Context& ctx, const std::function<const Tensor&()>& forward, const Tensor& r,
+                     const std::vector<GradTarget>& targets, float h) {
+  check_scalar_gradients(
+      [&] {
+        const Tensor& dst = forward();
+        ctx.wait();
+        return weighted_sum(dst, r);
+      },
+      targets, h);
+}
+
+void check_scalar_gradients(const std::function<double()>& loss,
+                            const std::vector<GradTarget>& targets, float h) {
+  // Copy first: the forward passes below must not be able to change what is checked.
+  std::vector<std::vector<float>> analytic;
+  for (const GradTarget& t : targets) analytic.push_back(copy_of(t.analytic, t.numel));
+  for (size_t k = 0; k < targets.size(); ++k) {
+    const GradTarget& t = targets[k];
+    std::vector<double> numeric(t.numel);
+    for (int64_t i = 0; i < t.numel; ++i) {
+      const float saved = t.value[i];
+      t.value[i] = saved + h;
+      const double plus = loss();
+      t.value[i] = saved - h;
+      const double minus = loss();
+      t.value[i] = saved;
+      // The step actually taken in float, not the nominal h.
+      const double step = static_cast<double>(saved + h) - static_cast<double>(saved - h);
+      numeric[i] = (plus - minus) / step;
+    }
+    compare(t, analytic[k], numeric);
+  }
+}
+
+}  // namespace check

@@ -1,0 +1,48 @@
+// Test helpers: seeded random tensors, and the central finite-difference gradient check on
+// L = Σ dst·R for a fixed random R, accumulated in double precision.
+#pragma once
+
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/context.hpp"
+#include "engine/tensor.hpp"
+
+namespace check {
+
+using engine::Context;
+using engine::Dims;
+using engine::Tensor;
+
+void randomize(const Tensor& t, std::mt19937_64& rng, float low = -1.0f, float high = 1.0f);
+Tensor random_tensor(Context& ctx, const Dims& dims, std::mt19937_64& rng, float low = -1.0f,
+                     float high = 1.0f);
+std::vector<float> copy_of(const Tensor& t);
+std::vector<float> copy_of(const float* data, int64_t n);
+double weighted_sum(const Tensor& dst, const Tensor& r);
+
+// Every element within atol + rtol·|want|. Reports the first mismatches with their index.
+void check_close(const std::string& what, const float* got, const std::vector<double>& want,
+                 double rtol, double atol);
+void check_close(const std::string& what, const Tensor& got, const std::vector<double>& want,
+                 double rtol = 1e-5, double atol = 1e-5);
+
+struct GradTarget {
+  std::string name;
+  float* value;  // perturbed in place
+  int64_t numel;
+  const float* analytic;  // the layer's gradient, from one backward with diff_dst = R
+};
+
+// For each element x of each target: (L(x+h) - L(x-h)) / 2h with L = Σ forward()·R in double,
+// compared with the analytic gradient at tolerance 1e-3·max|numeric| + 1e-2·|numeric|.
+void check_gradients(Context& ctx, const std::function<const Tensor&()>& forward, const Tensor& r,
+                     const std::vector<GradTarget>& targets, float h = 1e-3f);
+
+// Same, for a scalar function (a loss) instead of Σ dst·R.
+void check_scalar_gradients(const std::function<double()>& loss,
+                            const std::vector<GradTarget>& targets, float h = 1e-3f);
+
+}  // namespace check

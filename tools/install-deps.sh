@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what vit needs to build and test, from Debian's packages only. Idempotent: when
+# every package is already installed it returns at once, without touching apt.
+set -euo pipefail
+
+packages=(
+  cmake ninja-build g++ pkg-config
+  libdnnl-dev ocl-icd-opencl-dev opencl-c-headers # oneDNN 2.6.3; its CMake config needs OpenCL
+  libopencv-dev                                   # the only package that ships OpenCV's CMake config
+  libboost-program-options-dev
+  doctest-dev
+  nlohmann-json3-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages (${missing[*]}); run this script as root" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
