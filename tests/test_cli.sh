@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The vit executable's behaviour on good and bad command lines: exit codes and one-line errors.
+# usage: test_cli.sh path/to/vit
+set -u
+vit=$1
+passed=0 failed=0
+out=$(mktemp) err=$(mktemp)
+trap 'rm -f "$out" "$err"' EXIT
+
+# matches FILE PATTERN: PATTERN is a regex, or EMPTY (the file must be empty), or ANY.
+matches() {
+  case "$2" in
+    ANY) return 0 ;;
+    EMPTY) [ ! -s "$1" ] ;;
+    *) grep -Eq "$2" "$1" ;;
+  esac
+}
+
+# expect NAME WANT_CODE STDOUT_PATTERN STDERR_PATTERN -- ARGS...
+expect() {
+  local name=$1 want=$2 out_re=$3 err_re=$4
+  shift 5
+  "$vit" "$@" >"$out" 2>"$err" </dev/null
+  local code=$? ok=1
+  [ "$code" -eq "$want" ] || ok=0
+  matches "$out" "$out_re" || ok=0
+  matches "$err" "$err_re" || ok=0
+  # An error is one line on stderr.
+  [ "$want" -eq 0 ] || [ "$(wc -l <"$err")" -eq 1 ] || ok=0
+  if [ $ok -eq 1 ]; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "FAIL: $name (exit $code, want $want)"
+    sed 's/^/  stdout: /' "$out" | head -5
+    sed 's/^/  stderr: /' "$err" | head -5
+  fi
+}
+
+expect "help" 0 '^usage: vit' EMPTY -- --help
+expect "short help" 0 '^usage: vit' EMPTY -- -h
+expect "version names oneDNN and the ISA" 0 'oneDNN 2\.[0-9]+\.[0-9]+.*cpu isa [a-z0-9_]+' EMPTY -- --version
+expect "info" 0 'cpu isa: ' EMPTY -- info
+expect "info help" 0 '^usage: vit info' EMPTY -- info --help
+expect "no command" 2 EMPTY '^vit: no command given' --
+expect "unknown command" 2 EMPTY "^vit: unknown command 'frobnicate'" -- frobnicate
+expect "unknown flag" 2 EMPTY "^vit: unrecognised option '--bogus'" -- --bogus
+expect "unknown command flag" 2 EMPTY "^vit: unrecognised option '--bogus'" -- info --bogus
+expect "bad flag value" 2 EMPTY "^vit: .*threads" -- info --threads many
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
