@@ -65,7 +65,7 @@ void print_help(const po::options_description& global) {
   std::cout << "usage: vit [--help] [--version] <command> [<args>]\n\n"
                "A Vision Transformer toolkit on oneDNN.\n\ncommands:\n";
   for (const Command& c : kCommands) std::printf("  %-10s %s\n", c.name, c.summary);
-  std::cout << "\n" << global << "\n\n'vit <command> --help' describes a command.\n";
+  std::cout << "\n" << global << "\n'vit <command> --help' describes a command.\n";
 }
 
 int run(int argc, char** argv) {
