@@ -98,4 +98,17 @@ void check_scalar_gradients(const std::function<double()>& loss,
   }
 }
 
+void check_backward_overwrites(Context& ctx, const std::function<const Tensor&()>& forward,
+                               const std::function<const Tensor&()>& backward,
+                               const engine::ParameterStore& store) {
+  forward();
+  const std::vector<float> diff_src = copy_of(backward());
+  ctx.wait();
+  const std::vector<float> grads = copy_of(store.grads(), store.size());
+  const Tensor& again = backward();
+  ctx.wait();
+  CHECK(copy_of(again) == diff_src);
+  CHECK(copy_of(store.grads(), store.size()) == grads);
+}
+
 }  // namespace check

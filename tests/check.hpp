@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/context.hpp"
+#include "engine/parameter_store.hpp"
 #include "engine/tensor.hpp"
 
 namespace check {
@@ -44,5 +45,11 @@ void check_gradients(Context& ctx, const std::function<const Tensor&()>& forward
 // Same, for a scalar function (a loss) instead of Σ dst·R.
 void check_scalar_gradients(const std::function<double()>& loss,
                             const std::vector<GradTarget>& targets, float h = 1e-3f);
+
+// oneDNN writes gradients, it never accumulates them: runs forward, then backward twice, and
+// requires the second pass to leave exactly the first's input and parameter gradients.
+void check_backward_overwrites(Context& ctx, const std::function<const Tensor&()>& forward,
+                               const std::function<const Tensor&()>& backward,
+                               const engine::ParameterStore& store);
 
 }  // namespace check

@@ -118,13 +118,8 @@ TEST_CASE("Conv2d backward matches finite differences and overwrites its gradien
       {{"x", x.data(), x.numel(), dx.data()},
        {"weight", conv.weight->value.data(), conv.weight->value.numel(), conv.weight->grad.data()},
        {"bias", conv.bias->value.data(), 3, conv.bias->grad.data()}});
-  forward();
-  conv.backward(ctx, r);
-  ctx.wait();
-  const auto grads = check::copy_of(store.grads(), store.size());
-  conv.backward(ctx, r);
-  ctx.wait();
-  CHECK(check::copy_of(store.grads(), store.size()) == grads);
+  check::check_backward_overwrites(
+      ctx, forward, [&]() -> const Tensor& { return conv.backward(ctx, r); }, store);
 }
 
 TEST_CASE("BatchNorm2d training: batch statistics, running statistics as torch") {
@@ -176,6 +171,22 @@ TEST_CASE("BatchNorm2d training: batch statistics, running statistics as torch")
   }
 }
 
+TEST_CASE("BatchNorm2d hand-computed case") {
+  Context ctx(2);
+  ParameterStore store;
+  BatchNorm2d bn(store, "bn", 1, 0.0f);
+  store.allocate(ctx.eng);
+  bn.reset_parameters();
+  Tensor x(ctx.eng, {2, 1, 1, 1});
+  x[0] = 1.0f, x[1] = 3.0f;  // mean 2, biased variance 1, unbiased 2
+  const Tensor& y = bn.forward(ctx, x);
+  ctx.wait();
+  CHECK(y[0] == doctest::Approx(-1.0));
+  CHECK(y[1] == doctest::Approx(1.0));
+  CHECK(bn.running_mean->value[0] == doctest::Approx(0.2));
+  CHECK(bn.running_var->value[0] == doctest::Approx(0.9 * 1.0 + 0.1 * 2.0));
+}
+
 TEST_CASE("BatchNorm2d backward matches finite differences, training and evaluation") {
   Context ctx(2);
   std::mt19937_64 rng(82);
@@ -200,6 +211,8 @@ TEST_CASE("BatchNorm2d backward matches finite differences, training and evaluat
                            {{"x", x.data(), x.numel(), dx.data()},
                             {"weight", bn.weight->value.data(), 2, bn.weight->grad.data()},
                             {"bias", bn.bias->value.data(), 2, bn.bias->grad.data()}});
+    check::check_backward_overwrites(
+        ctx, forward, [&]() -> const Tensor& { return bn.backward(ctx, r); }, store);
   }
 }
 

@@ -119,16 +119,8 @@ TEST_CASE("Linear backward matches finite differences and overwrites its gradien
                          {{"x", x.data(), x.numel(), dx.data()},
                           {"weight", fc.weight->value.data(), 30, fc.weight->grad.data()},
                           {"bias", fc.bias->value.data(), 5, fc.bias->grad.data()}});
-
-  forward();
-  fc.backward(ctx, r);
-  ctx.wait();
-  const auto grads = check::copy_of(store.grads(), store.size());
-  const auto dx1 = check::copy_of(dx);
-  fc.backward(ctx, r);
-  ctx.wait();
-  CHECK(check::copy_of(store.grads(), store.size()) == grads);  // not twice the gradient
-  CHECK(check::copy_of(dx) == dx1);
+  check::check_backward_overwrites(
+      ctx, forward, [&]() -> const Tensor& { return fc.backward(ctx, r); }, store);
 }
 
 TEST_CASE("Linear rejects a wrong input width and backward before forward") {
@@ -207,13 +199,8 @@ TEST_CASE("LayerNorm backward matches finite differences and overwrites its grad
                          {{"x", x.data(), x.numel(), dx.data()},
                           {"weight", ln.weight->value.data(), 6, ln.weight->grad.data()},
                           {"bias", ln.bias->value.data(), 6, ln.bias->grad.data()}});
-  forward();
-  ln.backward(ctx, r);
-  ctx.wait();
-  const auto grads = check::copy_of(store.grads(), store.size());
-  ln.backward(ctx, r);
-  ctx.wait();
-  CHECK(check::copy_of(store.grads(), store.size()) == grads);
+  check::check_backward_overwrites(
+      ctx, forward, [&]() -> const Tensor& { return ln.backward(ctx, r); }, store);
 }
 
 TEST_CASE("Gelu is the erf form, forward and backward") {
@@ -252,6 +239,14 @@ TEST_CASE("Relu forward and backward") {
   std::vector<double> want(x.numel());
   for (int64_t i = 0; i < x.numel(); ++i) want[i] = std::max(0.0f, x[i]);
   check::check_close("Relu", y, want, 0, 0);
+  Relu hand;
+  Tensor h(ctx.eng, {3});
+  h[0] = -2.0f, h[1] = 0.0f, h[2] = 1.5f;
+  const Tensor& hy = hand.forward(ctx, h);
+  ctx.wait();
+  CHECK(hy[0] == 0.0f);
+  CHECK(hy[1] == 0.0f);
+  CHECK(hy[2] == 1.5f);
   auto forward = [&]() -> const Tensor& { return act.forward(ctx, x); };
   Tensor r = check::random_tensor(ctx, forward().dims(), rng);
   const Tensor& dx = act.backward(ctx, r);
