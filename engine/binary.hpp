@@ -41,6 +41,24 @@ class Accumulate {
   Binary add_{dnnl::algorithm::binary_add};
 };
 
+// dst[b] = src[b] + table for every index b of the leading axis (timm's x + pos_embed, the
+// table [1, ...] broadcast over the batch). Backward: diff_src = diff_dst, and
+// diff_table = Σ_b diff_dst[b], written (not accumulated) where the caller says.
+class BroadcastAdd {
+ public:
+  const Tensor& forward(Context& ctx, const Tensor& src, const Tensor& table);
+  void backward(Context& ctx, const Tensor& diff_dst, const Tensor& diff_table);
+
+ private:
+  struct Plan {
+    dnnl::binary add;
+    dnnl::matmul sum_rows;  // 1ᵀ·diff_dst [B, rest]: the batch sum as a GEMV, B = 1 included
+    dnnl::memory src, table, dst, ones, diff_dst, diff_table;
+    Tensor dst_tensor, ones_tensor;
+  };
+  PlanCache<Plan> plans_;
+};
+
 // Inverted dropout (torch.nn.Dropout): in training each element is zeroed with probability p
 // and the rest scaled by 1/(1-p); in evaluation, or with p = 0, it is the identity and
 // returns its input. The mask comes from ctx.rng, so a seed fixes it.
@@ -59,6 +77,27 @@ class Dropout {
   };
   bool active_ = false;  // whether the last forward applied a mask
   Binary mul_{dnnl::algorithm::binary_mul};
+  PlanCache<Plan> plans_;
+};
+
+// Stochastic depth (timm's DropPath): in training each sample's residual branch is dropped
+// with probability p and kept ones scaled by 1/(1-p); the identity otherwise.
+class DropPath {
+ public:
+  explicit DropPath(float p);
+  const Tensor& forward(Context& ctx, const Tensor& src);  // src [B, ...]
+  const Tensor& backward(Context& ctx, const Tensor& diff_dst);
+
+  float p;
+  bool training = true;
+
+ private:
+  struct Plan {
+    dnnl::binary mul;  // src [B, rest] · mask [B, 1]
+    dnnl::memory src, mask, dst;
+    Tensor mask_tensor, dst_tensor, diff_src_tensor;
+  };
+  bool active_ = false;
   PlanCache<Plan> plans_;
 };
 

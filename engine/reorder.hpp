@@ -1,0 +1,24 @@
+// Copies a tensor between two layouts of the same logical shape with a oneDNN reorder: a
+// strided slice made dense (the cls row of the tokens), a dense block written into a slice (the
+// patch tokens after the cls row), a transpose made real (attention heads back to tokens). The
+// gradient of a copy is the copy the other way, so backward is the same call with the
+// arguments swapped.
+#pragma once
+
+#include "engine/plan.hpp"
+
+namespace engine {
+
+class Reorder {
+ public:
+  void operator()(Context& ctx, const View& src, const View& dst);
+
+ private:
+  struct Plan {
+    dnnl::reorder prim;
+    dnnl::memory src, dst;
+  };
+  PlanCache<Plan> plans_;
+};
+
+}  // namespace engine

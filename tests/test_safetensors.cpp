@@ -1,0 +1,89 @@
+// The safetensors container: a round trip, and the errors a bad file must give.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <doctest/doctest.h>
+
+#include "engine/error.hpp"
+#include "engine/safetensors.hpp"
+
+using namespace engine;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() /
+           ("vit_test_" + std::to_string(::getpid()) + "_" + std::to_string(std::rand()));
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+void write_bytes(const fs::path& p, const std::string& bytes) {
+  std::ofstream(p, std::ios::binary) << bytes;
+}
+
+std::string header_file(const std::string& json, const std::string& data) {
+  std::string s(8, '\0');
+  for (int i = 0; i < 8; ++i) s[i] = char((json.size() >> (8 * i)) & 0xff);
+  return s + json + data;
+}
+
+}  // namespace
+
+TEST_CASE("safetensors round trip with metadata, F32 and I64") {
+  TempDir dir;
+  const fs::path file = dir.path / "m.safetensors";
+  const float w[6] = {1, 2, 3, 4, 5, 6};
+  const int64_t steps[1] = {42};
+  write_safetensors(file, {{"a.weight", "F32", {2, 3}, w}, {"n", "I64", {1}, steps}},
+                    {{"config", "{\"depth\": 2}"}});
+  CHECK_FALSE(fs::exists(dir.path / ("m.safetensors.tmp" + std::to_string(::getpid()))));
+  SafetensorsFile f(file);
+  CHECK(f.metadata().at("config") == "{\"depth\": 2}");
+  float back[6] = {};
+  f.read_f32("a.weight", {2, 3}, back);
+  CHECK(std::equal(back, back + 6, w));
+  CHECK(f.read_i64("n") == std::vector<int64_t>{42});
+  CHECK_THROWS_WITH_AS(f.read_f32("a.weight", {3, 2}, back),
+                       doctest::Contains("has shape [2, 3], the model expects [3, 2]"), Error);
+  CHECK_THROWS_WITH_AS(f.read_f32("missing", {1}, back), doctest::Contains("no tensor 'missing'"),
+                       Error);
+  CHECK_THROWS_WITH_AS(f.read_f32("n", {1}, back), doctest::Contains("is I64, expected F32"),
+                       Error);
+}
+
+TEST_CASE("safetensors rejects malformed files with a message naming the file") {
+  TempDir dir;
+  const fs::path p = dir.path / "bad.safetensors";
+  auto rejects = [&](const std::string& bytes, const char* why) {
+    write_bytes(p, bytes);
+    CHECK_THROWS_WITH_AS(SafetensorsFile{p}, doctest::Contains(why), Error);
+  };
+  CHECK_THROWS_WITH_AS(SafetensorsFile{dir.path / "none.safetensors"},
+                       doctest::Contains("no such model file"), Error);
+  rejects("", "too short");
+  rejects("PNG\x0d\x0a\x1a\x0a...", "header length");
+  rejects(header_file("{\"a\":", ""), "not JSON");
+  rejects(header_file(R"({"a":{"dtype":"Q7","shape":[1],"data_offsets":[0,4]}})", "xxxx"),
+          "unknown dtype 'Q7'");
+  rejects(header_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "xxxx"),
+          "outside the data section");
+  rejects(header_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", "xxxx"),
+          "4 bytes for shape [2]");
+  rejects(header_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                      R"("b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                      "xxxx"),
+          "overlap");
+  rejects(
+      header_file(R"({"a":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,4]}})",
+                  "xxxx"),
+      "overflows");
+  rejects(header_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "xxxxyy"),
+          "bytes after the last tensor");
+  rejects(header_file(R"({"__metadata__":{"k":1}})", ""), "is not a string");
+}
