@@ -10,10 +10,14 @@ namespace engine {
 using dnnl::memory;
 
 Linear::Linear(ParameterStore& store, const std::string& name, int64_t in, int64_t out,
-               bool has_bias)
+               bool has_bias, Dims weight_shape)
     : in_features(in), out_features(out) {
   require(in > 0 && out > 0, "Linear '" + name + "': features must be positive");
-  weight = &store.add(name + ".weight", {out, in});
+  if (weight_shape.empty()) weight_shape = {out, in};
+  require(weight_shape[0] == out && product(weight_shape) == out * in,
+          "Linear '" + name + "': weight shape " + to_string(weight_shape) + " is not [" +
+              std::to_string(out) + ", " + std::to_string(in) + "] reshaped");
+  weight = &store.add(name + ".weight", weight_shape);
   bias = has_bias ? &store.add(name + ".bias", {out}, /*decay=*/false) : nullptr;
 }
 
@@ -33,7 +37,7 @@ std::unique_ptr<Linear::Plan> Linear::build(Context& ctx, const Dims& src_dims) 
   p->diff_src_tensor = Tensor(ctx.eng, src_dims);
 
   const memory::desc src_md = plain_desc({M, I}), dst_md = plain_desc({M, O});
-  const memory::desc w_md = plain_desc({O, I});
+  const memory::desc w_md = plain_desc({O, I});  // whatever weight->dims says, the same bytes
   const memory::desc w_t_md({I, O}, memory::data_type::f32, Dims{1, I});   // Wᵀ as a view
   const memory::desc dd_t_md({O, M}, memory::data_type::f32, Dims{1, O});  // diff_dstᵀ
   const memory::desc b_md = plain_desc({1, O});

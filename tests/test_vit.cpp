@@ -1,0 +1,254 @@
+// The Vision Transformer's pieces against finite differences, the whole model's gradients,
+// and its configuration rules.
+#include <doctest/doctest.h>
+
+#include "check.hpp"
+#include "engine/error.hpp"
+#include "vit/vision_transformer.hpp"
+
+using namespace vit;
+using check::GradTarget;
+
+namespace {
+
+VitConfig tiny_config() {
+  VitConfig c;
+  c.img_size = 8, c.patch_size = 4, c.in_chans = 2, c.num_classes = 3;
+  c.embed_dim = 8, c.depth = 2, c.num_heads = 2, c.mlp_ratio = 2.0;
+  return c;
+}
+
+// Every element of every trainable parameter, or its first `limit` elements.
+std::vector<GradTarget> parameter_targets(ParameterStore& store, int64_t limit = 1 << 30) {
+  std::vector<GradTarget> targets;
+  for (engine::Parameter& p : store.parameters())
+    if (p.trainable)
+      targets.push_back({p.name, p.value.data(), std::min(limit, p.value.numel()), p.grad.data()});
+  return targets;
+}
+
+void randomize_parameters(ParameterStore& store, std::mt19937_64& rng, float scale = 0.5f) {
+  for (engine::Parameter& p : store.parameters()) check::randomize(p.value, rng, -scale, scale);
+}
+
+}  // namespace
+
+TEST_CASE("PatchEmbed: timm's [D, C, P, P] weight applied to flattened patches") {
+  Context ctx(1);
+  std::mt19937_64 rng(151);
+  const VitConfig c = tiny_config();
+  ParameterStore store;
+  PatchEmbed embed(store, c);
+  store.allocate(ctx.eng);
+  CHECK(embed.proj.weight->name == "patch_embed.proj.weight");
+  CHECK(embed.proj.weight->dims == Dims{8, 2, 4, 4});
+  randomize_parameters(store, rng);
+  Tensor patches = check::random_tensor(ctx, {2, 4, 32}, rng);
+  auto forward = [&]() -> const Tensor& { return embed.forward(ctx, patches); };
+  Tensor r = check::random_tensor(ctx, forward().dims(), rng);
+  embed.backward(ctx, r);
+  ctx.wait();
+  check::check_gradients(ctx, forward, r, parameter_targets(store));
+}
+
+TEST_CASE("PosEmbed: cls token prepended, learned positions added, gradients by FD") {
+  Context ctx(2);
+  std::mt19937_64 rng(152);
+  const VitConfig c = tiny_config();  // L = 4, N = 5, D = 8
+  ParameterStore store;
+  PosEmbed pos(store, c);
+  store.allocate(ctx.eng);
+  randomize_parameters(store, rng);
+  Tensor x = check::random_tensor(ctx, {3, 4, 8}, rng);
+  const Tensor& y = pos.forward(ctx, x);
+  ctx.wait();
+  REQUIRE(y.dims() == Dims{3, 5, 8});
+  for (int64_t b = 0; b < 3; ++b)
+    for (int64_t n = 0; n < 5; ++n)
+      for (int64_t i = 0; i < 8; ++i) {
+        const float token = n == 0 ? pos.cls_token->value[i] : x[(b * 4 + n - 1) * 8 + i];
+        CHECK(y[(b * 5 + n) * 8 + i] == doctest::Approx(token + pos.pos_embed->value[n * 8 + i]));
+      }
+  auto forward = [&]() -> const Tensor& { return pos.forward(ctx, x); };
+  Tensor r = check::random_tensor(ctx, y.dims(), rng);
+  const Tensor& dx = pos.backward(ctx, r);
+  ctx.wait();
+  auto targets = parameter_targets(store);
+  targets.push_back({"x", x.data(), x.numel(), dx.data()});
+  check::check_gradients(ctx, forward, r, targets);
+}
+
+TEST_CASE("Attention: multi-head self-attention against a naive loop and by FD") {
+  Context ctx(3);
+  std::mt19937_64 rng(153);
+  const VitConfig c = tiny_config();
+  ParameterStore store;
+  Attention attn(store, "attn", c);
+  store.allocate(ctx.eng);
+  randomize_parameters(store, rng);
+  const int64_t B = 2, N = 5, D = 8, H = 2, d = 4;
+  Tensor x = check::random_tensor(ctx, {B, N, D}, rng);
+  const Tensor& y = attn.forward(ctx, x);
+  ctx.wait();
+
+  // Naive: qkv = x·Wᵀ + b; per head softmax(q·kᵀ/√d)·v; concat; proj.
+  std::vector<double> qkv(B * N * 3 * D), merged(B * N * D), want(B * N * D);
+  const float* W = attn.qkv.weight->value.data();
+  for (int64_t t = 0; t < B * N; ++t)
+    for (int64_t o = 0; o < 3 * D; ++o) {
+      double s = attn.qkv.bias->value[o];
+      for (int64_t i = 0; i < D; ++i) s += double(x[t * D + i]) * W[o * D + i];
+      qkv[t * 3 * D + o] = s;
+    }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t n = 0; n < N; ++n) {
+        std::vector<double> p(N);
+        double mx = -1e300, sum = 0;
+        for (int64_t m = 0; m < N; ++m) {
+          double s = 0;
+          for (int64_t j = 0; j < d; ++j)
+            s += qkv[(b * N + n) * 3 * D + h * d + j] * qkv[(b * N + m) * 3 * D + D + h * d + j];
+          p[m] = s / std::sqrt(double(d));
+          mx = std::max(mx, p[m]);
+        }
+        for (double& v : p) sum += (v = std::exp(v - mx));
+        for (int64_t j = 0; j < d; ++j) {
+          double s = 0;
+          for (int64_t m = 0; m < N; ++m)
+            s += p[m] / sum * qkv[(b * N + m) * 3 * D + 2 * D + h * d + j];
+          merged[(b * N + n) * D + h * d + j] = s;
+        }
+      }
+  const float* P = attn.proj.weight->value.data();
+  for (int64_t t = 0; t < B * N; ++t)
+    for (int64_t o = 0; o < D; ++o) {
+      double s = attn.proj.bias->value[o];
+      for (int64_t i = 0; i < D; ++i) s += merged[t * D + i] * P[o * D + i];
+      want[t * D + o] = s;
+    }
+  check::check_close("Attention", y, want, 1e-4, 1e-5);
+
+  auto forward = [&]() -> const Tensor& { return attn.forward(ctx, x); };
+  Tensor r = check::random_tensor(ctx, y.dims(), rng);
+  const Tensor& dx = attn.backward(ctx, r);
+  ctx.wait();
+  auto targets = parameter_targets(store);
+  targets.push_back({"x", x.data(), x.numel(), dx.data()});
+  check::check_gradients(ctx, forward, r, targets);
+}
+
+TEST_CASE("Block: pre-norm residual block by FD") {
+  Context ctx(4);
+  std::mt19937_64 rng(154);
+  const VitConfig c = tiny_config();
+  ParameterStore store;
+  Block block(store, "blocks.0", c, 0.0f);
+  store.allocate(ctx.eng);
+  randomize_parameters(store, rng);
+  for (engine::Parameter& p : store.parameters())  // norms near 1, as trained ones are
+    if (p.name.find("norm") != std::string::npos && p.name.ends_with("weight"))
+      check::randomize(p.value, rng, 0.5f, 1.5f);
+  Tensor x = check::random_tensor(ctx, {2, 5, 8}, rng);
+  auto forward = [&]() -> const Tensor& { return block.forward(ctx, x); };
+  Tensor r = check::random_tensor(ctx, forward().dims(), rng);
+  const Tensor& dx = block.backward(ctx, r);
+  ctx.wait();
+  auto targets = parameter_targets(store);
+  targets.push_back({"x", x.data(), x.numel(), dx.data()});
+  check::check_gradients(ctx, forward, r, targets);
+}
+
+TEST_CASE("VisionTransformer: timm's names and shapes, every parameter gets a gradient") {
+  Context ctx(5);
+  std::mt19937_64 rng(155);
+  const VitConfig c = tiny_config();
+  ParameterStore store;
+  VisionTransformer model(store, c);
+  store.allocate(ctx.eng);
+  model.init_weights(ctx);
+  const std::vector<std::pair<std::string, Dims>> expected = {
+      {"cls_token", {1, 1, 8}},
+      {"pos_embed", {1, 5, 8}},
+      {"patch_embed.proj.weight", {8, 2, 4, 4}},
+      {"patch_embed.proj.bias", {8}},
+      {"blocks.0.norm1.weight", {8}},
+      {"blocks.0.norm1.bias", {8}},
+      {"blocks.0.attn.qkv.weight", {24, 8}},
+      {"blocks.0.attn.qkv.bias", {24}},
+      {"blocks.0.attn.proj.weight", {8, 8}},
+      {"blocks.0.attn.proj.bias", {8}},
+      {"blocks.0.norm2.weight", {8}},
+      {"blocks.0.norm2.bias", {8}},
+      {"blocks.0.mlp.fc1.weight", {16, 8}},
+      {"blocks.0.mlp.fc1.bias", {16}},
+      {"blocks.0.mlp.fc2.weight", {8, 16}},
+      {"blocks.0.mlp.fc2.bias", {8}},
+  };
+  REQUIRE(store.parameters().size() == 4 + 12 * 2 + 4);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    CHECK(store.parameters()[i].name == expected[i].first);
+    CHECK(store.parameters()[i].dims == expected[i].second);
+  }
+  CHECK(store.parameters().back().name == "head.bias");
+  CHECK_FALSE(store["pos_embed"].decay);
+  CHECK_FALSE(store["cls_token"].decay);
+  CHECK_FALSE(store["blocks.1.norm2.weight"].decay);
+  CHECK(store["blocks.1.mlp.fc1.weight"].decay);
+
+  Tensor patches = check::random_tensor(ctx, {3, 4, 32}, rng);
+  const Tensor& logits = model.forward(ctx, patches);
+  ctx.wait();
+  REQUIRE(logits.dims() == Dims{3, 3});
+  for (int64_t i = 0; i < logits.numel(); ++i) CHECK(std::isfinite(logits[i]));
+  Tensor r = check::random_tensor(ctx, logits.dims(), rng);
+  store.zero_grad();
+  model.backward(ctx, r);
+  ctx.wait();
+  for (const engine::Parameter& p : store.parameters()) {
+    double norm = 0;
+    for (int64_t i = 0; i < p.grad.numel(); ++i) norm += double(p.grad[i]) * p.grad[i];
+    INFO(p.name);
+    CHECK(norm > 0.0);
+  }
+}
+
+TEST_CASE("VisionTransformer: whole-model gradients by FD") {
+  Context ctx(6);
+  std::mt19937_64 rng(156);
+  const VitConfig c = tiny_config();
+  ParameterStore store;
+  VisionTransformer model(store, c);
+  store.allocate(ctx.eng);
+  randomize_parameters(store, rng, 0.4f);
+  for (engine::Parameter& p : store.parameters())
+    if (p.name.find("norm") != std::string::npos && p.name.ends_with("weight"))
+      check::randomize(p.value, rng, 0.5f, 1.5f);
+  Tensor patches = check::random_tensor(ctx, {2, 4, 32}, rng);
+  auto forward = [&]() -> const Tensor& { return model.forward(ctx, patches); };
+  Tensor r = check::random_tensor(ctx, forward().dims(), rng);
+  model.backward(ctx, r);
+  ctx.wait();
+  // A deep float32 forward: a larger step keeps rounding noise below the tolerance.
+  check::check_gradients(ctx, forward, r, parameter_targets(store, 6), 1e-2f);
+}
+
+TEST_CASE("VitConfig: contradictory sizes name the flag") {
+  VitConfig c = tiny_config();
+  c.patch_size = 3;
+  CHECK_THROWS_WITH_AS(c.validate(), "--patch-size 3 does not divide --img-size 8", engine::Error);
+  c = tiny_config();
+  c.num_heads = 3;
+  CHECK_THROWS_WITH_AS(c.validate(), "--num-heads 3 does not divide --embed-dim 8", engine::Error);
+  c = tiny_config();
+  c.drop_path_rate = 1.0;
+  CHECK_THROWS_AS(c.validate(), engine::Error);
+  CHECK_THROWS_WITH_AS(vit_preset("vit_huge"), doctest::Contains("unknown model 'vit_huge'"),
+                       engine::Error);
+  const VitConfig ti = vit_preset("vit_tiny_patch16_224");
+  CHECK(ti.embed_dim == 192);
+  CHECK(ti.num_heads == 3);
+  CHECK(ti.flops_per_image() == doctest::Approx(2.507e9).epsilon(0.005));  // ../shared/PEERS.md
+  nlohmann::json j = ti;
+  CHECK(j.get<VitConfig>().flops_per_image() == ti.flops_per_image());
+}

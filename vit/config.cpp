@@ -1,0 +1,114 @@
+#include "vit/config.hpp"
+
+#include "engine/error.hpp"
+
+namespace vit {
+
+using engine::require;
+
+void VitConfig::validate() const {
+  auto positive = [](int64_t v, const char* flag) {
+    require(v > 0, std::string("--") + flag + " must be positive, got " + std::to_string(v));
+  };
+  positive(img_size, "img-size");
+  positive(patch_size, "patch-size");
+  positive(in_chans, "in-chans");
+  positive(num_classes, "num-classes");
+  positive(embed_dim, "embed-dim");
+  positive(depth, "depth");
+  positive(num_heads, "num-heads");
+  require(img_size % patch_size == 0, "--patch-size " + std::to_string(patch_size) +
+                                          " does not divide --img-size " +
+                                          std::to_string(img_size));
+  require(embed_dim % num_heads == 0, "--num-heads " + std::to_string(num_heads) +
+                                          " does not divide --embed-dim " +
+                                          std::to_string(embed_dim));
+  require(mlp_ratio > 0 && mlp_hidden() > 0, "--mlp-ratio must be positive");
+  for (auto [rate, flag] : {std::pair{drop_rate, "drop-rate"},
+                            {attn_drop_rate, "attn-drop-rate"},
+                            {drop_path_rate, "drop-path-rate"}})
+    require(rate >= 0.0 && rate < 1.0,
+            std::string("--") + flag + " must be in [0, 1), got " + std::to_string(rate));
+}
+
+double VitConfig::flops_per_image() const {
+  const double N = double(num_tokens()), L = double(num_patches()), D = double(embed_dim),
+               F = double(mlp_hidden());
+  const double patch = L * double(patch_dim()) * D;
+  const double block = N * (3 * D * D + D * D + 2 * D * F) + 2 * N * N * D;
+  return 2.0 * (patch + double(depth) * block + D * double(num_classes));
+}
+
+void to_json(nlohmann::json& j, const VitConfig& c) {
+  j = {{"img_size", c.img_size},
+       {"patch_size", c.patch_size},
+       {"in_chans", c.in_chans},
+       {"num_classes", c.num_classes},
+       {"embed_dim", c.embed_dim},
+       {"depth", c.depth},
+       {"num_heads", c.num_heads},
+       {"mlp_ratio", c.mlp_ratio},
+       {"qkv_bias", c.qkv_bias},
+       {"drop_rate", c.drop_rate},
+       {"attn_drop_rate", c.attn_drop_rate},
+       {"drop_path_rate", c.drop_path_rate},
+       {"global_pool", "token"},
+       {"class_token", true}};
+}
+
+void from_json(const nlohmann::json& j, VitConfig& c) {
+  // Every size is required: a model file that omits one is not ours to guess.
+  j.at("img_size").get_to(c.img_size);
+  j.at("patch_size").get_to(c.patch_size);
+  j.at("in_chans").get_to(c.in_chans);
+  j.at("num_classes").get_to(c.num_classes);
+  j.at("embed_dim").get_to(c.embed_dim);
+  j.at("depth").get_to(c.depth);
+  j.at("num_heads").get_to(c.num_heads);
+  j.at("mlp_ratio").get_to(c.mlp_ratio);
+  c.qkv_bias = j.value("qkv_bias", true);
+  c.drop_rate = j.value("drop_rate", 0.0);
+  c.attn_drop_rate = j.value("attn_drop_rate", 0.0);
+  c.drop_path_rate = j.value("drop_path_rate", 0.0);
+  require(j.value("global_pool", std::string("token")) == "token",
+          "only global_pool 'token' (the cls token) is supported");
+}
+
+static VitConfig make(int64_t img, int64_t patch, int64_t chans, int64_t dim, int64_t depth,
+                      int64_t heads, int64_t classes) {
+  VitConfig c;
+  c.img_size = img, c.patch_size = patch, c.in_chans = chans, c.embed_dim = dim;
+  c.depth = depth, c.num_heads = heads, c.num_classes = classes;
+  return c;
+}
+
+const std::vector<VitPreset>& vit_presets() {
+  static const std::vector<VitPreset> presets = {
+      {"vit_tiny_patch16_224", "timm ViT-Ti/16, 5.7M parameters",
+       make(224, 16, 3, 192, 12, 3, 1000)},
+      {"vit_small_patch16_224", "timm ViT-S/16, 22M parameters",
+       make(224, 16, 3, 384, 12, 6, 1000)},
+      {"vit_base_patch16_224", "timm ViT-B/16, 86M parameters",
+       make(224, 16, 3, 768, 12, 12, 1000)},
+      {"vit_fmnist_patch4", "28x28 grayscale, patch 4 (49 tokens + cls), D 128, depth 6",
+       make(28, 4, 1, 128, 6, 4, 10)},
+      {"vit_fmnist_patch7", "28x28 grayscale, patch 7 (16 tokens + cls), D 128, depth 6",
+       make(28, 7, 1, 128, 6, 4, 10)},
+      {"vit_micro_patch4_32", "32x32 colour (CIFAR-sized), patch 4, D 192, depth 6",
+       make(32, 4, 3, 192, 6, 3, 10)},
+      {"vit_micro_patch8_64", "64x64 colour, patch 8, D 192, depth 6",
+       make(64, 8, 3, 192, 6, 3, 10)},
+  };
+  return presets;
+}
+
+VitConfig vit_preset(const std::string& name) {
+  std::string known;
+  for (const VitPreset& p : vit_presets()) {
+    if (name == p.name) return p.config;
+    known += (known.empty() ? "" : ", ") + std::string(p.name);
+  }
+  throw engine::Error("unknown model '" + name + "' (known: " + known + ")");
+}
+
+}  // namespace vit

@@ -1,0 +1,55 @@
+// VitConfig: timm's VisionTransformer arguments, the named presets, and their JSON form (the
+// "config" entry of a model file's __metadata__).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace vit {
+
+struct VitConfig {
+  int64_t img_size = 224;
+  int64_t patch_size = 16;
+  int64_t in_chans = 3;
+  int64_t num_classes = 1000;
+  int64_t embed_dim = 768;
+  int64_t depth = 12;
+  int64_t num_heads = 12;
+  double mlp_ratio = 4.0;
+  bool qkv_bias = true;
+  double drop_rate = 0.0;       // after the positional embedding, in the MLP and projections
+  double attn_drop_rate = 0.0;  // on the attention probabilities
+  double drop_path_rate = 0.0;  // stochastic depth, rising linearly to this over the blocks
+
+  int64_t grid() const { return img_size / patch_size; }
+  int64_t num_patches() const { return grid() * grid(); }                   // L
+  int64_t num_tokens() const { return num_patches() + 1; }                  // N, with the cls token
+  int64_t patch_dim() const { return in_chans * patch_size * patch_size; }  // C·P·P
+  int64_t head_dim() const { return embed_dim / num_heads; }                // d
+  int64_t mlp_hidden() const {
+    return static_cast<int64_t>(static_cast<double>(embed_dim) * mlp_ratio);
+  }  // F
+
+  // Throws engine::Error naming the flag (kebab-case, as on the command line) that is wrong.
+  void validate() const;
+  // Multiply-adds of one forward pass per image ×2: linear layers, patch embedding and the two
+  // attention matmuls (the convention of ../shared/PEERS.md).
+  double flops_per_image() const;
+};
+
+void to_json(nlohmann::json& j, const VitConfig& c);
+void from_json(const nlohmann::json& j, VitConfig& c);
+
+struct VitPreset {
+  const char* name;
+  const char* description;
+  VitConfig config;
+};
+const std::vector<VitPreset>& vit_presets();
+// Throws engine::Error listing the known names when `name` is not one.
+VitConfig vit_preset(const std::string& name);
+
+}  // namespace vit
