@@ -89,8 +89,7 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
 }
 
 SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path) {
-  // Built by append: GCC 12 flags `"'" + string + "'"` with a false -Wrestrict (its PR 105329).
-  const std::string where = std::string("'").append(path.string()).append("'");
+  const std::string where = "'" + path.string() + "'";
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) throw Error(where + ": no such model file");
   std::ifstream in(path, std::ios::binary);

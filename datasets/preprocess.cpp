@@ -1,0 +1,141 @@
+#include "datasets/preprocess.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "engine/error.hpp"
+
+namespace datasets {
+
+using engine::Error;
+using engine::require;
+
+void Preprocess::validate() const {
+  require(img_size > 0, "--img-size must be positive");
+  require(in_chans == 1 || in_chans == 3,
+          "--in-chans must be 1 or 3, got " + std::to_string(in_chans));
+  require(patch_size >= 0 && (patch_size == 0 || img_size % patch_size == 0),
+          "--patch-size " + std::to_string(patch_size) + " does not divide --img-size " +
+              std::to_string(img_size));
+  require(
+      static_cast<int64_t>(mean.size()) == in_chans && static_cast<int64_t>(std.size()) == in_chans,
+      "--mean and --std need one value per channel (" + std::to_string(in_chans) + ")");
+  for (float s : std) require(s > 0.0f, "--std values must be positive");
+  require(crop_pct > 0.0 && crop_pct <= 1.0, "--crop-pct must be in (0, 1]");
+}
+
+void to_json(nlohmann::json& j, const Preprocess& p) {
+  j = {{"img_size", p.img_size}, {"in_chans", p.in_chans}, {"patch_size", p.patch_size},
+       {"mean", p.mean},         {"std", p.std},           {"crop_pct", p.crop_pct}};
+}
+
+void from_json(const nlohmann::json& j, Preprocess& p) {
+  j.at("img_size").get_to(p.img_size);
+  j.at("in_chans").get_to(p.in_chans);
+  j.at("patch_size").get_to(p.patch_size);
+  j.at("mean").get_to(p.mean);
+  j.at("std").get_to(p.std);
+  p.crop_pct = j.value("crop_pct", 1.0);
+}
+
+cv::Mat decode_image(const std::vector<unsigned char>& bytes, int64_t in_chans,
+                     const std::string& name) {
+  if (bytes.empty()) throw Error("'" + name + "': empty file, not an image");
+  cv::Mat raw;
+  try {
+    raw = cv::imdecode(bytes, cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception& e) {
+    throw Error("'" + name + "': cannot decode image: " + e.err);
+  }
+  if (raw.empty()) throw Error("'" + name + "': not an image OpenCV can decode (or truncated)");
+  if (raw.depth() == CV_16U)
+    raw.convertTo(raw, CV_8U, 1.0 / 257.0);
+  else if (raw.depth() == CV_32F)
+    raw.convertTo(raw, CV_8U, 255.0);
+  else if (raw.depth() != CV_8U)
+    raw.convertTo(raw, CV_8U);
+  cv::Mat out;
+  const int c = raw.channels();
+  if (in_chans == 1) {
+    if (c == 1)
+      out = raw;
+    else
+      cv::cvtColor(raw, out, c == 4 ? cv::COLOR_BGRA2GRAY : cv::COLOR_BGR2GRAY);
+  } else {
+    if (c == 1)
+      cv::cvtColor(raw, out, cv::COLOR_GRAY2RGB);
+    else
+      cv::cvtColor(raw, out, c == 4 ? cv::COLOR_BGRA2RGB : cv::COLOR_BGR2RGB);
+  }
+  return out;
+}
+
+cv::Mat load_image(const std::filesystem::path& path, int64_t in_chans) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    throw Error("'" + path.string() +
+                "': " + (std::filesystem::exists(path) ? "cannot read" : "no such file"));
+  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)),
+                                   std::istreambuf_iterator<char>());
+  return decode_image(bytes, in_chans, path.string());
+}
+
+cv::Mat resize_center_crop(const cv::Mat& image, int64_t img_size, double crop_pct) {
+  const int target = static_cast<int>(std::floor(static_cast<double>(img_size) / crop_pct));
+  const int h = image.rows, w = image.cols;
+  cv::Mat resized = image;
+  if (std::min(h, w) != target) {
+    const double scale = static_cast<double>(target) / std::min(h, w);
+    const int nh = std::max(target, static_cast<int>(std::lround(h * scale)));
+    const int nw = std::max(target, static_cast<int>(std::lround(w * scale)));
+    cv::resize(image, resized, cv::Size(nw, nh), 0, 0,
+               scale < 1.0 ? cv::INTER_AREA : cv::INTER_LINEAR);
+  }
+  const int s = static_cast<int>(img_size);
+  const int top = (resized.rows - s) / 2, left = (resized.cols - s) / 2;
+  return resized(cv::Rect(left, top, s, s)).clone();
+}
+
+void to_model_input(const cv::Mat& image, const Preprocess& p, float* dst) {
+  require(image.rows == p.img_size && image.cols == p.img_size && image.channels() == p.in_chans,
+          "to_model_input: image is not " + std::to_string(p.img_size) + "x" +
+              std::to_string(p.img_size) + "x" + std::to_string(p.in_chans));
+  cv::Mat f;
+  image.convertTo(f, CV_32F, 1.0 / 255.0);
+  std::vector<cv::Mat> planes;
+  cv::split(f, planes);
+  for (size_t c = 0; c < planes.size(); ++c) planes[c] = (planes[c] - p.mean[c]) / p.std[c];
+  if (p.patch_size > 0) {
+    cv::Mat normalized;
+    cv::merge(planes, normalized);
+    cut_patches(normalized, p.patch_size, dst);
+  } else {
+    const size_t plane = static_cast<size_t>(p.img_size * p.img_size);
+    for (size_t c = 0; c < planes.size(); ++c)
+      std::memcpy(dst + c * plane, planes[c].ptr<float>(), plane * sizeof(float));
+  }
+}
+
+void cut_patches(const cv::Mat& image, int64_t patch_size, float* dst) {
+  require(image.depth() == CV_32F, "cut_patches: needs a float image");
+  const int P = static_cast<int>(patch_size);
+  require(P > 0 && image.rows % P == 0 && image.cols % P == 0,
+          "cut_patches: patch size " + std::to_string(P) + " does not divide " +
+              std::to_string(image.rows) + "x" + std::to_string(image.cols));
+  std::vector<cv::Mat> planes;
+  cv::split(image, planes);
+  for (int gy = 0; gy < image.rows / P; ++gy)
+    for (int gx = 0; gx < image.cols / P; ++gx)
+      for (const cv::Mat& plane : planes) {
+        const cv::Mat patch = plane(cv::Rect(gx * P, gy * P, P, P));
+        for (int r = 0; r < P; ++r, dst += P)
+          std::memcpy(dst, patch.ptr<float>(r), P * sizeof(float));
+      }
+}
+
+}  // namespace datasets

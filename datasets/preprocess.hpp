@@ -1,0 +1,53 @@
+// Images in: decode with OpenCV, resize and crop as timm's eval transform, scale to [0, 1],
+// normalize by mean and std, and cut into P×P patches flattened in (channel, row, column)
+// order — the order of timm's [D, C, P, P] patch-embedding weight.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <opencv2/core.hpp>
+
+namespace datasets {
+
+// What a model expects of an image; saved as the "preprocess" entry of a model file.
+struct Preprocess {
+  int64_t img_size = 224;
+  int64_t in_chans = 3;     // 1: grayscale, 3: RGB
+  int64_t patch_size = 16;  // 0: the model takes whole images [C, H, W] (the CNN)
+  std::vector<float> mean{0.5f, 0.5f, 0.5f};
+  std::vector<float> std{0.5f, 0.5f, 0.5f};
+  double crop_pct = 1.0;  // eval: resize the shorter side to img_size / crop_pct, centre crop
+
+  void validate() const;
+  // Floats per image: L·C·P·P for patches, C·H·W for whole images (the same count).
+  int64_t sample_size() const { return in_chans * img_size * img_size; }
+};
+
+void to_json(nlohmann::json& j, const Preprocess& p);
+void from_json(const nlohmann::json& j, Preprocess& p);
+
+// Decodes any image OpenCV reads (PNG, JPEG, BMP, TIFF, WebP, ...), 8 or 16 bits, with or
+// without alpha, into 8-bit grayscale (in_chans 1) or RGB (in_chans 3). Throws engine::Error
+// naming the file when it is missing, unreadable or not an image.
+cv::Mat load_image(const std::filesystem::path& path, int64_t in_chans);
+// The same, from bytes already in memory; `name` is what errors call it.
+cv::Mat decode_image(const std::vector<unsigned char>& bytes, int64_t in_chans,
+                     const std::string& name);
+
+// timm's eval transform: shorter side to img_size / crop_pct (area interpolation shrinking,
+// bilinear growing), then the centre img_size × img_size crop.
+cv::Mat resize_center_crop(const cv::Mat& image, int64_t img_size, double crop_pct);
+
+// uint8 image (img_size square, in_chans channels) -> normalized floats in the model's input
+// layout, written to dst (sample_size() floats).
+void to_model_input(const cv::Mat& image, const Preprocess& p, float* dst);
+
+// Float image (H×W, C channels, HWC as OpenCV keeps it) -> patches [L, C·P·P], patch index
+// row-major over the grid, each patch flattened (channel, row, column).
+void cut_patches(const cv::Mat& image, int64_t patch_size, float* dst);
+
+}  // namespace datasets

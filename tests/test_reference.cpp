@@ -1,0 +1,65 @@
+// The whole ViT forward against torchvision's own VisionTransformer: fixtures exported by
+// tests/fixtures/export_torchvision_vit.py (weights renamed to timm's keys, inputs, logits).
+#include <cmath>
+
+#include <doctest/doctest.h>
+#include <opencv2/core.hpp>
+
+#include "datasets/preprocess.hpp"
+#include "engine/state_dict.hpp"
+#include "vit/vision_transformer.hpp"
+
+using namespace vit;
+
+namespace {
+
+void check_fixture(const std::string& file_name) {
+  CAPTURE(file_name);
+  const engine::SafetensorsFile file(std::string(VIT_FIXTURES) + "/" + file_name);
+  const VitConfig config = nlohmann::json::parse(file.metadata().at("config")).get<VitConfig>();
+  Context ctx(0);
+  ParameterStore store;
+  VisionTransformer model(store, config);
+  store.allocate(ctx.eng);
+  engine::load_state_dict(store, file, /*strict=*/true, {"input", "logits"});
+  model.train(false);
+
+  const auto& in = file.entries().at("input");
+  const int64_t n = in.shape[0], C = config.in_chans, S = config.img_size;
+  std::vector<float> images(n * C * S * S);
+  file.read_f32("input", {n, C, S, S}, images.data());
+  std::vector<float> want(n * config.num_classes);
+  file.read_f32("logits", {n, config.num_classes}, want.data());
+
+  // NCHW floats -> OpenCV HWC images -> patches, as datasets/ does for decoded files.
+  Tensor patches(ctx.eng, {n, config.num_patches(), config.patch_dim()});
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<cv::Mat> planes;
+    for (int64_t c = 0; c < C; ++c)
+      planes.emplace_back(int(S), int(S), CV_32F, images.data() + (i * C + c) * S * S);
+    cv::Mat hwc;
+    cv::merge(planes, hwc);
+    datasets::cut_patches(hwc, config.patch_size,
+                          patches.data() + i * config.num_patches() * config.patch_dim());
+  }
+  const Tensor& logits = model.forward(ctx, patches);
+  ctx.wait();
+  double max_err = 0, max_ref = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    max_err = std::max(max_err, std::abs(double(logits[int64_t(i)]) - want[i]));
+    max_ref = std::max(max_ref, std::abs(double(want[i])));
+  }
+  INFO("max |ours - torchvision| = " << max_err << ", max |torchvision| = " << max_ref);
+  CHECK(max_ref > 0.1);
+  CHECK(max_err <= 1e-4 * max_ref);
+}
+
+}  // namespace
+
+TEST_CASE("ViT forward equals torchvision's VisionTransformer (RGB, 32x32, patch 8)") {
+  check_fixture("torchvision_vit_rgb.safetensors");
+}
+
+TEST_CASE("ViT forward equals torchvision's VisionTransformer (grayscale, 28x28, patch 7)") {
+  check_fixture("torchvision_vit_gray.safetensors");
+}
