@@ -101,24 +101,33 @@ cv::Mat resize_center_crop(const cv::Mat& image, int64_t img_size, double crop_p
   return resized(cv::Rect(left, top, s, s)).clone();
 }
 
-void to_model_input(const cv::Mat& image, const Preprocess& p, float* dst) {
-  require(image.rows == p.img_size && image.cols == p.img_size && image.channels() == p.in_chans,
-          "to_model_input: image is not " + std::to_string(p.img_size) + "x" +
-              std::to_string(p.img_size) + "x" + std::to_string(p.in_chans));
+cv::Mat normalize(const cv::Mat& image, const Preprocess& p) {
   cv::Mat f;
   image.convertTo(f, CV_32F, 1.0 / 255.0);
-  std::vector<cv::Mat> planes;
-  cv::split(f, planes);
-  for (size_t c = 0; c < planes.size(); ++c) planes[c] = (planes[c] - p.mean[c]) / p.std[c];
+  if (p.in_chans == 1) return (f - p.mean[0]) / p.std[0];
+  cv::subtract(f, cv::Scalar(p.mean[0], p.mean[1], p.mean[2]), f);
+  cv::divide(f, cv::Scalar(p.std[0], p.std[1], p.std[2]), f);
+  return f;
+}
+
+void write_model_input(const cv::Mat& normalized, const Preprocess& p, float* dst) {
+  require(normalized.rows == p.img_size && normalized.cols == p.img_size &&
+              normalized.channels() == p.in_chans && normalized.depth() == CV_32F,
+          "write_model_input: image is not " + std::to_string(p.img_size) + "x" +
+              std::to_string(p.img_size) + "x" + std::to_string(p.in_chans) + " float");
   if (p.patch_size > 0) {
-    cv::Mat normalized;
-    cv::merge(planes, normalized);
     cut_patches(normalized, p.patch_size, dst);
-  } else {
-    const size_t plane = static_cast<size_t>(p.img_size * p.img_size);
-    for (size_t c = 0; c < planes.size(); ++c)
-      std::memcpy(dst + c * plane, planes[c].ptr<float>(), plane * sizeof(float));
+    return;
   }
+  std::vector<cv::Mat> planes;
+  cv::split(normalized, planes);
+  const size_t plane = static_cast<size_t>(p.img_size * p.img_size);
+  for (size_t c = 0; c < planes.size(); ++c)
+    std::memcpy(dst + c * plane, planes[c].ptr<float>(), plane * sizeof(float));
+}
+
+void to_model_input(const cv::Mat& image, const Preprocess& p, float* dst) {
+  write_model_input(normalize(image, p), p, dst);
 }
 
 void cut_patches(const cv::Mat& image, int64_t patch_size, float* dst) {

@@ -42,8 +42,12 @@ cv::Mat decode_image(const std::vector<unsigned char>& bytes, int64_t in_chans,
 // bilinear growing), then the centre img_size × img_size crop.
 cv::Mat resize_center_crop(const cv::Mat& image, int64_t img_size, double crop_pct);
 
-// uint8 image (img_size square, in_chans channels) -> normalized floats in the model's input
-// layout, written to dst (sample_size() floats).
+// uint8 image -> float HWC, scaled to [0, 1] and normalized by the mean and std.
+cv::Mat normalize(const cv::Mat& image, const Preprocess& p);
+// Normalized float image (img_size square) -> the model's input layout in dst (sample_size()
+// floats): patches [L, C·P·P], or planes [C, S, S] when patch_size is 0.
+void write_model_input(const cv::Mat& normalized, const Preprocess& p, float* dst);
+// Both: a uint8 image as the model takes it.
 void to_model_input(const cv::Mat& image, const Preprocess& p, float* dst);
 
 // Float image (H×W, C channels, HWC as OpenCV keeps it) -> patches [L, C·P·P], patch index
