@@ -24,7 +24,8 @@ class BatchedMatmul {
   struct Plan {
     View a, b;
     dnnl::matmul fwd, bwd_a, bwd_b;
-    dnnl::memory a_mem, b_mem, a_t, b_t, dst, diff_dst, diff_a, diff_b;
+    bool a_transposed = false, b_transposed = false;  // last axis not contiguous
+    dnnl::memory a_mem, b_mem, a_t, b_t, dst, diff_dst, diff_dst_t, diff_a, diff_b;
     Tensor dst_tensor;
   };
   std::unique_ptr<Plan> build(Context& ctx, const View& a, const View& b);

@@ -72,6 +72,16 @@ TEST_CASE("BatchedMatmul reads a transpose as a strided view") {
   ctx.wait();
   CHECK(c.dims() == Dims{3, 2, 5});
   check::check_close("Aᵀ·B", c, naive_matmul(at, b.as_view(), 0.25));
+
+  // Gradients written back into the transposed storage of A.
+  auto forward = [&]() -> const Tensor& { return mm.forward(ctx, at, b.as_view()); };
+  Tensor r = check::random_tensor(ctx, c.dims(), rng);
+  Tensor da(ctx.eng, a.dims()), db(ctx.eng, b.dims());
+  mm.backward(ctx, r, da.as_view().transposed(), db.as_view());
+  ctx.wait();
+  check::check_gradients(
+      ctx, forward, r,
+      {{"a", a.data(), a.numel(), da.data()}, {"b", b.data(), b.numel(), db.data()}});
 }
 
 TEST_CASE("BatchedMatmul forward and backward on the heads of a fused qkv buffer") {

@@ -11,6 +11,7 @@
 
 #include "engine/context.hpp"
 #include "engine/error.hpp"
+#include "tools/cli.hpp"
 
 namespace po = boost::program_options;
 
@@ -18,38 +19,7 @@ namespace {
 
 constexpr int kExitError = 1;
 constexpr int kExitUsage = 2;
-
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-// Parses a sub-command's arguments strictly: every flag must be declared.
-po::variables_map parse(const std::vector<std::string>& args, const po::options_description& opts,
-                        const po::positional_options_description& positional = {}) {
-  po::variables_map vm;
-  po::store(po::command_line_parser(args).options(opts).positional(positional).run(), vm);
-  po::notify(vm);
-  return vm;
-}
-
-int run_info(const std::vector<std::string>& args) {
-  po::options_description opts("vit info: the build and the machine it runs on");
-  opts.add_options()("help,h", "show this help")("threads", po::value<int>()->default_value(0),
-                                                 "threads to use (0: all cores)");
-  const po::variables_map vm = parse(args, opts);
-  if (vm.count("help")) {
-    std::cout << "usage: vit info [--threads N]\n\n" << opts;
-    return 0;
-  }
-  engine::Context ctx(0, vm["threads"].as<int>());
-  std::cout << "vit " << VIT_VERSION << "\n"
-            << "compiler: " << __VERSION__ << "\n"
-            << engine::onednn_version() << "\n"
-            << "cpu isa: " << engine::onednn_isa() << "\n"
-            << "threads: " << ctx.threads << " (OpenMP)\n"
-            << "primitive cache capacity: " << dnnl::get_primitive_cache_capacity() << "\n";
-  return 0;
-}
+using cli::UsageError;
 
 struct Command {
   const char* name;
@@ -58,7 +28,12 @@ struct Command {
 };
 
 constexpr Command kCommands[] = {
-    {"info", "print the build, the oneDNN version and the CPU ISA it dispatches to", run_info},
+    {"train", "train a classifier on an image folder (one sub-folder per class)", cli::run_train},
+    {"eval", "accuracy, per-class accuracy and confusion matrix on a labelled folder",
+     cli::run_eval},
+    {"classify", "the top-k classes of images, text or JSON", cli::run_classify},
+    {"models", "the model presets, with parameters and FLOPs", cli::run_models},
+    {"info", "print the build, the oneDNN version and the CPU ISA it dispatches to", cli::run_info},
 };
 
 void print_help(const po::options_description& global) {
@@ -83,7 +58,7 @@ int run(int argc, char** argv) {
 
   po::options_description global("options");
   global.add_options()("help,h", "show this help")("version", "show the version of vit and oneDNN");
-  const po::variables_map vm = parse(global_args, global);
+  const po::variables_map vm = cli::parse(global_args, global);
   if (vm.count("help")) {
     print_help(global);
     return 0;

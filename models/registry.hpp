@@ -1,0 +1,56 @@
+// "Which model": architectures by name, named presets, and model files.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "datasets/preprocess.hpp"
+#include "engine/model.hpp"
+#include "engine/safetensors.hpp"
+
+namespace models {
+
+using engine::Context;
+
+using Factory = std::function<std::unique_ptr<engine::Model>(const nlohmann::json& config)>;
+
+// arch -> constructor from its JSON config; the parameters are registered, not allocated
+// (enough to count them).
+std::unique_ptr<engine::Model> build_model(const std::string& arch, const nlohmann::json& config);
+// The same, with the parameters allocated (uninitialised: call init_weights or load a file).
+std::unique_ptr<engine::Model> make_model(const std::string& arch, const nlohmann::json& config,
+                                          Context& ctx);
+
+struct Preset {
+  std::string name, arch, description;
+  nlohmann::json config;  // the architecture's own config
+};
+const std::vector<Preset>& presets();
+const Preset& preset(const std::string& name);  // throws listing the known names
+
+// The model and everything needed to feed it and read its output.
+struct LoadedModel {
+  std::unique_ptr<engine::Model> model;
+  datasets::Preprocess preprocess;
+  std::vector<std::string> classes;
+  std::map<std::string, std::string> metadata;  // the file's __metadata__, as read
+};
+
+// The model file: timm's state-dict names and shapes, and in __metadata__ (all JSON strings):
+// "arch", "config", "preprocess", "classes", "vit_version", plus whatever `extra` holds.
+void save_model(const std::filesystem::path& path, const engine::Model& model,
+                const datasets::Preprocess& preprocess, const std::vector<std::string>& classes,
+                const std::map<std::string, std::string>& extra = {},
+                const std::vector<engine::TensorToWrite>& extra_tensors = {});
+// Validates the metadata against the tensors: every error names the file and the problem.
+// extra_prefixes: tensor names (such as a checkpoint's optimizer state) that are not the model's.
+LoadedModel load_model(const std::filesystem::path& path, Context& ctx,
+                       const std::vector<std::string>& extra_prefixes = {});
+
+}  // namespace models

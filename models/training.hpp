@@ -1,0 +1,85 @@
+// The training loop over image folders: epochs of DataLoader batches, the warmup + cosine
+// schedule per step, validation after every epoch, a live progress line, JSON-lines metrics,
+// checkpoints that resume exactly (weights, optimizer moments, step, position in the epoch,
+// random state), and the final model file.
+#pragma once
+
+#include <atomic>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "datasets/loader.hpp"
+#include "engine/trainer.hpp"
+
+namespace models {
+
+using engine::Context;
+
+// The recipe; saved in every checkpoint as "train_config" so a resumed run continues it.
+struct TrainConfig {
+  int64_t epochs = 10;
+  int64_t batch_size = 128;
+  double lr = 1e-3, min_lr = 1e-5, warmup_lr = 1e-6, warmup_epochs = 1.0;
+  double weight_decay = 0.05, label_smoothing = 0.1, clip_grad = 0.0, momentum = 0.9;
+  std::string opt = "adamw";
+  uint64_t seed = 0;
+
+  void validate() const;
+};
+void to_json(nlohmann::json& j, const TrainConfig& c);
+void from_json(const nlohmann::json& j, TrainConfig& c);
+
+struct TrainOutputs {
+  std::filesystem::path out;                // the final model
+  std::filesystem::path checkpoint;         // resumable state, rewritten every epoch
+  int64_t checkpoint_every = 0;             // also every N optimizer steps; 0: epochs only
+  std::filesystem::path log;                // JSON lines, one per epoch; empty: none
+  bool progress = true;                     // the live progress line on stderr
+  const std::atomic<bool>* stop = nullptr;  // set by SIGINT/SIGTERM: checkpoint and return
+};
+
+struct EpochResult {
+  int64_t epoch = 0, steps = 0;
+  double train_loss = 0, train_acc = 0, val_loss = 0, val_acc = 0, val_top5 = 0, lr = 0;
+  double seconds = 0, images_per_second = 0;
+  bool validated = false;
+};
+
+struct TrainResult {
+  std::vector<EpochResult> epochs;
+  bool interrupted = false;
+  double seconds = 0;
+};
+
+// Evaluates without dropout; the model is left in evaluation mode.
+engine::Metrics evaluate(Context& ctx, engine::Model& model, datasets::DataLoader& loader);
+
+class Trainer {
+ public:
+  Trainer(Context& ctx, engine::Model& model, datasets::Preprocess preprocess,
+          std::vector<std::string> classes, TrainConfig config, TrainOutputs outputs);
+
+  // Continues from a checkpoint written by this class (weights already loaded into the model):
+  // the optimizer moments, step, epoch, batch and random state.
+  void restore(const std::filesystem::path& checkpoint);
+  const TrainConfig& config() const { return config_; }
+
+  TrainResult fit(datasets::DataLoader& train, datasets::DataLoader* val);
+
+ private:
+  void save_checkpoint(int64_t batches_per_epoch);
+  Context& ctx_;
+  engine::Model& model_;
+  datasets::Preprocess preprocess_;
+  std::vector<std::string> classes_;
+  TrainConfig config_;
+  TrainOutputs outputs_;
+  engine::Optimizer optimizer_;
+  int64_t epoch_ = 0, batch_ = 0;  // where training continues
+  std::vector<nlohmann::json> history_;
+};
+
+}  // namespace models

@@ -1,0 +1,38 @@
+// Shared plumbing of the vit sub-commands: strict option parsing and the usage error type.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <boost/program_options.hpp>
+
+namespace cli {
+
+namespace po = boost::program_options;
+
+// A wrong command line: printed with a pointer to --help, exit code 2.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Parses a sub-command's arguments strictly: every flag must be declared.
+inline po::variables_map parse(const std::vector<std::string>& args,
+                               const po::options_description& opts,
+                               const po::positional_options_description& positional = {}) {
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(opts).positional(positional).run(), vm);
+  po::notify(vm);
+  return vm;
+}
+
+// "0.5,0.5,0.5" -> {0.5, 0.5, 0.5}; the flag names the error.
+std::vector<float> parse_floats(const std::string& text, const std::string& flag);
+
+int run_info(const std::vector<std::string>& args);
+int run_models(const std::vector<std::string>& args);
+int run_train(const std::vector<std::string>& args);
+int run_eval(const std::vector<std::string>& args);
+int run_classify(const std::vector<std::string>& args);
+
+}  // namespace cli

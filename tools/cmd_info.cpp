@@ -1,0 +1,69 @@
+// vit info, vit models.
+#include <cstdio>
+#include <iostream>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "engine/context.hpp"
+#include "models/registry.hpp"
+#include "tools/cli.hpp"
+
+namespace cli {
+
+std::vector<float> parse_floats(const std::string& text, const std::string& flag) {
+  std::vector<float> values;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    const size_t comma = text.find(',', pos);
+    const std::string item =
+        text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    try {
+      size_t used = 0;
+      values.push_back(std::stof(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw UsageError("--" + flag + ": '" + text + "' is not a comma-separated list of numbers");
+    }
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return values;
+}
+
+int run_info(const std::vector<std::string>& args) {
+  po::options_description opts("vit info: the build and the machine it runs on");
+  opts.add_options()("help,h", "show this help")("threads", po::value<int>()->default_value(0),
+                                                 "threads to use (0: all cores)");
+  const po::variables_map vm = parse(args, opts);
+  if (vm.count("help")) {
+    std::cout << "usage: vit info [--threads N]\n\n" << opts;
+    return 0;
+  }
+  engine::Context ctx(0, vm["threads"].as<int>());
+  std::cout << "vit " << VIT_VERSION << "\n"
+            << "compiler: " << __VERSION__ << "\n"
+            << engine::onednn_version() << "\n"
+            << "cpu isa: " << engine::onednn_isa() << "\n"
+            << "threads: " << ctx.threads << " (OpenMP)\n"
+            << "primitive cache capacity: " << dnnl::get_primitive_cache_capacity() << "\n";
+  return 0;
+}
+
+int run_models(const std::vector<std::string>& args) {
+  po::options_description opts("vit models: the named model presets");
+  opts.add_options()("help,h", "show this help");
+  const po::variables_map vm = parse(args, opts);
+  if (vm.count("help")) {
+    std::cout << "usage: vit models\n\n" << opts;
+    return 0;
+  }
+  for (const models::Preset& p : models::presets()) {
+    const auto model = models::build_model(p.arch, p.config);
+    std::printf("%-24s %-4s %9.2fM params %8.3f GFLOP/image  %s\n", p.name.c_str(), p.arch.c_str(),
+                double(model->store.num_trainable()) / 1e6, model->flops_per_image() / 1e9,
+                p.description.c_str());
+  }
+  return 0;
+}
+
+}  // namespace cli
