@@ -43,9 +43,26 @@ void from_json(const nlohmann::json& j, Preprocess& p) {
   p.crop_pct = j.value("crop_pct", 1.0);
 }
 
+// A PNG must end with its IEND chunk and a JPEG with its EOI marker. Checked here because
+// libpng and libjpeg report a cut-off file on stderr themselves, in lines of their own.
+static bool truncated(const std::vector<unsigned char>& b) {
+  static const unsigned char png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  static const unsigned char iend[8] = {'I', 'E', 'N', 'D', 0xae, 0x42, 0x60, 0x82};
+  if (b.size() >= 8 && std::equal(png_sig, png_sig + 8, b.begin()))
+    return b.size() < 20 || !std::equal(iend, iend + 8, b.end() - 8);
+  if (b.size() >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff) {
+    // Trailing padding after the EOI marker is allowed.
+    size_t end = b.size();
+    while (end > 2 && b[end - 1] == 0x00) --end;
+    return end < 4 || b[end - 2] != 0xff || b[end - 1] != 0xd9;
+  }
+  return false;
+}
+
 cv::Mat decode_image(const std::vector<unsigned char>& bytes, int64_t in_chans,
                      const std::string& name) {
   if (bytes.empty()) throw Error("'" + name + "': empty file, not an image");
+  if (truncated(bytes)) throw Error("'" + name + "': truncated image (its end is missing)");
   cv::Mat raw;
   try {
     raw = cv::imdecode(bytes, cv::IMREAD_UNCHANGED);

@@ -29,6 +29,9 @@ void TrainConfig::validate() const {
   require(label_smoothing >= 0 && label_smoothing < 1, "--smoothing must be in [0, 1)");
   require(clip_grad >= 0, "--clip-grad must not be negative");
   require(opt == "adamw" || opt == "sgd", "--opt must be adamw or sgd, got '" + opt + "'");
+  require(subset >= 0, "--subset must not be negative");
+  require(val_split >= 0 && val_split < 1, "--val-split must be in [0, 1)");
+  augment.validate();
 }
 
 void to_json(nlohmann::json& j, const TrainConfig& c) {
@@ -43,7 +46,19 @@ void to_json(nlohmann::json& j, const TrainConfig& c) {
        {"clip_grad", c.clip_grad},
        {"momentum", c.momentum},
        {"opt", c.opt},
-       {"seed", c.seed}};
+       {"seed", c.seed},
+       {"subset", c.subset},
+       {"val_split", c.val_split},
+       {"augment",
+        {{"crop", c.augment.crop},
+         {"pad", c.augment.pad},
+         {"rrc_scale_min", c.augment.rrc_scale_min},
+         {"hflip", c.augment.hflip},
+         {"random_erase", c.augment.random_erase},
+         {"mixup_alpha", c.augment.mixup_alpha},
+         {"cutmix_alpha", c.augment.cutmix_alpha},
+         {"mix_prob", c.augment.mix_prob},
+         {"switch_prob", c.augment.switch_prob}}}};
 }
 
 void from_json(const nlohmann::json& j, TrainConfig& c) {
@@ -59,6 +74,18 @@ void from_json(const nlohmann::json& j, TrainConfig& c) {
   j.at("momentum").get_to(c.momentum);
   j.at("opt").get_to(c.opt);
   j.at("seed").get_to(c.seed);
+  j.at("subset").get_to(c.subset);
+  j.at("val_split").get_to(c.val_split);
+  const nlohmann::json& a = j.at("augment");
+  a.at("crop").get_to(c.augment.crop);
+  a.at("pad").get_to(c.augment.pad);
+  a.at("rrc_scale_min").get_to(c.augment.rrc_scale_min);
+  a.at("hflip").get_to(c.augment.hflip);
+  a.at("random_erase").get_to(c.augment.random_erase);
+  a.at("mixup_alpha").get_to(c.augment.mixup_alpha);
+  a.at("cutmix_alpha").get_to(c.augment.cutmix_alpha);
+  a.at("mix_prob").get_to(c.augment.mix_prob);
+  a.at("switch_prob").get_to(c.augment.switch_prob);
 }
 
 engine::Metrics evaluate(Context& ctx, engine::Model& model, datasets::DataLoader& loader) {
@@ -150,6 +177,7 @@ TrainResult Trainer::fit(datasets::DataLoader& train, datasets::DataLoader* val)
     if (!log) throw Error("'" + outputs_.log.string() + "': cannot write the log");
   }
   const bool live = outputs_.progress && ::isatty(2);
+  const int64_t first_epoch = epoch_;
   TrainResult result;
   const auto run_start = Clock::now();
 
@@ -228,9 +256,15 @@ TrainResult Trainer::fit(datasets::DataLoader& train, datasets::DataLoader* val)
     ++epoch_, batch_ = 0;  // the checkpoint resumes at the next epoch
     save_checkpoint(per_epoch);
     epoch_ = done;
+    if (outputs_.stop_after_epochs > 0 && epoch_ + 1 - first_epoch >= outputs_.stop_after_epochs &&
+        epoch_ + 1 < config_.epochs) {
+      ++epoch_;
+      result.interrupted = true;
+      break;
+    }
   }
   result.seconds = std::chrono::duration<double>(Clock::now() - run_start).count();
-  if (!outputs_.out.empty())
+  if (!outputs_.out.empty() && !result.interrupted)
     save_model(outputs_.out, model_, preprocess_, classes_,
                {{"train_config", nlohmann::json(config_).dump()},
                 {"history", nlohmann::json(history_).dump()}});

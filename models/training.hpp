@@ -26,6 +26,9 @@ struct TrainConfig {
   double weight_decay = 0.05, label_smoothing = 0.1, clip_grad = 0.0, momentum = 0.9;
   std::string opt = "adamw";
   uint64_t seed = 0;
+  int64_t subset = 0;      // stratified training subset; 0: the whole folder
+  double val_split = 0.0;  // fraction of the folder held out for validation
+  datasets::Augment augment;
 
   void validate() const;
 };
@@ -39,6 +42,7 @@ struct TrainOutputs {
   std::filesystem::path log;                // JSON lines, one per epoch; empty: none
   bool progress = true;                     // the live progress line on stderr
   const std::atomic<bool>* stop = nullptr;  // set by SIGINT/SIGTERM: checkpoint and return
+  int64_t stop_after_epochs = 0;  // train this many epochs in this run, checkpoint, return
 };
 
 struct EpochResult {

@@ -99,7 +99,10 @@ int run_train(const std::vector<std::string>& args) {
       "checkpoint", po::value<std::string>(),
       "resumable checkpoint (default: OUT with .ckpt before the extension)")(
       "checkpoint-every", po::value<int64_t>()->default_value(0), "also checkpoint every N steps")(
-      "resume", po::value<std::string>(), "continue from a checkpoint (its model and recipe)")(
+      "resume", po::value<std::string>(),
+      "continue from a checkpoint: its model, recipe, augmentation and data selection")(
+      "stop-after-epochs", po::value<int64_t>()->default_value(0),
+      "train at most N epochs in this run, then checkpoint and stop (resume later)")(
       "log", po::value<std::string>(), "append per-epoch metrics as JSON lines")(
       "no-progress", "no live progress line")("help,h", "show this help");
   po::options_description all("vit train: a classifier from an image folder");
@@ -172,6 +175,16 @@ int run_train(const std::vector<std::string>& args) {
     recipe.label_smoothing = vm["smoothing"].as<double>();
     recipe.clip_grad = vm["clip-grad"].as<double>();
     recipe.seed = vm["seed"].as<uint64_t>();
+    recipe.subset = vm["subset"].as<int64_t>();
+    recipe.val_split = vm["val-split"].as<double>();
+    recipe.augment.crop = vm["crop"].as<std::string>();
+    recipe.augment.pad = vm["pad"].as<int64_t>();
+    recipe.augment.hflip = vm["hflip"].as<double>();
+    recipe.augment.random_erase = vm["random-erase"].as<double>();
+    recipe.augment.mixup_alpha = vm["mixup"].as<double>();
+    recipe.augment.cutmix_alpha = vm["cutmix"].as<double>();
+    recipe.augment.mix_prob = vm["mix-prob"].as<double>();
+    recipe.augment.switch_prob = vm["switch-prob"].as<double>();
     recipe.validate();
   }
 
@@ -214,14 +227,7 @@ int run_train(const std::vector<std::string>& args) {
   train_opts.shuffle = true;
   train_opts.drop_last = true;
   train_opts.augment = true;
-  train_opts.augmentation.crop = vm["crop"].as<std::string>();
-  train_opts.augmentation.pad = vm["pad"].as<int64_t>();
-  train_opts.augmentation.hflip = vm["hflip"].as<double>();
-  train_opts.augmentation.random_erase = vm["random-erase"].as<double>();
-  train_opts.augmentation.mixup_alpha = vm["mixup"].as<double>();
-  train_opts.augmentation.cutmix_alpha = vm["cutmix"].as<double>();
-  train_opts.augmentation.mix_prob = vm["mix-prob"].as<double>();
-  train_opts.augmentation.switch_prob = vm["switch-prob"].as<double>();
+  train_opts.augmentation = recipe.augment;
   train_opts.num_classes = static_cast<int64_t>(classes.size());
   train_opts.seed = recipe.seed;
   train_opts.workers = std::max(1, vm["workers"].as<int>());
@@ -247,6 +253,7 @@ int run_train(const std::vector<std::string>& args) {
   if (vm.count("log")) outputs.log = vm["log"].as<std::string>();
   outputs.progress = !vm.count("no-progress");
   outputs.stop = &g_stop;
+  outputs.stop_after_epochs = vm["stop-after-epochs"].as<int64_t>();
 
   std::printf("data: %zu training images%s, %zu classes (%s)\n", train_source.size(),
               train_source.cached() ? " decoded in memory" : " streamed", classes.size(),
@@ -269,8 +276,10 @@ int run_train(const std::vector<std::string>& args) {
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   if (result.interrupted) {
-    std::fprintf(stderr, "vit: interrupted; resume with --resume %s\n", outputs.checkpoint.c_str());
-    return 130;
+    const bool signalled = g_stop.load();
+    std::fprintf(stderr, "vit: %s; resume with --resume %s\n",
+                 signalled ? "interrupted" : "stopped as asked", outputs.checkpoint.c_str());
+    return signalled ? 130 : 0;
   }
   std::printf("saved %s after %.1fs of training", outputs.out.c_str(), result.seconds);
   if (!result.epochs.empty() && result.epochs.back().validated)

@@ -10,6 +10,7 @@ packages=(
   libboost-program-options-dev
   doctest-dev
   nlohmann-json3-dev
+  python3 dataset-fashion-mnist                   # the real data, written out as image folders
 )
 
 missing=()

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# vit train, eval and classify end to end on a small committed image folder (three classes of
+# stripes), and their answers to bad input: exit codes, one-line errors naming the file or
+# flag, and nothing already saved lost.
+# usage: test_cli_model.sh path/to/vit path/to/tests/fixtures
+set -u
+vit=$1
+fixtures=$2
+data=$fixtures/stripes
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+
+ok() { passed=$((passed + 1)); }
+fail() { failed=$((failed + 1)); echo "FAIL: $*"; }
+
+# run NAME WANT_CODE STDERR_REGEX -- ARGS...: exit code and (for errors) a one-line message.
+run() {
+  local name=$1 want=$2 err_re=$3
+  shift 4
+  "$vit" "$@" >"$tmp/out" 2>"$tmp/err" </dev/null
+  local code=$?
+  if [ "$code" -ne "$want" ]; then
+    fail "$name: exit $code, want $want"; sed 's/^/  /' "$tmp/err" | head -5; return
+  fi
+  if [ -n "$err_re" ] && ! grep -Eq -e "$err_re" "$tmp/err"; then
+    fail "$name: stderr does not match '$err_re'"; sed 's/^/  /' "$tmp/err" | head -5; return
+  fi
+  if [ "$want" -ne 0 ] && [ "$(grep -vc '^vit: warning' "$tmp/err")" -ne 1 ]; then
+    fail "$name: the error is not one line"; sed 's/^/  /' "$tmp/err" | head -5; return
+  fi
+  ok
+}
+
+json_field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
+
+base=(--model vit_fmnist_patch4 --img-size 16 --embed-dim 32 --depth 2 --batch-size 16
+      --crop none --seed 3 --no-progress)
+small=("${base[@]}" --patch-size 4 --num-heads 2 --lr 3e-3 --warmup-epochs 0.5)
+
+# --- training, evaluation, classification -------------------------------------------------
+run "train" 0 "" -- train --data "$data/train" --val-data "$data/val" "${small[@]}" --epochs 6 \
+  --out "$tmp/m.safetensors" --log "$tmp/log.jsonl"
+[ -f "$tmp/m.safetensors" ] && ok || fail "train wrote no model"
+[ -f "$tmp/m.ckpt.safetensors" ] && ok || fail "train wrote no checkpoint"
+[ "$(wc -l <"$tmp/log.jsonl")" -eq 6 ] && ok || fail "log has not one line per epoch"
+grep -q "epoch 6/6" "$tmp/out" && ok || fail "no end-of-epoch line"
+
+run "eval --json" 0 "" -- eval --model "$tmp/m.safetensors" --data "$data/val" --json
+cp "$tmp/out" "$tmp/eval.json"
+top1=$(json_field "$tmp/eval.json" "['top1']")
+python3 -c "import sys; sys.exit(0 if float('$top1') >= 0.9 else 1)" && ok || fail "validation top-1 $top1 < 0.9"
+[ "$(json_field "$tmp/eval.json" "['images']")" -eq 60 ] && ok || fail "eval did not see 60 images"
+
+run "eval text" 0 "" -- eval --model "$tmp/m.safetensors" --data "$data/val"
+grep -q "top-1" "$tmp/out" && grep -q "confusion" "$tmp/out" && ok || fail "eval text lacks top-1 or confusion"
+
+run "classify --json" 0 "" -- classify --model "$tmp/m.safetensors" --json --top-k 2 \
+  "$data/val/horizontal/000.png" "$data/val/vertical/000.png" "$data/val/diagonal/000.png"
+cp "$tmp/out" "$tmp/classify.json"
+classes=$(python3 -c "import json; print(' '.join(r['top_k'][0]['class'] for r in json.load(open('$tmp/classify.json'))))")
+[ "$classes" = "horizontal vertical diagonal" ] && ok || fail "classify says '$classes'"
+[ "$(python3 -c "import json; print(len(json.load(open('$tmp/classify.json'))[0]['top_k']))")" -eq 2 ] && ok || fail "--top-k 2 ignored"
+
+run "classify a folder" 0 "" -- classify --model "$tmp/m.safetensors" --top-k 1 "$data/val/horizontal"
+[ "$(grep -c '\.png$' "$tmp/out")" -eq 20 ] && ok || fail "classify of a folder did not list 20 images"
+
+# The bundled model (no --model) names every sample image's class, which its file name carries.
+run "classify with the bundled model" 0 "" -- classify --json --top-k 1 "$fixtures"/../../datasets/samples/*.png
+cp "$tmp/out" "$tmp/bundled.json"
+python3 - "$tmp/bundled.json" <<'PY' && ok || fail "the bundled model misclassifies a sample"
+import json, os, sys
+for r in json.load(open(sys.argv[1])):
+    name = os.path.basename(r["image"]).rsplit("_", 1)[0]
+    assert r["top_k"][0]["class"] == name, (r["image"], r["top_k"][0])
+PY
+
+# --- resume continues exactly ----------------------------------------------------------------
+run "train 4 epochs" 0 "" -- train --data "$data/train" "${small[@]}" --epochs 4 --out "$tmp/a.safetensors"
+run "train 2 of 4 epochs" 0 "stopped as asked" -- train --data "$data/train" "${small[@]}" --epochs 4 \
+  --stop-after-epochs 2 --out "$tmp/b.safetensors"
+[ ! -f "$tmp/b.safetensors" ] && ok || fail "a stopped run wrote its final model"
+run "resume" 0 "" -- train --data "$data/train" --resume "$tmp/b.ckpt.safetensors" --no-progress --out "$tmp/b.safetensors"
+"$vit" eval --model "$tmp/a.safetensors" --data "$data/val" --json >"$tmp/a.json"
+"$vit" eval --model "$tmp/b.safetensors" --data "$data/val" --json >"$tmp/b.json"
+[ "$(json_field "$tmp/a.json" "['loss']")" = "$(json_field "$tmp/b.json" "['loss']")" ] && ok ||
+  fail "resumed run differs: $(json_field "$tmp/a.json" "['loss']") vs $(json_field "$tmp/b.json" "['loss']")"
+
+# --- bad input -------------------------------------------------------------------------------
+run "missing data folder" 1 "'$tmp/nope': no such folder" -- train --data "$tmp/nope" "${small[@]}"
+mkdir -p "$tmp/empty/a" "$tmp/empty/b" && cp "$data/train/vertical/000.png" "$tmp/empty/a/"
+run "empty class folder" 1 "'$tmp/empty/b': class folder holds no images" -- train --data "$tmp/empty" "${small[@]}"
+
+mkdir -p "$tmp/bad"
+cp -r "$data/train/horizontal" "$data/train/vertical" "$tmp/bad/"
+echo "not a png" >"$tmp/bad/vertical/text.png"
+: >"$tmp/bad/vertical/zero.png"
+head -c 100 "$data/train/vertical/001.png" >"$tmp/bad/vertical/truncated.png"
+run "strict refuses a bad image" 1 "bad/vertical/(text|truncated|zero)\.png'" -- train --data "$tmp/bad" "${small[@]}" \
+  --epochs 1 --strict --out "$tmp/bad.safetensors"
+run "bad images skipped and counted" 0 "3 unreadable training images skipped" -- train --data "$tmp/bad" \
+  "${small[@]}" --epochs 1 --out "$tmp/bad.safetensors"
+grep -q "3 unreadable images were skipped" "$tmp/out" && ok || fail "summary does not count skipped images"
+
+run "classify a missing image" 1 "'$tmp/none.png': no such file" -- classify --model "$tmp/m.safetensors" \
+  "$tmp/none.png" "$data/val/vertical/000.png"
+grep -q "vertical/000.png" "$tmp/out" && ok || fail "the readable image was not classified"
+run "classify a zero-byte image" 1 "zero.png': empty file" -- classify --model "$tmp/m.safetensors" "$tmp/bad/vertical/zero.png"
+run "classify a truncated image" 1 "truncated.png': truncated image" -- classify --model "$tmp/m.safetensors" "$tmp/bad/vertical/truncated.png"
+run "classify a text file" 1 "text.png': not an image" -- classify --model "$tmp/m.safetensors" "$tmp/bad/vertical/text.png"
+
+head -c 5000 "$tmp/m.safetensors" >"$tmp/truncated.safetensors"
+run "truncated model" 1 "truncated.safetensors': .*(truncated|outside the data section|header length)" -- \
+  classify --model "$tmp/truncated.safetensors" "$data/val/vertical/000.png"
+run "not a model" 1 "val/vertical/000.png': not a safetensors file" -- \
+  classify --model "$data/val/vertical/000.png" "$data/val/vertical/000.png"
+run "foreign safetensors" 1 "not a vit model file \(no 'arch'" -- \
+  classify --model "$fixtures/torchvision_vit_rgb.safetensors" "$data/val/vertical/000.png"
+python3 - "$tmp/m.safetensors" "$tmp/other.safetensors" <<'PY'
+import json, struct, sys
+blob = open(sys.argv[1], "rb").read()
+n, = struct.unpack("<Q", blob[:8])
+header = json.loads(blob[8:8 + n])
+config = json.loads(header["__metadata__"]["config"])
+config["embed_dim"] = 64  # another architecture's config over these tensors
+header["__metadata__"]["config"] = json.dumps(config)
+text = json.dumps(header).encode()
+text += b" " * ((8 - len(text) % 8) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(text)) + text + blob[8 + n:])
+PY
+run "config disagrees with tensors" 1 "tensor '[a-z_.0-9]+' has shape \[.*\], the model expects \[.*64" -- \
+  classify --model "$tmp/other.safetensors" "$data/val/vertical/000.png"
+
+run "patch size not dividing" 1 "--patch-size 5 does not divide --img-size 16" -- train --data "$data/train" \
+  "${base[@]}" --patch-size 5 --num-heads 2
+run "heads not dividing" 1 "--num-heads 3 does not divide --embed-dim 32" -- train --data "$data/train" \
+  "${base[@]}" --patch-size 4 --num-heads 3
+run "val-data and val-split" 2 "contradict" -- train --data "$data/train" --val-data "$data/val" --val-split 0.2
+run "unknown preset" 1 "unknown model 'vit_giant'" -- train --data "$data/train" --model vit_giant
+echo "old model" >"$tmp/keep.safetensors"
+run "NaN loss" 1 "step [0-9]+: the (loss is (NaN|infinite)|gradients are not finite)" -- train --data "$data/train" \
+  "${base[@]}" --patch-size 4 --num-heads 2 --lr 1e30 --warmup-epochs 0 --epochs 2 --out "$tmp/keep.safetensors"
+[ "$(cat "$tmp/keep.safetensors")" = "old model" ] && ok || fail "a failed run touched the existing model"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
