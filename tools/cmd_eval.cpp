@@ -19,14 +19,15 @@ namespace cli {
 
 int run_eval(const std::vector<std::string>& args) {
   po::options_description opts("vit eval: accuracy of a model on a labelled image folder");
-  opts.add_options()("model", po::value<std::string>(), "model file (.safetensors)")(
-      "data", po::value<std::string>(),
-      "image folder: one sub-folder per class, the model's class names")(
-      "json", "print the result as one JSON object")("batch-size",
-                                                     po::value<int64_t>()->default_value(256), "")(
-      "strict", "an unreadable image is an error (default: skipped and counted)")(
-      "threads", po::value<int>()->default_value(0), "compute threads (0: all cores)")(
-      "help,h", "show this help");
+  auto add = opts.add_options();
+  add("model", po::value<std::string>(), "model file (.safetensors)");
+  add("data", po::value<std::string>(),
+      "image folder: one sub-folder per class, the model's class names");
+  add("json", "print the result as one JSON object");
+  add("batch-size", po::value<int64_t>()->default_value(256), "");
+  add("strict", "an unreadable image is an error (default: skipped and counted)");
+  add("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
+  add("help,h", "show this help");
   const po::variables_map vm = parse(args, opts);
   if (vm.count("help")) {
     std::cout << "usage: vit eval --model FILE --data DIR [--json]\n\n" << opts;
@@ -86,13 +87,16 @@ int run_eval(const std::vector<std::string>& args) {
 
 int run_classify(const std::vector<std::string>& args) {
   po::options_description opts("vit classify: the most likely classes of images");
-  opts.add_options()("model", po::value<std::string>()->default_value(VIT_DEFAULT_MODEL),
-                     "model file (default: the bundled Fashion-MNIST ViT)")(
-      "top-k", po::value<int64_t>()->default_value(5), "classes to print per image")(
-      "json", "print one JSON array")("batch-size", po::value<int64_t>()->default_value(64), "")(
-      "threads", po::value<int>()->default_value(0), "compute threads (0: all cores)")(
-      "images", po::value<std::vector<std::string>>(),
-      "image files or folders (searched recursively)")("help,h", "show this help");
+  auto add = opts.add_options();
+  add("model", po::value<std::string>()->default_value(VIT_DEFAULT_MODEL),
+      "model file (default: the bundled Fashion-MNIST ViT)");
+  add("top-k", po::value<int64_t>()->default_value(5), "classes to print per image");
+  add("json", "print one JSON array");
+  add("batch-size", po::value<int64_t>()->default_value(64), "");
+  add("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
+  add("images", po::value<std::vector<std::string>>(),
+      "image files or folders (searched recursively)");
+  add("help,h", "show this help");
   po::positional_options_description positional;
   positional.add("images", -1);
   const po::variables_map vm = parse(args, opts, positional);

@@ -38,73 +38,84 @@ void print_skipped(const datasets::ImageSource& source, const char* what) {
 
 int run_train(const std::vector<std::string>& args) {
   po::options_description data("data");
-  data.add_options()("data", po::value<std::string>(),
-                     "training image folder: one sub-folder per class")(
-      "val-data", po::value<std::string>(), "validation image folder (the same class names)")(
-      "val-split", po::value<double>()->default_value(0.0),
-      "or: hold out this fraction of --data, stratified")(
-      "subset", po::value<int64_t>()->default_value(0),
-      "train on a stratified subset of N images (0: all)")(
-      "strict", "an unreadable image is an error (default: skipped with a warning)")(
-      "cache-mb", po::value<int64_t>()->default_value(4096),
-      "decoded images are kept in memory when they fit in this many MB; otherwise they are "
-      "decoded again every epoch by the loader threads")(
-      "workers", po::value<int>()->default_value(1), "loader threads building batches ahead");
+  auto add_data = data.add_options();
+  add_data("data", po::value<std::string>(), "training image folder: one sub-folder per class");
+  add_data("val-data", po::value<std::string>(), "validation image folder (the same class names)");
+  add_data("val-split", po::value<double>()->default_value(0.0),
+           "or: hold out this fraction of --data, stratified");
+  add_data("subset", po::value<int64_t>()->default_value(0),
+           "train on a stratified subset of N images (0: all)");
+  add_data("strict", "an unreadable image is an error (default: skipped with a warning)");
+  add_data("cache-mb", po::value<int64_t>()->default_value(4096),
+           "decoded images are kept in memory when they fit in this many MB; otherwise they are "
+           "decoded again every epoch by the loader threads");
+  add_data("workers", po::value<int>()->default_value(1), "loader threads building batches ahead");
+
   po::options_description model_opts("model (a preset, then any size overridden)");
-  model_opts.add_options()("model", po::value<std::string>()->default_value("vit_fmnist_patch4"),
-                           "preset name (vit models)")(
-      "img-size", po::value<int64_t>(), "image side S")("patch-size", po::value<int64_t>(),
-                                                        "patch side P, dividing S")(
-      "in-chans", po::value<int64_t>(), "1 (grayscale) or 3 (RGB)")(
-      "embed-dim", po::value<int64_t>(), "D")("depth", po::value<int64_t>(), "blocks")(
-      "num-heads", po::value<int64_t>(), "H, dividing D")("mlp-ratio", po::value<double>(),
-                                                          "MLP hidden = ratio × D")(
-      "drop-rate", po::value<double>(), "dropout")("attn-drop-rate", po::value<double>(),
-                                                   "attention dropout")(
-      "drop-path-rate", po::value<double>(), "stochastic depth")(
-      "mean", po::value<std::string>(),
-      "normalization mean per channel, e.g. 0.5,0.5,0.5 (default 0.5)")(
-      "std", po::value<std::string>(), "normalization std per channel (default 0.5)")(
-      "crop-pct", po::value<double>()->default_value(1.0),
-      "evaluation: resize to S / crop-pct, centre crop S");
+  auto add_model = model_opts.add_options();
+  add_model("model", po::value<std::string>()->default_value("vit_fmnist_patch4"),
+            "preset name (see vit models)");
+  add_model("img-size", po::value<int64_t>(), "image side S");
+  add_model("patch-size", po::value<int64_t>(), "patch side P, dividing S");
+  add_model("in-chans", po::value<int64_t>(), "1 (grayscale) or 3 (RGB)");
+  add_model("embed-dim", po::value<int64_t>(), "D");
+  add_model("depth", po::value<int64_t>(), "blocks");
+  add_model("num-heads", po::value<int64_t>(), "H, dividing D");
+  add_model("mlp-ratio", po::value<double>(), "MLP hidden = ratio × D");
+  add_model("drop-rate", po::value<double>(), "dropout");
+  add_model("attn-drop-rate", po::value<double>(), "attention dropout");
+  add_model("drop-path-rate", po::value<double>(), "stochastic depth");
+  add_model("mean", po::value<std::string>(),
+            "normalization mean per channel, e.g. 0.5,0.5,0.5 (default 0.5)");
+  add_model("std", po::value<std::string>(), "normalization std per channel (default 0.5)");
+  add_model("crop-pct", po::value<double>()->default_value(1.0),
+            "evaluation: resize to S / crop-pct, centre crop S");
+
   po::options_description recipe_opts("recipe");
-  recipe_opts.add_options()("epochs", po::value<int64_t>()->default_value(10), "")(
-      "batch-size", po::value<int64_t>()->default_value(128), "")(
-      "lr", po::value<double>()->default_value(1e-3), "peak learning rate")(
-      "min-lr", po::value<double>()->default_value(1e-5), "learning rate at the end of the cosine")(
-      "warmup-lr", po::value<double>()->default_value(1e-6), "learning rate at the first step")(
-      "warmup-epochs", po::value<double>()->default_value(1.0), "linear warmup length")(
-      "opt", po::value<std::string>()->default_value("adamw"), "adamw or sgd")(
-      "momentum", po::value<double>()->default_value(0.9), "SGD momentum")(
-      "weight-decay", po::value<double>()->default_value(0.05),
-      "not on biases, norms, pos_embed, cls_token")(
-      "smoothing", po::value<double>()->default_value(0.1), "label smoothing")(
-      "clip-grad", po::value<double>()->default_value(0.0), "global gradient-norm limit (0: none)")(
-      "crop", po::value<std::string>()->default_value("pad"),
-      "augmentation crop: none, pad (pad-and-crop) or rrc")(
-      "pad", po::value<int64_t>()->default_value(4), "padding of the pad crop")(
-      "hflip", po::value<double>()->default_value(0.0), "horizontal flip probability")(
-      "random-erase", po::value<double>()->default_value(0.0), "random erasing probability")(
-      "mixup", po::value<double>()->default_value(0.0), "mixup alpha (0: off)")(
-      "cutmix", po::value<double>()->default_value(0.0), "cutmix alpha (0: off)")(
-      "mix-prob", po::value<double>()->default_value(1.0), "probability of mixing a batch")(
-      "switch-prob", po::value<double>()->default_value(0.5),
-      "cutmix rather than mixup, with both on")(
-      "seed", po::value<uint64_t>()->default_value(0),
-      "seeds initialisation, data order and augmentation")(
-      "threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
+  auto add_recipe = recipe_opts.add_options();
+  add_recipe("epochs", po::value<int64_t>()->default_value(10), "");
+  add_recipe("batch-size", po::value<int64_t>()->default_value(128), "");
+  add_recipe("lr", po::value<double>()->default_value(1e-3), "peak learning rate");
+  add_recipe("min-lr", po::value<double>()->default_value(1e-5),
+             "learning rate at the end of the cosine");
+  add_recipe("warmup-lr", po::value<double>()->default_value(1e-6),
+             "learning rate at the first step");
+  add_recipe("warmup-epochs", po::value<double>()->default_value(1.0), "linear warmup length");
+  add_recipe("opt", po::value<std::string>()->default_value("adamw"), "adamw or sgd");
+  add_recipe("momentum", po::value<double>()->default_value(0.9), "SGD momentum");
+  add_recipe("weight-decay", po::value<double>()->default_value(0.05),
+             "not on biases, norms, pos_embed, cls_token");
+  add_recipe("smoothing", po::value<double>()->default_value(0.1), "label smoothing");
+  add_recipe("clip-grad", po::value<double>()->default_value(0.0),
+             "global gradient-norm limit (0: none)");
+  add_recipe("crop", po::value<std::string>()->default_value("pad"),
+             "augmentation crop: none, pad (pad-and-crop) or rrc");
+  add_recipe("pad", po::value<int64_t>()->default_value(4), "padding of the pad crop");
+  add_recipe("hflip", po::value<double>()->default_value(0.0), "horizontal flip probability");
+  add_recipe("random-erase", po::value<double>()->default_value(0.0), "random erasing probability");
+  add_recipe("mixup", po::value<double>()->default_value(0.0), "mixup alpha (0: off)");
+  add_recipe("cutmix", po::value<double>()->default_value(0.0), "cutmix alpha (0: off)");
+  add_recipe("mix-prob", po::value<double>()->default_value(1.0), "probability of mixing a batch");
+  add_recipe("switch-prob", po::value<double>()->default_value(0.5),
+             "cutmix rather than mixup, with both on");
+  add_recipe("seed", po::value<uint64_t>()->default_value(0),
+             "seeds initialisation, data order and augmentation");
+  add_recipe("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
+
   po::options_description output("output");
-  output.add_options()("out", po::value<std::string>()->default_value("model.safetensors"),
-                       "the trained model")(
-      "checkpoint", po::value<std::string>(),
-      "resumable checkpoint (default: OUT with .ckpt before the extension)")(
-      "checkpoint-every", po::value<int64_t>()->default_value(0), "also checkpoint every N steps")(
-      "resume", po::value<std::string>(),
-      "continue from a checkpoint: its model, recipe, augmentation and data selection")(
-      "stop-after-epochs", po::value<int64_t>()->default_value(0),
-      "train at most N epochs in this run, then checkpoint and stop (resume later)")(
-      "log", po::value<std::string>(), "append per-epoch metrics as JSON lines")(
-      "no-progress", "no live progress line")("help,h", "show this help");
+  auto add_out = output.add_options();
+  add_out("out", po::value<std::string>()->default_value("model.safetensors"), "the trained model");
+  add_out("checkpoint", po::value<std::string>(),
+          "resumable checkpoint (default: OUT with .ckpt before the extension)");
+  add_out("checkpoint-every", po::value<int64_t>()->default_value(0),
+          "also checkpoint every N steps");
+  add_out("resume", po::value<std::string>(),
+          "continue from a checkpoint: its model, recipe, augmentation and data selection");
+  add_out("stop-after-epochs", po::value<int64_t>()->default_value(0),
+          "train at most N epochs in this run, then checkpoint and stop (resume later)");
+  add_out("log", po::value<std::string>(), "append per-epoch metrics as JSON lines");
+  add_out("no-progress", "no live progress line");
+  add_out("help,h", "show this help");
   po::options_description all("vit train: a classifier from an image folder");
   all.add(data).add(model_opts).add(recipe_opts).add(output);
   const po::variables_map vm = parse(args, all);
