@@ -1,0 +1,120 @@
+// The data path: ImageFolder order, stratified subsets, patch order, loader determinism and
+// the soft targets of mixup and cutmix, on the committed stripes folder.
+#include <doctest/doctest.h>
+
+#include <numeric>
+
+#include "check.hpp"
+#include "datasets/loader.hpp"
+#include "engine/error.hpp"
+
+using namespace datasets;
+
+namespace {
+
+const std::string kStripes = std::string(VIT_FIXTURES) + "/stripes";
+
+Preprocess stripes_preprocess() {
+  Preprocess p;
+  p.img_size = 16, p.in_chans = 1, p.patch_size = 4, p.mean = {0.5f}, p.std = {0.25f};
+  return p;
+}
+
+std::vector<size_t> all_of(const ImageFolder& f) {
+  std::vector<size_t> v(f.samples().size());
+  std::iota(v.begin(), v.end(), size_t{0});
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("ImageFolder: classes sorted, files sorted, labels by class order") {
+  const ImageFolder f(kStripes + "/train");
+  CHECK(f.classes() == std::vector<std::string>{"diagonal", "horizontal", "vertical"});
+  REQUIRE(f.samples().size() == 120);
+  CHECK(f.samples()[0].label == 0);
+  CHECK(f.samples()[40].label == 1);
+  CHECK(f.samples()[0].path.filename() == "000.png");
+  CHECK(f.samples()[1].path.filename() == "001.png");
+  CHECK_THROWS_WITH_AS(ImageFolder(kStripes + "/train", {"diagonal"}),
+                       doctest::Contains("is not one of the model's 1 classes"), engine::Error);
+}
+
+TEST_CASE("stratified subset and split keep the class proportions") {
+  const ImageFolder f(kStripes + "/train");
+  const auto subset = stratified_subset(f.samples(), 30, 5);
+  REQUIRE(subset.size() == 30);
+  int per_class[3] = {};
+  for (size_t i : subset) ++per_class[f.samples()[i].label];
+  CHECK(per_class[0] == 10);
+  CHECK(per_class[1] == 10);
+  CHECK(per_class[2] == 10);
+  CHECK(stratified_subset(f.samples(), 30, 5) == subset);  // a seed fixes it
+  std::vector<size_t> train, val;
+  stratified_split(f.samples(), all_of(f), 0.25, 1, train, val);
+  CHECK(train.size() == 90);
+  CHECK(val.size() == 30);
+  CHECK_THROWS_AS(stratified_subset(f.samples(), 2, 0), engine::Error);
+}
+
+TEST_CASE("patches are cut in (channel, row, column) order from the normalized image") {
+  Preprocess p = stripes_preprocess();
+  const cv::Mat img = load_image(kStripes + "/val/vertical/000.png", 1);
+  std::vector<float> patches(p.sample_size());
+  to_model_input(img, p, patches.data());
+  // Patch (1, 2) of the 4x4 grid, its row 3, column 1: pixel (y 7, x 9).
+  const int64_t patch = 1 * 4 + 2, P = 4;
+  const float want = (img.at<unsigned char>(7, 9) / 255.0f - 0.5f) / 0.25f;
+  CHECK(patches[patch * P * P + 3 * P + 1] == doctest::Approx(want));
+}
+
+TEST_CASE("DataLoader: the same seed gives the same batches, whatever the worker count") {
+  engine::Context ctx(1);
+  const ImageFolder f(kStripes + "/train");
+  SourceOptions so;
+  so.training = true;
+  const ImageSource source(f, all_of(f), stripes_preprocess(), so);
+  auto batches = [&](int workers, uint64_t seed) {
+    LoaderOptions o;
+    o.batch_size = 32, o.shuffle = true, o.augment = true, o.seed = seed, o.workers = workers;
+    o.augmentation.crop = "pad", o.augmentation.pad = 2, o.augmentation.hflip = 0.5;
+    o.augmentation.random_erase = 0.5;
+    DataLoader loader(ctx.eng, source, o);
+    std::vector<std::vector<float>> out;
+    loader.start_epoch(3);
+    while (auto b = loader.next()) out.push_back(check::copy_of(b->input));
+    return out;
+  };
+  const auto one = batches(1, 9);
+  REQUIRE(one.size() == 4);  // 120 images, batch 32, the last partial
+  CHECK(batches(3, 9) == one);
+  CHECK(batches(1, 10) != one);
+}
+
+TEST_CASE("DataLoader: mixup and cutmix give soft targets that sum to one") {
+  engine::Context ctx(1);
+  const ImageFolder f(kStripes + "/train");
+  const ImageSource source(f, all_of(f), stripes_preprocess(), SourceOptions{});
+  for (auto [mixup, cutmix] : {std::pair{0.8, 0.0}, {0.0, 1.0}, {0.8, 1.0}}) {
+    CAPTURE(mixup);
+    CAPTURE(cutmix);
+    LoaderOptions o;
+    o.batch_size = 16, o.shuffle = true, o.augment = true, o.num_classes = 3, o.seed = 4;
+    o.augmentation.mixup_alpha = mixup, o.augmentation.cutmix_alpha = cutmix;
+    DataLoader loader(ctx.eng, source, o);
+    loader.start_epoch(0);
+    int mixed = 0;
+    while (auto b = loader.next()) {
+      if (b->targets.empty()) continue;
+      ++mixed;
+      const int64_t B = b->targets.dim(0);
+      for (int64_t i = 0; i < B; ++i) {
+        float sum = 0;
+        for (int64_t k = 0; k < 3; ++k) sum += b->targets[i * 3 + k];
+        CHECK(sum == doctest::Approx(1.0));
+        CHECK(b->targets[i * 3 + b->labels[i]] > 0.0f);  // its own label keeps a share
+      }
+    }
+    CHECK(mixed == loader.num_batches());  // mix_prob 1: every batch
+  }
+}
