@@ -22,6 +22,25 @@ bool is_image_file(const fs::path& path) {
   return extensions.count(ext) != 0;
 }
 
+std::vector<fs::path> find_images(const fs::path& dir) {
+  std::vector<fs::path> files;
+  std::error_code ec;
+  for (auto it =
+           fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    const std::string fname = it->path().filename().string();
+    if (!fname.empty() && fname[0] == '.') {
+      if (it->is_directory()) it.disable_recursion_pending();
+      continue;
+    }
+    std::error_code ec2;
+    if (it->is_regular_file(ec2) && is_image_file(it->path())) files.push_back(it->path());
+  }
+  if (ec) throw Error("'" + dir.string() + "': cannot list: " + ec.message());
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
 static std::vector<std::string> class_folders(const fs::path& root) {
   std::error_code ec;
   if (!fs::exists(root, ec)) throw Error("'" + root.string() + "': no such folder");
@@ -58,23 +77,8 @@ void ImageFolder::scan(const std::vector<std::string>& class_dirs) {
     const int label =
         static_cast<int>(std::find(classes_.begin(), classes_.end(), name) - classes_.begin());
     const fs::path dir = root_ / name;
-    std::vector<fs::path> files;
-    std::error_code ec;
-    // Symbolic links to folders are not followed: a link loop cannot trap the scan.
-    for (auto it = fs::recursive_directory_iterator(
-             dir, fs::directory_options::skip_permission_denied, ec);
-         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-      const std::string fname = it->path().filename().string();
-      if (!fname.empty() && fname[0] == '.') {
-        if (it->is_directory()) it.disable_recursion_pending();
-        continue;
-      }
-      std::error_code ec2;
-      if (it->is_regular_file(ec2) && is_image_file(it->path())) files.push_back(it->path());
-    }
-    if (ec) throw Error("'" + dir.string() + "': cannot list: " + ec.message());
+    std::vector<fs::path> files = find_images(dir);
     if (files.empty()) throw Error("'" + dir.string() + "': class folder holds no images");
-    std::sort(files.begin(), files.end());
     for (fs::path& f : files) samples_.push_back({std::move(f), label});
   }
 }

@@ -35,6 +35,10 @@ class ImageFolder {
 };
 
 bool is_image_file(const std::filesystem::path& path);
+// Every image file under `dir`, recursively, sorted; hidden files and folders are skipped and
+// symbolic links to folders are not followed (a link loop cannot trap the scan). Throws
+// engine::Error naming the folder when it cannot be listed.
+std::vector<std::filesystem::path> find_images(const std::filesystem::path& dir);
 
 // n samples drawn per class in proportion to the class sizes (each class at least one), in a
 // seeded order: the `--subset N` of the data-size sweep. Returns indices into `samples`.

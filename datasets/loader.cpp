@@ -47,7 +47,10 @@ ImageSource::ImageSource(const ImageFolder& folder, const std::vector<size_t>& i
     }
   };
   std::vector<std::thread> threads;
-  for (int t = 1; t < std::max(1, options.threads); ++t) threads.emplace_back(worker);
+  const int count = options.threads > 0
+                        ? options.threads
+                        : static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
+  for (int t = 1; t < count; ++t) threads.emplace_back(worker);
   worker();
   for (std::thread& t : threads) t.join();
 
@@ -162,9 +165,7 @@ std::shared_ptr<Batch> DataLoader::build(int64_t b) const {
   batch->index = b;
   batch->labels.resize(B);
   const int64_t S = p.img_size, sample = p.sample_size();
-  batch->input = p.patch_size > 0 ? engine::Tensor(eng_, {B, S * S / (p.patch_size * p.patch_size),
-                                                          p.in_chans * p.patch_size * p.patch_size})
-                                  : engine::Tensor(eng_, {B, p.in_chans, S, S});
+  batch->input = engine::Tensor(eng_, p.input_dims(B));
   std::vector<cv::Mat> images(B);
   const Augment& aug = options_.augmentation;
   for (int64_t i = 0; i < B; ++i) {

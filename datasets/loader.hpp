@@ -26,7 +26,7 @@ struct SourceOptions {
   bool training = false;  // training images keep the whole frame (crop_pct 1): augmentation crops
   bool strict = false;    // an unreadable image is an error instead of a skipped file
   size_t cache_bytes = size_t(4) << 30;  // decoded images are cached when they fit in this
-  int threads = 2;                       // decoding threads at start-up
+  int threads = 0;  // decoding threads at start-up; 0: one per core, at least 2
 };
 
 class ImageSource {

@@ -29,6 +29,12 @@ void Preprocess::validate() const {
   require(crop_pct > 0.0 && crop_pct <= 1.0, "--crop-pct must be in (0, 1]");
 }
 
+engine::Dims Preprocess::input_dims(int64_t batch) const {
+  if (patch_size == 0) return {batch, in_chans, img_size, img_size};
+  const int64_t grid = img_size / patch_size;
+  return {batch, grid * grid, in_chans * patch_size * patch_size};
+}
+
 void to_json(nlohmann::json& j, const Preprocess& p) {
   j = {{"img_size", p.img_size}, {"in_chans", p.in_chans}, {"patch_size", p.patch_size},
        {"mean", p.mean},         {"std", p.std},           {"crop_pct", p.crop_pct}};

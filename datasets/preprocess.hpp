@@ -11,6 +11,8 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
 
+#include "engine/tensor.hpp"
+
 namespace datasets {
 
 // What a model expects of an image; saved as the "preprocess" entry of a model file.
@@ -25,6 +27,8 @@ struct Preprocess {
   void validate() const;
   // Floats per image: L·C·P·P for patches, C·H·W for whole images (the same count).
   int64_t sample_size() const { return in_chans * img_size * img_size; }
+  // A batch of B images as the model takes it: [B, L, C·P·P], or [B, C, S, S].
+  engine::Dims input_dims(int64_t batch) const;
 };
 
 void to_json(nlohmann::json& j, const Preprocess& p);

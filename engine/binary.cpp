@@ -40,14 +40,11 @@ const Tensor& BroadcastAdd::forward(Context& ctx, const Tensor& src, const Tenso
     auto plan = std::make_unique<Plan>();
     const dnnl::memory::desc src_md = plain_desc({B, rest}), table_md = plain_desc({1, rest});
     plan->add = dnnl::binary({{dnnl::algorithm::binary_add, src_md, table_md, src_md}, ctx.eng});
-    plan->sum_rows = dnnl::matmul({{plain_desc({1, B}), src_md, table_md}, ctx.eng});
+    plan->sum_rows = RowSum(ctx, B, rest);
     plan->dst_tensor = Tensor(ctx.eng, src.dims());
-    plan->ones_tensor = Tensor(ctx.eng, {1, B});
-    std::fill_n(plan->ones_tensor.data(), B, 1.0f);
     plan->src = memory_over(ctx, src_md);
     plan->table = memory_over(ctx, table_md);
     plan->dst = memory_over(ctx, src_md, plan->dst_tensor.data());
-    plan->ones = memory_over(ctx, plain_desc({1, B}), plan->ones_tensor.data());
     plan->diff_dst = memory_over(ctx, src_md);
     plan->diff_table = memory_over(ctx, table_md);
     return plan;
@@ -66,9 +63,7 @@ void BroadcastAdd::backward(Context& ctx, const Tensor& diff_dst, const Tensor& 
           "BroadcastAdd: diff_table has shape " + to_string(diff_table.dims()));
   p.diff_dst.set_data_handle(diff_dst.data());
   p.diff_table.set_data_handle(diff_table.data());
-  p.sum_rows.execute(
-      ctx.strm,
-      {{DNNL_ARG_SRC, p.ones}, {DNNL_ARG_WEIGHTS, p.diff_dst}, {DNNL_ARG_DST, p.diff_table}});
+  p.sum_rows(ctx, p.diff_dst, p.diff_table);
 }
 
 Dropout::Dropout(float p_) : p(p_) {

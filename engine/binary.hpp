@@ -52,9 +52,9 @@ class BroadcastAdd {
  private:
   struct Plan {
     dnnl::binary add;
-    dnnl::matmul sum_rows;  // 1ᵀ·diff_dst [B, rest]: the batch sum as a GEMV, B = 1 included
-    dnnl::memory src, table, dst, ones, diff_dst, diff_table;
-    Tensor dst_tensor, ones_tensor;
+    RowSum sum_rows;  // diff_table = Σ_b diff_dst[b]
+    dnnl::memory src, table, dst, diff_dst, diff_table;
+    Tensor dst_tensor;
   };
   PlanCache<Plan> plans_;
 };

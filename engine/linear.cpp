@@ -46,12 +46,7 @@ std::unique_ptr<Linear::Plan> Linear::build(Context& ctx, const Dims& src_dims) 
       {dnnl::matmul::desc(src_md, w_t_md, bias ? b_md : memory::desc(), dst_md), ctx.eng});
   p->bwd_data = dnnl::matmul({dnnl::matmul::desc(dst_md, w_md, src_md), ctx.eng});
   p->bwd_weights = dnnl::matmul({dnnl::matmul::desc(dd_t_md, src_md, w_md), ctx.eng});
-  if (bias) {
-    p->ones_tensor = Tensor(ctx.eng, {1, M});
-    std::fill_n(p->ones_tensor.data(), M, 1.0f);
-    p->ones = memory_over(ctx, plain_desc({1, M}), p->ones_tensor.data());
-    p->bwd_bias = dnnl::matmul({dnnl::matmul::desc(plain_desc({1, M}), dst_md, b_md), ctx.eng});
-  }
+  if (bias) p->bwd_bias = RowSum(ctx, M, O);
 
   p->src = memory_over(ctx, src_md);
   p->weight = memory_over(ctx, w_md, weight->value.data());
@@ -91,10 +86,7 @@ const Tensor& Linear::backward(Context& ctx, const Tensor& diff_dst) {
   p.bwd_weights.execute(
       ctx.strm,
       {{DNNL_ARG_SRC, p.diff_dst_t}, {DNNL_ARG_WEIGHTS, p.src}, {DNNL_ARG_DST, p.diff_weight}});
-  if (bias)
-    p.bwd_bias.execute(
-        ctx.strm,
-        {{DNNL_ARG_SRC, p.ones}, {DNNL_ARG_WEIGHTS, p.diff_dst}, {DNNL_ARG_DST, p.diff_bias}});
+  if (bias) p.bwd_bias(ctx, p.diff_dst, p.diff_bias);
   return p.diff_src_tensor;
 }
 

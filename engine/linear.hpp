@@ -30,10 +30,10 @@ struct Linear {
  private:
   struct Plan {
     dnnl::matmul fwd, bwd_data, bwd_weights;
-    dnnl::matmul bwd_bias;  // 1ᵀ·diff_dst: the bias gradient as a GEMV, M = 1 included
+    RowSum bwd_bias;  // the bias gradient, M = 1 included
     dnnl::memory src, weight, weight_t, bias, dst, diff_dst, diff_dst_t, diff_src, diff_weight,
-        diff_bias, ones;
-    Tensor dst_tensor, diff_src_tensor, ones_tensor;  // [..., out], [..., in], [1, M]
+        diff_bias;
+    Tensor dst_tensor, diff_src_tensor;  // [..., out], [..., in]
   };
   std::unique_ptr<Plan> build(Context& ctx, const Dims& src_dims);
   PlanCache<Plan> plans_;

@@ -3,6 +3,7 @@
 // plans and switches between them without rebuilding anything.
 #pragma once
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <string>
@@ -51,6 +52,28 @@ inline dnnl::memory memory_over(const Context& ctx, const dnnl::memory::desc& de
 inline dnnl::memory owned_memory(const Context& ctx, const dnnl::memory::desc& desc) {
   return dnnl::memory(desc, ctx.eng);
 }
+
+// Σ over the rows of a [rows, cols] matrix, as 1ᵀ·X: a GEMV. The batch sum behind bias and
+// positional-table gradients; oneDNN's reduction refuses rows = 1, a matmul does not.
+struct RowSum {
+  RowSum() = default;
+  RowSum(const Context& ctx, int64_t rows, int64_t cols)
+      : ones_tensor(ctx.eng, {1, rows}),
+        ones(memory_over(ctx, plain_desc({1, rows}), ones_tensor.data())),
+        prim({dnnl::matmul::desc(plain_desc({1, rows}), plain_desc({rows, cols}),
+                                 plain_desc({1, cols})),
+              ctx.eng}) {
+    std::fill_n(ones_tensor.data(), rows, 1.0f);
+  }
+  // src [rows, cols] -> dst [1, cols], overwritten.
+  void operator()(Context& ctx, const dnnl::memory& src, const dnnl::memory& dst) const {
+    prim.execute(ctx.strm, {{DNNL_ARG_SRC, ones}, {DNNL_ARG_WEIGHTS, src}, {DNNL_ARG_DST, dst}});
+  }
+
+  Tensor ones_tensor;
+  dnnl::memory ones;
+  dnnl::matmul prim;
+};
 
 inline void check_same_dims(const Dims& got, const Dims& want, const char* layer,
                             const char* what) {

@@ -7,11 +7,6 @@
 
 namespace engine {
 
-void Optimizer::validate() const {
-  require(name == "adamw" || name == "sgd", "--opt must be adamw or sgd, got '" + name + "'");
-  require(clip_grad >= 0.0f, "--clip-grad must not be negative");
-}
-
 void Optimizer::update(ParameterStore& store, float lr) {
   if (name == "sgd") {
     sgd.update(store, lr);

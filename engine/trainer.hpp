@@ -17,7 +17,6 @@ struct Optimizer {
   Sgd sgd;
   float clip_grad = 0.0f;  // global gradient-norm limit; 0: no clipping
 
-  void validate() const;
   void update(ParameterStore& store, float lr);  // gradients already clipped by train_step
   int64_t steps() const { return adamw.step; }   // SGD counts its steps here too
 };

@@ -3,7 +3,6 @@
 #include <cstdio>
 #include <iostream>
 #include <numeric>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -42,7 +41,6 @@ int run_eval(const std::vector<std::string>& args) {
   std::iota(all.begin(), all.end(), size_t{0});
   datasets::SourceOptions source_opts;
   source_opts.strict = vm.count("strict") > 0;
-  source_opts.threads = static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
   const datasets::ImageSource source(folder, all, loaded.preprocess, source_opts);
   datasets::LoaderOptions loader_opts;
   loader_opts.batch_size = vm["batch-size"].as<int64_t>();
@@ -114,13 +112,8 @@ int run_classify(const std::vector<std::string>& args) {
   for (const std::string& arg : vm["images"].as<std::vector<std::string>>()) {
     std::error_code ec;
     if (std::filesystem::is_directory(arg, ec)) {
-      std::vector<std::filesystem::path> found;
-      for (auto it = std::filesystem::recursive_directory_iterator(arg, ec);
-           !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec))
-        if (it->is_regular_file() && datasets::is_image_file(it->path()))
-          found.push_back(it->path());
+      const std::vector<std::filesystem::path> found = datasets::find_images(arg);
       if (found.empty()) throw engine::Error("'" + arg + "': folder holds no images");
-      std::sort(found.begin(), found.end());
       paths.insert(paths.end(), found.begin(), found.end());
     } else {
       paths.emplace_back(arg);
@@ -134,10 +127,6 @@ int run_classify(const std::vector<std::string>& args) {
   const int64_t K = static_cast<int64_t>(loaded.classes.size());
   const int64_t top_k = std::min(vm["top-k"].as<int64_t>(), K);
   const int64_t batch_size = vm["batch-size"].as<int64_t>();
-  const engine::Dims sample_dims =
-      p.patch_size > 0 ? engine::Dims{(p.img_size / p.patch_size) * (p.img_size / p.patch_size),
-                                      p.in_chans * p.patch_size * p.patch_size}
-                       : engine::Dims{p.in_chans, p.img_size, p.img_size};
   engine::Softmax softmax;
   nlohmann::json results = nlohmann::json::array();
   int failures = 0;
@@ -157,9 +146,7 @@ int run_classify(const std::vector<std::string>& args) {
       }
     }
     if (ok.empty()) continue;
-    engine::Dims dims{static_cast<int64_t>(ok.size())};
-    dims.insert(dims.end(), sample_dims.begin(), sample_dims.end());
-    engine::Tensor input(ctx.eng, dims);
+    engine::Tensor input(ctx.eng, p.input_dims(static_cast<int64_t>(ok.size())));
     for (size_t i = 0; i < ok.size(); ++i)
       datasets::to_model_input(images[i], p,
                                input.data() + static_cast<int64_t>(i) * p.sample_size());

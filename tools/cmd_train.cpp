@@ -7,7 +7,6 @@
 #include <cstdio>
 #include <iostream>
 #include <numeric>
-#include <thread>
 
 #include "datasets/image_folder.hpp"
 #include "datasets/loader.hpp"
@@ -214,7 +213,6 @@ int run_train(const std::vector<std::string>& args) {
   source_opts.strict = vm.count("strict") > 0;
   source_opts.cache_bytes = static_cast<size_t>(std::max<int64_t>(0, vm["cache-mb"].as<int64_t>()))
                             << 20;
-  source_opts.threads = static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
   source_opts.training = true;
   datasets::ImageSource train_source(image_folder, train_idx, preprocess, source_opts);
   print_skipped(train_source, "training");
