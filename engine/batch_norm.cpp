@@ -8,8 +8,8 @@ using dnnl::memory;
 using dnnl::normalization_flags;
 
 BatchNorm2d::BatchNorm2d(ParameterStore& store, const std::string& name, int64_t c, float e,
-                         float m)
-    : num_features(c), eps(e), momentum(m) {
+                         float m, Layout layout_)
+    : num_features(c), eps(e), momentum(m), layout(layout_) {
   require(c > 0, "BatchNorm2d '" + name + "': num_features must be positive");
   weight = &store.add(name + ".weight", {c}, /*decay=*/false);
   bias = &store.add(name + ".bias", {c}, /*decay=*/false);
@@ -29,7 +29,8 @@ std::unique_ptr<BatchNorm2d::Plan> BatchNorm2d::build(Context& ctx, const Dims& 
   auto p = std::make_unique<Plan>();
   p->dst_tensor = Tensor(ctx.eng, s);
   p->diff_src_tensor = Tensor(ctx.eng, s);
-  const memory::desc data_md = plain_desc(s), param_md = plain_desc({num_features});
+  const memory::desc data_md = image_desc(image_shape(s, layout), layout),
+                     param_md = plain_desc({num_features});
   auto flags = normalization_flags::use_scale | normalization_flags::use_shift;
   if (!train) flags |= normalization_flags::use_global_stats;
 
@@ -61,9 +62,10 @@ std::unique_ptr<BatchNorm2d::Plan> BatchNorm2d::build(Context& ctx, const Dims& 
 }
 
 const Tensor& BatchNorm2d::forward(Context& ctx, const Tensor& src) {
-  require(src.dims().size() == 4 && src.dim(1) == num_features,
-          "BatchNorm2d: input has shape " + to_string(src.dims()) + ", expected [B, " +
-              std::to_string(num_features) + ", H, W]");
+  const int64_t channels = src.dims().size() == 4 ? image_shape(src.dims(), layout).c : -1;
+  require(channels == num_features, "BatchNorm2d: input has shape " + to_string(src.dims()) +
+                                        ", expected " + layout_name(layout) +
+                                        " with C = " + std::to_string(num_features));
   Dims key = src.dims();
   key.push_back(training);
   Plan& p = plans_.get(key, [&] { return build(ctx, src.dims(), training); });

@@ -12,9 +12,9 @@ namespace engine {
 
 struct BatchNorm2d {
   BatchNorm2d(ParameterStore& store, const std::string& name, int64_t num_features,
-              float eps = 1e-5f, float momentum = 0.1f);
+              float eps = 1e-5f, float momentum = 0.1f, Layout layout = Layout::nchw);
 
-  const Tensor& forward(Context& ctx, const Tensor& src);  // [B, C, H, W] -> same
+  const Tensor& forward(Context& ctx, const Tensor& src);  // [B, C, H, W] (or NHWC) -> same
   // Overwrites the weight and bias gradients. In evaluation mode the running statistics are
   // constants, as in torch.
   const Tensor& backward(Context& ctx, const Tensor& diff_dst);
@@ -22,6 +22,7 @@ struct BatchNorm2d {
 
   int64_t num_features;
   float eps, momentum;
+  Layout layout;
   bool training = true;
   int64_t num_batches_tracked = 0;
   Parameter* weight;        // [C]

@@ -75,6 +75,32 @@ struct RowSum {
   dnnl::matmul prim;
 };
 
+// How a 4-D image tensor is laid out in memory: torch's default NCHW ([B, C, H, W] row-major)
+// or channels-last NHWC ([B, H, W, C] row-major). Both are plain; oneDNN 2.6 runs convolution
+// with NCHW through im2col + GEMM but has direct AVX-512 kernels for NHWC, about twice as fast
+// on a small ResNet (../shared/DESIGN.md).
+enum class Layout { nchw, nhwc };
+
+struct ImageShape {
+  int64_t n, c, h, w;
+};
+inline ImageShape image_shape(const Dims& d, Layout layout) {
+  return layout == Layout::nchw ? ImageShape{d[0], d[1], d[2], d[3]}
+                                : ImageShape{d[0], d[3], d[1], d[2]};
+}
+inline Dims tensor_dims(const ImageShape& s, Layout layout) {
+  return layout == Layout::nchw ? Dims{s.n, s.c, s.h, s.w} : Dims{s.n, s.h, s.w, s.c};
+}
+// oneDNN always takes the logical dims in N, C, H, W order; the tag says where they sit.
+inline dnnl::memory::desc image_desc(const ImageShape& s, Layout layout) {
+  return dnnl::memory::desc(
+      {s.n, s.c, s.h, s.w}, dnnl::memory::data_type::f32,
+      layout == Layout::nchw ? dnnl::memory::format_tag::nchw : dnnl::memory::format_tag::nhwc);
+}
+inline const char* layout_name(Layout layout) {
+  return layout == Layout::nchw ? "[B, C, H, W]" : "[B, H, W, C]";
+}
+
 inline void check_same_dims(const Dims& got, const Dims& want, const char* layer,
                             const char* what) {
   require(got == want, std::string(layer) + ": " + what + " has shape " + to_string(got) +

@@ -4,22 +4,28 @@ namespace engine {
 
 using dnnl::memory;
 
-Pool2d::Pool2d(dnnl::algorithm algorithm, int64_t kernel, int64_t stride_, int64_t padding_)
-    : kernel_size(kernel), stride(stride_), padding(padding_), algorithm_(algorithm) {
+Pool2d::Pool2d(dnnl::algorithm algorithm, int64_t kernel, int64_t stride_, int64_t padding_,
+               Layout layout_)
+    : kernel_size(kernel),
+      stride(stride_),
+      padding(padding_),
+      layout(layout_),
+      algorithm_(algorithm) {
   require(kernel >= 0 && stride_ > 0 && padding_ >= 0 && (kernel == 0 || 2 * padding_ <= kernel),
           "Pool2d: kernel, stride and padding must be positive, padding at most half the kernel");
 }
 
-std::unique_ptr<Pool2d::Plan> Pool2d::build(Context& ctx, const Dims& s) {
-  const int64_t kh = kernel_size ? kernel_size : s[2], kw = kernel_size ? kernel_size : s[3];
+std::unique_ptr<Pool2d::Plan> Pool2d::build(Context& ctx, const Dims& src_dims) {
+  const ImageShape s = image_shape(src_dims, layout);
+  const int64_t kh = kernel_size ? kernel_size : s.h, kw = kernel_size ? kernel_size : s.w;
   const int64_t st = kernel_size ? stride : 1, pad = kernel_size ? padding : 0;
-  const int64_t oh = (s[2] + 2 * pad - kh) / st + 1, ow = (s[3] + 2 * pad - kw) / st + 1;
-  require(oh > 0 && ow > 0, "Pool2d: input " + to_string(s) + " is smaller than the kernel");
+  const int64_t oh = (s.h + 2 * pad - kh) / st + 1, ow = (s.w + 2 * pad - kw) / st + 1;
+  require(oh > 0 && ow > 0, "Pool2d: input " + to_string(src_dims) + " is smaller than the kernel");
   auto p = std::make_unique<Plan>();
-  const Dims dst_dims{s[0], s[1], oh, ow};
-  p->dst_tensor = Tensor(ctx.eng, dst_dims);
-  p->diff_src_tensor = Tensor(ctx.eng, s);
-  const memory::desc src_md = plain_desc(s), dst_md = plain_desc(dst_dims);
+  const ImageShape d{s.n, s.c, oh, ow};
+  p->dst_tensor = Tensor(ctx.eng, tensor_dims(d, layout));
+  p->diff_src_tensor = Tensor(ctx.eng, src_dims);
+  const memory::desc src_md = image_desc(s, layout), dst_md = image_desc(d, layout);
   const Dims strides{st, st}, kernel{kh, kw}, pads{pad, pad};
 
   // Training propagation: max pooling keeps the argmax in a workspace for backward.
@@ -39,7 +45,7 @@ std::unique_ptr<Pool2d::Plan> Pool2d::build(Context& ctx, const Dims& s) {
 
 const Tensor& Pool2d::forward(Context& ctx, const Tensor& src) {
   require(src.dims().size() == 4,
-          "Pool2d: input has shape " + to_string(src.dims()) + ", expected [B, C, H, W]");
+          "Pool2d: input has shape " + to_string(src.dims()) + ", expected " + layout_name(layout));
   Plan& p = plans_.get(src.dims(), [&] { return build(ctx, src.dims()); });
   p.src.set_data_handle(src.data());
   p.fwd.execute(ctx.strm,

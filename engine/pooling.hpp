@@ -9,12 +9,15 @@ namespace engine {
 class Pool2d {
  public:
   // kernel_size 0 pools the whole H×W plane, whatever its size.
-  Pool2d(dnnl::algorithm algorithm, int64_t kernel_size, int64_t stride, int64_t padding);
+  Pool2d(dnnl::algorithm algorithm, int64_t kernel_size, int64_t stride, int64_t padding,
+         Layout layout = Layout::nchw);
 
-  const Tensor& forward(Context& ctx, const Tensor& src);  // [B, C, H, W] -> [B, C, H', W']
+  // [B, C, H, W] -> [B, C, H', W'], or the same in NHWC.
+  const Tensor& forward(Context& ctx, const Tensor& src);
   const Tensor& backward(Context& ctx, const Tensor& diff_dst);
 
   int64_t kernel_size, stride, padding;
+  Layout layout;
 
  private:
   struct Plan {
@@ -29,18 +32,20 @@ class Pool2d {
 };
 
 struct MaxPool2d : Pool2d {
-  MaxPool2d(int64_t kernel_size, int64_t stride, int64_t padding = 0)
-      : Pool2d(dnnl::algorithm::pooling_max, kernel_size, stride, padding) {}
+  MaxPool2d(int64_t kernel_size, int64_t stride, int64_t padding = 0, Layout layout = Layout::nchw)
+      : Pool2d(dnnl::algorithm::pooling_max, kernel_size, stride, padding, layout) {}
 };
 
 struct AvgPool2d : Pool2d {
-  AvgPool2d(int64_t kernel_size, int64_t stride, int64_t padding = 0)
-      : Pool2d(dnnl::algorithm::pooling_avg_include_padding, kernel_size, stride, padding) {}
+  AvgPool2d(int64_t kernel_size, int64_t stride, int64_t padding = 0, Layout layout = Layout::nchw)
+      : Pool2d(dnnl::algorithm::pooling_avg_include_padding, kernel_size, stride, padding, layout) {
+  }
 };
 
 // torch.nn.AdaptiveAvgPool2d(1).
 struct GlobalAvgPool2d : Pool2d {
-  GlobalAvgPool2d() : Pool2d(dnnl::algorithm::pooling_avg_exclude_padding, 0, 1, 0) {}
+  explicit GlobalAvgPool2d(Layout layout = Layout::nchw)
+      : Pool2d(dnnl::algorithm::pooling_avg_exclude_padding, 0, 1, 0, layout) {}
 };
 
 }  // namespace engine

@@ -2,6 +2,7 @@
 
 #include "engine/error.hpp"
 #include "engine/state_dict.hpp"
+#include "models/resnet.hpp"
 #include "models/vit_model.hpp"
 
 namespace models {
@@ -13,6 +14,10 @@ static const std::map<std::string, Factory>& factories() {
       {"vit",
        [](const nlohmann::json& config) -> std::unique_ptr<engine::Model> {
          return std::make_unique<VitModel>(config.get<vit::VitConfig>());
+       }},
+      {"resnet",
+       [](const nlohmann::json& config) -> std::unique_ptr<engine::Model> {
+         return std::make_unique<ResNet>(config.get<ResNetConfig>());
        }},
   };
   return table;
@@ -42,6 +47,8 @@ const std::vector<Preset>& presets() {
     std::vector<Preset> t;
     for (const vit::VitPreset& p : vit::vit_presets())
       t.push_back({p.name, "vit", p.description, p.config});
+    for (const ResNetPreset& p : resnet_presets())
+      t.push_back({p.name, "resnet", p.description, p.config});
     return t;
   }();
   return table;

@@ -54,14 +54,29 @@ void check_close(const std::string& what, const Tensor& got, const std::vector<d
   check_close(what, got.data(), want, rtol, atol);
 }
 
+// A point where the one-sided differences disagree (a ReLU input crossing its kink within the
+// step, or curvature too high for the step) has no meaningful finite difference: such elements
+// are skipped, at most 5 % of a target's (at least 2), so a wrong gradient cannot hide there.
 static void compare(const GradTarget& t, const std::vector<float>& analytic,
-                    const std::vector<double>& numeric) {
+                    const std::vector<double>& numeric, const std::vector<double>& one_sided_gap) {
   double scale = 0.0;
   for (double g : numeric) scale = std::max(scale, std::abs(g));
   // A gradient that is zero everywhere checks nothing: every target must carry signal.
-  INFO(t.name << ": numeric gradient is zero everywhere");
-  REQUIRE(scale > 1e-6);
-  check_close(t.name + " gradient", analytic.data(), numeric, 1e-2, 1e-3 * scale);
+  REQUIRE_MESSAGE(scale > 1e-6, t.name << ": numeric gradient is zero everywhere");
+  std::vector<double> want = numeric;
+  int skipped = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double tol = 1e-3 * scale + 1e-2 * std::abs(numeric[i]);
+    if (std::abs(analytic[i] - numeric[i]) > tol && one_sided_gap[i] > tol) {
+      want[i] = analytic[i];  // not checkable here
+      ++skipped;
+    }
+  }
+  const int allowed = std::max<int>(2, static_cast<int>(want.size()) / 20);
+  INFO(t.name << ": " << skipped << " elements without a usable finite difference (at most "
+              << allowed << ")");
+  CHECK(skipped <= allowed);
+  check_close(t.name + " gradient", analytic.data(), want, 1e-2, 1e-3 * scale);
 }
 
 void check_gradients(Context& ctx, const std::function<const Tensor&()>& forward, const Tensor& r,
@@ -80,9 +95,10 @@ void check_scalar_gradients(const std::function<double()>& loss,
   // Copy first: the forward passes below must not be able to change what is checked.
   std::vector<std::vector<float>> analytic;
   for (const GradTarget& t : targets) analytic.push_back(copy_of(t.analytic, t.numel));
+  const double base = loss();
   for (size_t k = 0; k < targets.size(); ++k) {
     const GradTarget& t = targets[k];
-    std::vector<double> numeric(t.numel);
+    std::vector<double> numeric(t.numel), gap(t.numel);
     for (int64_t i = 0; i < t.numel; ++i) {
       const float saved = t.value[i];
       t.value[i] = saved + h;
@@ -90,11 +106,13 @@ void check_scalar_gradients(const std::function<double()>& loss,
       t.value[i] = saved - h;
       const double minus = loss();
       t.value[i] = saved;
-      // The step actually taken in float, not the nominal h.
-      const double step = static_cast<double>(saved + h) - static_cast<double>(saved - h);
-      numeric[i] = (plus - minus) / step;
+      // The steps actually taken in float, not the nominal h.
+      const double up = static_cast<double>(saved + h) - saved;
+      const double down = saved - static_cast<double>(saved - h);
+      numeric[i] = (plus - minus) / (up + down);
+      gap[i] = std::abs((plus - base) / up - (base - minus) / down);
     }
-    compare(t, analytic[k], numeric);
+    compare(t, analytic[k], numeric, gap);
   }
 }
 

@@ -86,6 +86,42 @@ run "resume" 0 "" -- train --data "$data/train" --resume "$tmp/b.ckpt.safetensor
 [ "$(json_field "$tmp/a.json" "['loss']")" = "$(json_field "$tmp/b.json" "['loss']")" ] && ok ||
   fail "resumed run differs: $(json_field "$tmp/a.json" "['loss']") vs $(json_field "$tmp/b.json" "['loss']")"
 
+# --- the CNN baseline: same commands, same file format, exact resume -------------------------
+cnn=(--model cnn_resnet8_fmnist --img-size 16 --batch-size 16 --crop none --seed 3 --no-progress
+     --lr 3e-3 --warmup-epochs 0.5)
+run "train a CNN" 0 "" -- train --data "$data/train" --val-data "$data/val" "${cnn[@]}" --epochs 4 \
+  --out "$tmp/cnn.safetensors"
+grep -q "model: resnet" "$tmp/out" && ok || fail "vit train does not name the CNN"
+run "eval the CNN" 0 "" -- eval --model "$tmp/cnn.safetensors" --data "$data/val" --json
+cp "$tmp/out" "$tmp/cnn.json"
+[ "$(json_field "$tmp/cnn.json" "['arch']")" = "resnet" ] && ok || fail "eval --json lacks the arch"
+top1=$(json_field "$tmp/cnn.json" "['top1']")
+python3 -c "import sys; sys.exit(0 if float('$top1') >= 0.9 else 1)" && ok || fail "CNN validation top-1 $top1 < 0.9"
+run "classify with the CNN" 0 "" -- classify --model "$tmp/cnn.safetensors" --json --top-k 1 \
+  "$data/val/horizontal/001.png" "$data/val/vertical/001.png" "$data/val/diagonal/001.png"
+cp "$tmp/out" "$tmp/cnn_classify.json"
+classes=$(python3 -c "import json; print(' '.join(r['top_k'][0]['class'] for r in json.load(open('$tmp/cnn_classify.json'))))")
+[ "$classes" = "horizontal vertical diagonal" ] && ok || fail "the CNN classifies as '$classes'"
+python3 - "$tmp/cnn.safetensors" <<'PY' && ok || fail "the CNN file lacks torchvision's names"
+import json, struct, sys
+blob = open(sys.argv[1], "rb").read()
+header = json.loads(blob[8:8 + struct.unpack("<Q", blob[:8])[0]])
+for key in ("conv1.weight", "bn1.running_var", "layer2.0.downsample.0.weight", "layer3.0.bn2.bias", "fc.weight"):
+    assert key in header, key
+assert header["__metadata__"]["arch"] == "resnet"
+PY
+run "CNN 2 of 4 epochs" 0 "stopped as asked" -- train --data "$data/train" "${cnn[@]}" --epochs 4 \
+  --stop-after-epochs 2 --out "$tmp/cnn_b.safetensors"
+run "CNN resume" 0 "" -- train --data "$data/train" --resume "$tmp/cnn_b.ckpt.safetensors" --no-progress \
+  --out "$tmp/cnn_b.safetensors"
+run "CNN 4 epochs" 0 "" -- train --data "$data/train" "${cnn[@]}" --epochs 4 --out "$tmp/cnn_a.safetensors"
+"$vit" eval --model "$tmp/cnn_a.safetensors" --data "$data/val" --json >"$tmp/cnn_a.json"
+"$vit" eval --model "$tmp/cnn_b.safetensors" --data "$data/val" --json >"$tmp/cnn_b.json"
+[ "$(json_field "$tmp/cnn_a.json" "['loss']")" = "$(json_field "$tmp/cnn_b.json" "['loss']")" ] && ok ||
+  fail "resumed CNN differs (batch-norm running statistics?)"
+run "ViT flag on a CNN" 2 "--patch-size does not apply to cnn_resnet8_fmnist" -- train --data "$data/train" \
+  "${cnn[@]}" --patch-size 4
+
 # --- bad input -------------------------------------------------------------------------------
 run "missing data folder" 1 "'$tmp/nope': no such folder" -- train --data "$tmp/nope" "${small[@]}"
 mkdir -p "$tmp/empty/a" "$tmp/empty/b" && cp "$data/train/vertical/000.png" "$tmp/empty/a/"

@@ -1,4 +1,4 @@
-// Conv2d, BatchNorm2d and pooling on NCHW tensors: naive loops, hand cases, finite differences.
+// Conv2d, BatchNorm2d and pooling: naive loops, hand cases, finite differences, NHWC = NCHW.
 #include <cmath>
 
 #include <doctest/doctest.h>
@@ -263,4 +263,90 @@ TEST_CASE("Pooling hand-computed cases and global average pooling") {
   const Tensor& dx = gap.backward(ctx, r);
   ctx.wait();
   check::check_gradients(ctx, forward, r, {{"x", big.data(), big.numel(), dx.data()}});
+}
+
+namespace {
+
+// [B, C, H, W] <-> [B, H, W, C] copies, by index.
+std::vector<float> to_nhwc(const std::vector<float>& x, const Dims& nchw) {
+  const int64_t B = nchw[0], C = nchw[1], H = nchw[2], W = nchw[3];
+  std::vector<float> y(x.size());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w)
+          y[((b * H + h) * W + w) * C + c] = x[((b * C + c) * H + h) * W + w];
+  return y;
+}
+
+Tensor nhwc_copy(Context& ctx, const Tensor& x) {
+  const Dims& d = x.dims();
+  Tensor y(ctx.eng, {d[0], d[2], d[3], d[1]});
+  const std::vector<float> v = to_nhwc(check::copy_of(x), d);
+  std::copy(v.begin(), v.end(), y.data());
+  return y;
+}
+
+void check_same(const std::string& what, const std::vector<float>& got,
+                const std::vector<float>& want) {
+  check::check_close(what, got.data(), std::vector<double>(want.begin(), want.end()), 1e-4, 1e-5);
+}
+
+}  // namespace
+
+TEST_CASE("NHWC layers compute what their NCHW twins compute, forward and backward") {
+  Context ctx(31);
+  std::mt19937_64 rng(131);
+  const Dims x_dims{2, 3, 7, 6};
+  Tensor x = check::random_tensor(ctx, x_dims, rng);
+  Tensor x_nhwc = nhwc_copy(ctx, x);
+
+  // Each layer pair shares its parameters: the NHWC one's store gets the NCHW one's values.
+  auto run = [&](const char* name, auto& nchw, auto& nhwc, ParameterStore& a, ParameterStore& b) {
+    INFO(name);
+    if (a.allocated()) std::copy_n(a.values(), a.size(), b.values());
+    const Tensor& y = nchw.forward(ctx, x);
+    const Tensor& y_nhwc = nhwc.forward(ctx, x_nhwc);
+    ctx.wait();
+    const Dims y_dims = y.dims();
+    REQUIRE(y_nhwc.dims() == Dims{y_dims[0], y_dims[2], y_dims[3], y_dims[1]});
+    check_same(std::string(name) + " forward", check::copy_of(y_nhwc),
+               to_nhwc(check::copy_of(y), y_dims));
+    Tensor r = check::random_tensor(ctx, y_dims, rng);
+    Tensor r_nhwc = nhwc_copy(ctx, r);
+    const std::vector<float> dx = check::copy_of(nchw.backward(ctx, r));
+    const std::vector<float> dx_nhwc = check::copy_of(nhwc.backward(ctx, r_nhwc));
+    ctx.wait();
+    check_same(std::string(name) + " diff_src", dx_nhwc, to_nhwc(dx, x_dims));
+    if (a.allocated())
+      check_same(std::string(name) + " parameter gradients", check::copy_of(b.grads(), b.size()),
+                 check::copy_of(a.grads(), a.size()));
+  };
+
+  ParameterStore conv_a, conv_b;
+  Conv2d conv(conv_a, "conv", 3, 5, 3, 2, 1, true);
+  Conv2d conv_nhwc(conv_b, "conv", 3, 5, 3, 2, 1, true, Layout::nhwc);
+  conv_a.allocate(ctx.eng);
+  conv_b.allocate(ctx.eng);
+  conv.reset_parameters(ctx);
+  run("Conv2d", conv, conv_nhwc, conv_a, conv_b);
+  run("Conv2d again (the weight copies are refreshed)", conv, conv_nhwc, conv_a, conv_b);
+
+  ParameterStore bn_a, bn_b;
+  BatchNorm2d bn(bn_a, "bn", 3);
+  BatchNorm2d bn_nhwc(bn_b, "bn", 3, 1e-5f, 0.1f, Layout::nhwc);
+  bn_a.allocate(ctx.eng);
+  bn_b.allocate(ctx.eng);
+  bn.reset_parameters();
+  check::randomize(bn_a["bn.weight"].value, rng, 0.5f, 1.5f);
+  check::randomize(bn_a["bn.bias"].value, rng);
+  run("BatchNorm2d", bn, bn_nhwc, bn_a, bn_b);
+  check_same("running variance", check::copy_of(bn_b["bn.running_var"].value),
+             check::copy_of(bn_a["bn.running_var"].value));
+
+  ParameterStore none_a, none_b;  // pooling has no parameters
+  MaxPool2d max(3, 2, 1), max_nhwc(3, 2, 1, Layout::nhwc);
+  run("MaxPool2d", max, max_nhwc, none_a, none_b);
+  GlobalAvgPool2d gap, gap_nhwc(Layout::nhwc);
+  run("GlobalAvgPool2d", gap, gap_nhwc, none_a, none_b);
 }

@@ -1,5 +1,7 @@
 // The whole ViT forward against torchvision's own VisionTransformer: fixtures exported by
 // tests/fixtures/export_torchvision_vit.py (weights renamed to timm's keys, inputs, logits).
+// The CNN baseline against a PyTorch ResNet built from torchvision's BasicBlock
+// (tests/fixtures/export_torch_resnet.py), in evaluation and in training mode.
 #include <cmath>
 
 #include <doctest/doctest.h>
@@ -7,6 +9,7 @@
 
 #include "datasets/preprocess.hpp"
 #include "engine/state_dict.hpp"
+#include "models/resnet.hpp"
 #include "vit/vision_transformer.hpp"
 
 using namespace vit;
@@ -54,7 +57,61 @@ void check_fixture(const std::string& file_name) {
   CHECK(max_err <= 1e-4 * max_ref);
 }
 
+void check_close_to(const Tensor& got, const std::vector<float>& want, const char* what) {
+  double max_err = 0, max_ref = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    max_err = std::max(max_err, std::abs(double(got[int64_t(i)]) - want[i]));
+    max_ref = std::max(max_ref, std::abs(double(want[i])));
+  }
+  INFO(what << ": max |ours - torch| = " << max_err << ", max |torch| = " << max_ref);
+  CHECK(max_ref > 0.1);
+  CHECK(max_err <= 1e-4 * max_ref);
+}
+
+void check_resnet_fixture(const std::string& file_name) {
+  CAPTURE(file_name);
+  const engine::SafetensorsFile file(std::string(VIT_FIXTURES) + "/" + file_name);
+  const auto config =
+      nlohmann::json::parse(file.metadata().at("config")).get<models::ResNetConfig>();
+  Context ctx(0);
+  models::ResNet model(config);
+  model.store.allocate(ctx.eng);
+  engine::load_state_dict(model.store, file, /*strict=*/true,
+                          {"input", "logits_eval", "logits_train", "after."});
+  const int64_t n = file.entries().at("input").shape[0], K = config.num_classes;
+  Tensor input(ctx.eng, {n, config.in_chans, config.img_size, config.img_size});
+  file.read_f32("input", input.dims(), input.data());
+  std::vector<float> want(n * K);
+
+  model.train(false);  // running statistics
+  file.read_f32("logits_eval", {n, K}, want.data());
+  const Tensor& eval_logits = model.forward(ctx, input);
+  ctx.wait();
+  check_close_to(eval_logits, want, "evaluation mode");
+
+  model.train(true);  // batch statistics, and the running ones updated as torch does
+  file.read_f32("logits_train", {n, K}, want.data());
+  const Tensor& train_logits = model.forward(ctx, input);
+  ctx.wait();
+  check_close_to(train_logits, want, "training mode");
+  for (const engine::Parameter& p : model.store.parameters()) {
+    if (p.trainable) continue;
+    std::vector<float> after(p.value.numel());
+    file.read_f32("after." + p.name, p.dims, after.data());
+    check_close_to(p.value, after, p.name.c_str());
+  }
+}
+
 }  // namespace
+
+TEST_CASE("ResNet forward equals PyTorch with torchvision's BasicBlock (RGB 12x12, 3 stages)") {
+  check_resnet_fixture("torch_resnet_rgb.safetensors");
+}
+
+TEST_CASE(
+    "ResNet forward equals PyTorch with torchvision's BasicBlock (grayscale 9x9, odd sides)") {
+  check_resnet_fixture("torch_resnet_gray.safetensors");
+}
 
 TEST_CASE("ViT forward equals torchvision's VisionTransformer (RGB, 32x32, patch 8)") {
   check_fixture("torchvision_vit_rgb.safetensors");

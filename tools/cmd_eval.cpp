@@ -52,6 +52,9 @@ int run_eval(const std::vector<std::string>& args) {
   if (vm.count("json")) {
     nlohmann::json j = {{"model", vm["model"].as<std::string>()},
                         {"data", vm["data"].as<std::string>()},
+                        {"arch", loaded.model->arch()},
+                        {"parameters", loaded.model->store.num_trainable()},
+                        {"flops_per_image", loaded.model->flops_per_image()},
                         {"images", m.count},
                         {"skipped", source.skipped().size()},
                         {"loss", m.loss()},

@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include <nlohmann/json.hpp>
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include "engine/context.hpp"
@@ -32,14 +33,25 @@ int run_info(const std::vector<std::string>& args) {
 int run_models(const std::vector<std::string>& args) {
   po::options_description opts("vit models: the named model presets");
   opts.add_options()("help,h", "show this help");
+  opts.add_options()("json", "one JSON object per line: name, arch, parameters, FLOPs, config");
   const po::variables_map vm = parse(args, opts);
   if (vm.count("help")) {
-    std::cout << "usage: vit models\n\n" << opts;
+    std::cout << "usage: vit models [--json]\n\n" << opts;
     return 0;
   }
   for (const models::Preset& p : models::presets()) {
     const auto model = models::build_model(p.arch, p.config);
-    std::printf("%-24s %-4s %9.2fM params %8.3f GFLOP/image  %s\n", p.name.c_str(), p.arch.c_str(),
+    if (vm.count("json")) {
+      const nlohmann::json j = {{"name", p.name},
+                                {"arch", p.arch},
+                                {"parameters", model->store.num_trainable()},
+                                {"flops_per_image", model->flops_per_image()},
+                                {"description", p.description},
+                                {"config", p.config}};
+      std::cout << j.dump() << "\n";
+      continue;
+    }
+    std::printf("%-24s %-6s %7.2fM params %8.3f GFLOP/image  %s\n", p.name.c_str(), p.arch.c_str(),
                 double(model->store.num_trainable()) / 1e6, model->flops_per_image() / 1e9,
                 p.description.c_str());
   }

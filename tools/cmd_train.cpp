@@ -33,6 +33,13 @@ void print_skipped(const datasets::ImageSource& source, const char* what) {
                source.skipped().size(), what);
 }
 
+// A size flag the model's architecture does not have (--patch-size for a CNN) is a usage error.
+void require_setting(const models::Preset& preset, const char* flag, const std::string& key) {
+  if (!preset.config.contains(key))
+    throw UsageError(std::string("vit train: --") + flag + " does not apply to " + preset.name +
+                     " (a " + preset.arch + " model)");
+}
+
 }  // namespace
 
 int run_train(const std::vector<std::string>& args) {
@@ -153,12 +160,16 @@ int run_train(const std::vector<std::string>& args) {
          {"img-size", "patch-size", "in-chans", "embed-dim", "depth", "num-heads"}) {
       std::string k = key;
       std::replace(k.begin(), k.end(), '-', '_');
-      if (vm.count(key)) config[k] = vm[key].as<int64_t>();
+      if (!vm.count(key)) continue;
+      require_setting(preset, key, k);
+      config[k] = vm[key].as<int64_t>();
     }
     for (const char* key : {"mlp-ratio", "drop-rate", "attn-drop-rate", "drop-path-rate"}) {
       std::string k = key;
       std::replace(k.begin(), k.end(), '-', '_');
-      if (vm.count(key)) config[k] = vm[key].as<double>();
+      if (!vm.count(key)) continue;
+      require_setting(preset, key, k);
+      config[k] = vm[key].as<double>();
     }
     config["num_classes"] = static_cast<int64_t>(classes.size());
     net = models::make_model(preset.arch, config, ctx);

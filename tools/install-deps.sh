@@ -11,6 +11,7 @@ packages=(
   doctest-dev
   nlohmann-json3-dev
   python3 dataset-fashion-mnist                   # the real data, written out as image folders
+  python3-matplotlib                              # the plot of tools/compare.py
 )
 
 missing=()

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# tools/compare.py end to end on the committed stripes folder, tiny models and budgets: it
+# writes the CSV, the Markdown table and the PNG, resumes without recomputing finished cells,
+# refuses to mix settings in one results folder, and names bad input.
+# usage: test_compare.sh path/to/vit path/to/tools path/to/tests/fixtures
+set -u
+vit=$1
+tools=$2
+data=$3/stripes
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+ok() { passed=$((passed + 1)); }
+fail() { failed=$((failed + 1)); echo "FAIL: $*"; }
+
+compare=("$tools/compare.py" --vit "$vit" --data "$data/train" --test-data "$data/val"
+         --sizes 30,120 --seeds 2 --batch-size 15 --epochs 2 --min-steps 8 --mean 0.5 --std 0.5
+         --vit-model vit_fmnist_patch4
+         --vit-recipe "--img-size 16 --embed-dim 32 --depth 2 --num-heads 2 --lr 3e-3 --crop none"
+         --cnn-recipe "--img-size 16 --lr 3e-3 --crop none")
+
+"${compare[@]}" --out "$tmp/r" >"$tmp/out" 2>&1 && ok || { fail "compare failed"; tail -5 "$tmp/out"; }
+rows=$(($(wc -l <"$tmp/r/cells.csv") - 1))
+[ "$rows" -eq 8 ] && ok || fail "cells.csv has $rows rows, want 8 (2 models x 2 sizes x 2 seeds)"
+/usr/bin/python3 - "$tmp/r/cells.csv" <<'PY' && ok || fail "cells.csv content"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+assert {r["model"] for r in rows} == {"vit", "cnn"}
+assert {int(r["size"]) for r in rows} == {30, 120}
+for r in rows:
+    assert 0 <= float(r["test_acc"]) <= 1 and float(r["test_loss"]) > 0, r
+    assert int(r["parameters"]) > 0 and float(r["flops_per_image"]) > 0, r
+    assert int(r["steps"]) >= 8, r  # the --min-steps floor
+# 120 images: all of the folder; the CNN, with its locality, should learn stripes.
+cnn = [float(r["test_acc"]) for r in rows if r["model"] == "cnn" and r["size"] == "120"]
+assert min(cnn) >= 0.6, cnn
+PY
+grep -q "| 120 |" "$tmp/r/summary.md" && grep -q "ahead" "$tmp/r/summary.md" && ok ||
+  fail "summary.md lacks the table"
+grep -Eq "± [0-9]" "$tmp/r/summary.md" && ok || fail "summary.md lacks standard deviations"
+[ "$(head -c 8 "$tmp/r/accuracy.png" | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ] && ok ||
+  fail "accuracy.png is not a PNG"
+grep -q '"vit_info"' "$tmp/r/run.json" && grep -q '"train"' "$tmp/r/run.json" && ok ||
+  fail "run.json lacks versions or commands"
+
+# Resume: nothing left to do; one more seed runs only the new cells.
+"${compare[@]}" --out "$tmp/r" >"$tmp/out" 2>&1 && grep -q "0 cells to run, 8 already done" "$tmp/out" && ok ||
+  fail "a finished run was not resumed as done"
+"${compare[@]}" --out "$tmp/r" --seeds 3 >"$tmp/out" 2>&1 && grep -q "4 cells to run, 8 already done" "$tmp/out" && ok ||
+  fail "a third seed did not run exactly 4 new cells"
+[ $(($(wc -l <"$tmp/r/cells.csv") - 1)) -eq 12 ] && ok || fail "cells.csv does not have 12 rows"
+
+# Other settings in the same folder, bad input.
+"${compare[@]}" --out "$tmp/r" --epochs 3 >"$tmp/out" 2>&1
+[ $? -eq 1 ] && grep -q "holds a run with other settings (epochs)" "$tmp/out" && ok || fail "settings change not refused"
+"$tools/compare.py" --vit "$vit" --data "$tmp/none" --out "$tmp/x" >"$tmp/out" 2>&1
+[ $? -eq 1 ] && grep -q "'$tmp/none': no such folder" "$tmp/out" && ok || fail "missing data folder"
+"$tools/compare.py" --vit "$vit" --data "$data/train" --test-data "$data/val" --sizes 10,abc --out "$tmp/x" >"$tmp/out" 2>&1
+[ $? -eq 1 ] && grep -q "sizes must be comma-separated integers" "$tmp/out" && ok || fail "bad --sizes"
+"$tools/compare.py" --vit "$tmp/no-vit" --out "$tmp/x" >"$tmp/out" 2>&1
+[ $? -eq 1 ] && grep -q "no vit executable" "$tmp/out" && ok || fail "missing executable"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,401 @@
+#!/usr/bin/python3
+"""Train the ViT and the CNN baseline on growing stratified subsets of an image folder and
+compare their test accuracy: the experiment behind the ViT paper's "CNNs win on little data,
+Transformers catch up as data grows", run on your data and your machine.
+
+For each training-set size and seed, each model is trained by `vit train` on a stratified
+subset of --data (the seed picks the subset and the initialisation) under the same budget
+rule, then evaluated by `vit eval` on the whole --test-data folder. Results go to --out:
+
+  cells.csv     one row per (model, size, seed), written as soon as the cell is done
+  summary.md    mean ± standard deviation per (model, size), the winner at each size
+  accuracy.png  test accuracy against training-set size (log scale), with error bars
+  run.json      the settings, the exact commands, the versions and the machine
+
+Run it again with the same settings and --out to resume: finished cells are not recomputed.
+
+Budget rule (--budget), the same for both models at every size:
+  epochs  each cell trains max(--epochs, ceil(--min-steps / steps per epoch)) epochs: both
+          models see the same images equally often; small subsets get at least --min-steps
+          optimizer steps, so that they are trained at all (the default)
+  steps   each cell trains --steps optimizer steps (rounded up to whole epochs), whatever
+          the size: equal compute per cell
+The learning-rate warmup is 5 % of each cell's training.
+
+Uses Debian's python3 and python3-matplotlib (tools/install-deps.sh installs them).
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIELDS = ["model", "preset", "size", "seed", "epochs", "steps", "test_acc", "test_loss",
+          "train_acc", "train_seconds", "images_per_second", "parameters", "flops_per_image"]
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pbm", ".pgm",
+                    ".ppm", ".pnm"}
+FMNIST = os.path.join(ROOT, "data", "fashion-mnist")
+
+# Each model's own recipe, the same at every size (vit train's flags). Both use AdamW with
+# warmup and cosine decay, label smoothing 0.1, batch 128, pad-and-crop and flips.
+VIT_RECIPE = "--lr 2e-3 --weight-decay 0.05 --pad 2 --hflip 0.5"
+CNN_RECIPE = "--lr 2e-3 --weight-decay 0.05 --pad 2 --hflip 0.5"
+
+
+def fail(message):
+    print(f"compare: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default=os.path.join(FMNIST, "train"),
+                   help="training image folder (one sub-folder per class)")
+    p.add_argument("--test-data", default=os.path.join(FMNIST, "test"),
+                   help="test image folder, same class names; every cell is evaluated on all of it")
+    p.add_argument("--out", default=os.path.join(ROOT, "compare-results"), help="results folder")
+    p.add_argument("--sizes", default="500,1000,2000,5000,10000,20000,60000",
+                   help="training-set sizes (comma-separated); a size above the folder's "
+                        "image count means the whole folder")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per (model, size): 0, 1, ...")
+    p.add_argument("--budget", choices=["epochs", "steps"], default="epochs",
+                   help="the budget rule (see above)")
+    p.add_argument("--epochs", type=int, default=6, help="epochs per cell (--budget epochs)")
+    p.add_argument("--min-steps", type=int, default=400,
+                   help="least optimizer steps per cell (--budget epochs)")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps per cell (--budget steps)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--vit-model", default="vit_fmnist_patch7", help="ViT preset (vit models)")
+    p.add_argument("--cnn-model", default="cnn_resnet8_fmnist", help="CNN preset (vit models)")
+    p.add_argument("--vit-recipe", default=VIT_RECIPE, help="vit train flags for the ViT")
+    p.add_argument("--cnn-recipe", default=CNN_RECIPE, help="vit train flags for the CNN")
+    p.add_argument("--mean", help="normalization mean(s) for both models "
+                                  "(default: Fashion-MNIST's 0.286 on the default data, else 0.5)")
+    p.add_argument("--std", help="normalization std(s) (default: 0.353 on Fashion-MNIST, else 0.5)")
+    p.add_argument("--threads", type=int, default=0, help="compute threads (0: all cores)")
+    p.add_argument("--quick", action="store_true",
+                   help="about 10 minutes on 2 cores: sizes 1000,5000,20000, one seed, "
+                        "--epochs 3 --min-steps 200 (explicit flags still win)")
+    p.add_argument("--keep-models", action="store_true", help="keep every cell's model file")
+    p.add_argument("--vit", default=os.path.join(ROOT, "build", "release", "tools", "vit"),
+                   help="the vit executable")
+    args = p.parse_args()
+    if args.quick:
+        given = set(a.split("=")[0] for a in sys.argv[1:])
+        if "--sizes" not in given:
+            args.sizes = "1000,5000,20000"
+        if "--seeds" not in given:
+            args.seeds = 1
+        if "--epochs" not in given:
+            args.epochs = 3
+        if "--min-steps" not in given:
+            args.min_steps = 200
+        if "--out" not in given:
+            args.out = os.path.join(ROOT, "compare-results-quick")
+    try:
+        args.sizes = sorted(set(int(s) for s in args.sizes.split(",")))
+    except ValueError:
+        fail(f"--sizes must be comma-separated integers, got '{args.sizes}'")
+    if not args.sizes or args.sizes[0] <= 0:
+        fail("--sizes must be positive")
+    for name in ("seeds", "epochs", "min_steps", "steps", "batch_size"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive")
+    default_data = os.path.abspath(args.data) == os.path.join(FMNIST, "train")
+    if args.mean is None:
+        args.mean = "0.286" if default_data else "0.5"
+    if args.std is None:
+        args.std = "0.353" if default_data else "0.5"
+    return args
+
+
+def count_images(folder):
+    """Images per class folder, as vit's ImageFolder lists them (hidden entries ignored)."""
+    if not os.path.isdir(folder):
+        hint = " (prepare it: python3 datasets/prepare_fashion_mnist.py data/fashion-mnist)" \
+            if folder.startswith(FMNIST) else ""
+        fail(f"'{folder}': no such folder{hint}")
+    counts = {}
+    for cls in sorted(os.listdir(folder)):
+        path = os.path.join(folder, cls)
+        if cls.startswith(".") or not os.path.isdir(path):
+            continue
+        n = 0
+        for _, _, files in os.walk(path):
+            n += sum(1 for f in files if not f.startswith(".")
+                     and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+        counts[cls] = n
+    if not counts:
+        fail(f"'{folder}': no class sub-folders")
+    return counts
+
+
+def run(cmd, log_path):
+    """Runs a vit command; its output goes to log_path. Exits the script if it fails."""
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        with open(log_path) as log:
+            tail = log.read().strip().splitlines()[-5:]
+        fail(f"'{' '.join(cmd[:2])}' failed (exit {proc.returncode}); see {log_path}:\n  " +
+             "\n  ".join(tail))
+
+
+def cell_epochs(args, size):
+    steps_per_epoch = size // args.batch_size
+    if steps_per_epoch == 0:
+        fail(f"size {size} is smaller than --batch-size {args.batch_size}")
+    if args.budget == "steps":
+        return math.ceil(args.steps / steps_per_epoch), steps_per_epoch
+    return max(args.epochs, math.ceil(args.min_steps / steps_per_epoch)), steps_per_epoch
+
+
+def train_and_eval(args, kind, preset, recipe, size, subset, seed):
+    cells = os.path.join(args.out, "cells")
+    stem = os.path.join(cells, f"{kind}_{size}_seed{seed}")
+    model_file, ckpt = stem + ".safetensors", stem + ".ckpt.safetensors"
+    epochs, per_epoch = cell_epochs(args, size)
+    train = [args.vit, "train", "--data", args.data, "--model", preset, "--subset", str(subset),
+             "--seed", str(seed), "--epochs", str(epochs), "--batch-size", str(args.batch_size),
+             "--warmup-epochs", f"{0.05 * epochs:.4g}", "--mean", args.mean, "--std", args.std,
+             "--threads", str(args.threads), "--out", model_file, "--checkpoint", ckpt,
+             "--log", stem + ".jsonl", "--no-progress"] + recipe.split()
+    if os.path.exists(stem + ".jsonl"):
+        os.remove(stem + ".jsonl")  # a cell interrupted earlier starts again
+    start = time.monotonic()
+    run(train, stem + ".train.log")
+    seconds = time.monotonic() - start
+    with open(stem + ".jsonl") as f:
+        epochs_log = [json.loads(line) for line in f if line.strip()]
+    evaluation = [args.vit, "eval", "--model", model_file, "--data", args.test_data, "--json",
+                  "--threads", str(args.threads)]
+    run(evaluation, stem + ".eval.log")
+    with open(stem + ".eval.log") as f:
+        result = json.loads(f.read().splitlines()[-1])
+    if not args.keep_models:
+        os.remove(model_file)
+    if os.path.exists(ckpt):
+        os.remove(ckpt)
+    trained = sum(e["seconds"] for e in epochs_log)
+    images = sum(e["images_per_second"] * e["seconds"] for e in epochs_log)
+    return {"model": kind, "preset": preset, "size": size, "seed": seed, "epochs": epochs,
+            "steps": epochs * per_epoch, "test_acc": result["top1"], "test_loss": result["loss"],
+            "train_acc": epochs_log[-1]["train_acc"], "train_seconds": round(seconds, 1),
+            "images_per_second": round(images / trained, 1) if trained > 0 else 0,
+            "parameters": result["parameters"], "flops_per_image": result["flops_per_image"]}, \
+        [train, evaluation]
+
+
+def versions(args):
+    def output(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        except OSError:
+            return ""
+    import matplotlib
+    return {"vit_info": output([args.vit, "info"]),
+            "git_commit": output(["git", "rev-parse", "HEAD"]),
+            "python": platform.python_version(), "matplotlib": matplotlib.__version__,
+            "machine": platform.machine(), "cpus": os.cpu_count()}
+
+
+def summarize(args, rows, settings):
+    kinds = ["vit", "cnn"]
+    rows = [r for r in rows if r["size"] in args.sizes and r["seed"] < args.seeds]
+    stats = {}
+    for kind in kinds:
+        for size in args.sizes:
+            accs = [r["test_acc"] for r in rows if r["model"] == kind and r["size"] == size]
+            if accs:
+                sd = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+                stats[kind, size] = (statistics.mean(accs), sd, len(accs))
+    first = {k: next((r for r in rows if r["model"] == k), None) for k in kinds}
+
+    lines = ["# ViT vs CNN across training-set sizes", ""]
+    lines.append(f"Data: `{args.data}` (stratified subsets), test: `{args.test_data}` "
+                 f"(all of it). Budget: {settings['budget_rule']}. Seeds: {args.seeds}.")
+    lines.append("")
+    for kind in kinds:
+        r = first[kind]
+        if r:
+            lines.append(f"- {kind.upper()}: `{r['preset']}`, {int(r['parameters']):,} parameters, "
+                         f"{float(r['flops_per_image']) / 1e6:.1f} MFLOP per image; recipe "
+                         f"`{settings[kind + '_recipe']}`")
+    lines += ["", "| images | ViT test acc. (%) | CNN test acc. (%) | ViT − CNN (points) | "
+              "ahead |", "|---:|---:|---:|---:|---|"]
+
+    def fmt(s):
+        if s is None:
+            return "—"
+        mean, sd, n = s
+        return f"{100 * mean:.2f}" + ("" if math.isnan(sd) else f" ± {100 * sd:.2f}") + \
+            ("" if n == args.seeds else f" (n={n})")
+    crossings, last_sign = [], None
+    for size in args.sizes:
+        v, c = stats.get(("vit", size)), stats.get(("cnn", size))
+        diff, ahead = "—", "—"
+        if v and c:
+            d = v[0] - c[0]
+            diff = f"{100 * d:+.2f}"
+            spread = max(0.0 if math.isnan(v[1]) else v[1], 0.0 if math.isnan(c[1]) else c[1])
+            ahead = "ViT" if d > 0 else "CNN" if d < 0 else "tie"
+            if spread > 0 and abs(d) <= spread:
+                ahead += " (within one s.d.)"
+            sign = d > 0
+            if last_sign is not None and sign != last_sign:
+                crossings.append(size)
+            last_sign = sign
+        lines.append(f"| {size:,} | {fmt(v)} | {fmt(c)} | {diff} | {ahead} |")
+    both = [s for s in args.sizes if ("vit", s) in stats and ("cnn", s) in stats]
+    lines.append("")
+    if both:
+        vit_ahead = [s for s in both if stats["vit", s][0] > stats["cnn", s][0]]
+        if not vit_ahead:
+            lines.append(f"The CNN is ahead at every size measured ({both[0]:,} to {both[-1]:,} "
+                         "images): the curves do not cross in this range.")
+        elif len(vit_ahead) == len(both):
+            lines.append("The ViT is ahead at every size measured.")
+        else:
+            lines.append("The lead changes between sizes: " + ", ".join(
+                f"{s:,}" for s in crossings) + " (the first size after each change).")
+        gaps = [100 * (stats["vit", s][0] - stats["cnn", s][0]) for s in both]
+        lines.append(f"ViT − CNN goes from {gaps[0]:+.2f} points at {both[0]:,} images to "
+                     f"{gaps[-1]:+.2f} at {both[-1]:,}.")
+    lines.append("")
+    lines.append("Mean ± sample standard deviation over seeds; each seed draws its own subset "
+                 "and initialisation. Per-cell numbers: `cells.csv`; commands and versions: "
+                 "`run.json`.")
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return stats
+
+
+def plot(args, stats):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for kind, label, marker in (("vit", "ViT", "o"), ("cnn", "CNN (ResNet)", "s")):
+        sizes = [s for s in args.sizes if (kind, s) in stats]
+        if not sizes:
+            continue
+        means = [100 * stats[kind, s][0] for s in sizes]
+        sds = [0 if math.isnan(stats[kind, s][1]) else 100 * stats[kind, s][1] for s in sizes]
+        ax.errorbar(sizes, means, yerr=sds, marker=marker, capsize=4, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images (stratified subset)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"ViT vs CNN on {os.path.basename(os.path.dirname(os.path.abspath(args.data)))}"
+                 f" ({args.seeds} seed{'s' if args.seeds > 1 else ''}, ±1 s.d.)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "accuracy.png"))
+    plt.close(fig)
+
+
+def main():
+    args = parse_args()
+    try:
+        import matplotlib  # noqa: F401  (checked before hours of training, not after)
+    except ImportError:
+        fail(f"{sys.executable} has no matplotlib: run tools/install-deps.sh (python3-matplotlib) "
+             "and start this script with Debian's /usr/bin/python3")
+    if not os.access(args.vit, os.X_OK):
+        fail(f"'{args.vit}': no vit executable (build it: cmake --workflow --preset release)")
+    train_counts, test_counts = count_images(args.data), count_images(args.test_data)
+    if set(train_counts) != set(test_counts):
+        fail(f"'{args.test_data}' has other class folders than '{args.data}'")
+    total = sum(train_counts.values())
+    os.makedirs(os.path.join(args.out, "cells"), exist_ok=True)
+
+    if args.budget == "steps":
+        rule = f"{args.steps} optimizer steps per cell (batch {args.batch_size})"
+    else:
+        rule = (f"{args.epochs} epochs per cell, at least {args.min_steps} optimizer steps "
+                f"(batch {args.batch_size})")
+    settings = {"data": os.path.abspath(args.data), "test_data": os.path.abspath(args.test_data),
+                "sizes": args.sizes, "seeds": args.seeds, "budget": args.budget,
+                "budget_rule": rule, "epochs": args.epochs, "min_steps": args.min_steps,
+                "steps": args.steps, "batch_size": args.batch_size, "vit_model": args.vit_model,
+                "cnn_model": args.cnn_model, "vit_recipe": args.vit_recipe,
+                "cnn_recipe": args.cnn_recipe, "mean": args.mean, "std": args.std}
+    run_file = os.path.join(args.out, "run.json")
+    previous = {}
+    if os.path.exists(run_file):
+        with open(run_file) as f:
+            previous = json.load(f)
+        changed = [k for k in settings if k not in ("sizes", "seeds", "budget_rule")
+                   and previous.get("settings", {}).get(k) != settings[k]]
+        if changed:
+            fail(f"'{args.out}' holds a run with other settings ({', '.join(changed)}); "
+                 "give another --out to start a new one")
+    record = {"settings": settings, "command": [sys.executable] + sys.argv,
+              "started": previous.get("started", datetime.datetime.now().isoformat()),
+              "versions": versions(args), "cells": previous.get("cells", {})}
+
+    csv_path = os.path.join(args.out, "cells.csv")
+    rows = []
+    if os.path.exists(csv_path):
+        with open(csv_path) as f:
+            for r in csv.DictReader(f):
+                for k in ("size", "seed", "epochs", "steps", "parameters"):
+                    r[k] = int(r[k])
+                for k in ("test_acc", "test_loss", "train_acc", "train_seconds",
+                          "images_per_second", "flops_per_image"):
+                    r[k] = float(r[k])
+                rows.append(r)
+    done = {(r["model"], r["size"], r["seed"]) for r in rows}
+    if not os.path.exists(csv_path):
+        with open(csv_path, "w", newline="") as f:
+            csv.DictWriter(f, FIELDS).writeheader()
+
+    models = [("vit", args.vit_model, args.vit_recipe), ("cnn", args.cnn_model, args.cnn_recipe)]
+    todo = [(size, seed, m) for size in args.sizes for seed in range(args.seeds) for m in models
+            if (m[0], size, seed) not in done]
+    print(f"compare: {total} training images in {len(train_counts)} classes; "
+          f"{len(todo)} cells to run, {len(done)} already done; results in {args.out}")
+    for i, (size, seed, (kind, preset, recipe)) in enumerate(todo, 1):
+        subset = min(size, total)
+        print(f"[{i}/{len(todo)}] {kind} {preset}, {subset} images, seed {seed} ...",
+              end="", flush=True)
+        row, commands = train_and_eval(args, kind, preset, recipe, size,
+                                       subset if subset < total else 0, seed)
+        row["size"] = size
+        print(f" test acc {100 * row['test_acc']:.2f}%, {row['train_seconds']:.0f}s, "
+              f"{row['images_per_second']:.0f} img/s", flush=True)
+        with open(csv_path, "a", newline="") as f:
+            csv.DictWriter(f, FIELDS).writerow(row)
+        rows.append(row)
+        record["cells"][f"{kind}_{size}_seed{seed}"] = commands
+        with open(run_file + ".tmp", "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(run_file + ".tmp", run_file)
+        stats = summarize(args, rows, settings)
+        plot(args, stats)
+
+    with open(run_file + ".tmp", "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(run_file + ".tmp", run_file)
+    stats = summarize(args, rows, settings)
+    plot(args, stats)
+    print(f"compare: wrote {csv_path}, {os.path.join(args.out, 'summary.md')}, "
+          f"{os.path.join(args.out, 'accuracy.png')}")
+    with open(os.path.join(args.out, "summary.md")) as f:
+        print(f.read())
+
+
+if __name__ == "__main__":
+    main()
