@@ -65,15 +65,20 @@ classes=$(python3 -c "import json; print(' '.join(r['top_k'][0]['class'] for r i
 run "classify a folder" 0 "" -- classify --model "$tmp/m.safetensors" --top-k 1 "$data/val/horizontal"
 [ "$(grep -c '\.png$' "$tmp/out")" -eq 20 ] && ok || fail "classify of a folder did not list 20 images"
 
-# The bundled model (no --model) names every sample image's class, which its file name carries.
-run "classify with the bundled model" 0 "" -- classify --json --top-k 1 "$fixtures"/../../datasets/samples/*.png
-cp "$tmp/out" "$tmp/bundled.json"
-python3 - "$tmp/bundled.json" <<'PY' && ok || fail "the bundled model misclassifies a sample"
+# The bundled models (the ViT is the default, no --model) name every sample image's class,
+# which its file name carries.
+samples=("$fixtures"/../../datasets/samples/*.png)
+for model in "" "$fixtures/../../models/cnn_resnet8_fmnist.safetensors"; do
+  run "classify with the bundled ${model:+CNN }model" 0 "" -- classify ${model:+--model "$model"} \
+    --json --top-k 1 "${samples[@]}"
+  cp "$tmp/out" "$tmp/bundled.json"
+  python3 - "$tmp/bundled.json" <<'PY' && ok || fail "the bundled ${model:+CNN }model misclassifies a sample"
 import json, os, sys
 for r in json.load(open(sys.argv[1])):
     name = os.path.basename(r["image"]).rsplit("_", 1)[0]
     assert r["top_k"][0]["class"] == name, (r["image"], r["top_k"][0])
 PY
+done
 
 # --- resume continues exactly ----------------------------------------------------------------
 run "train 4 epochs" 0 "" -- train --data "$data/train" "${small[@]}" --epochs 4 --out "$tmp/a.safetensors"

@@ -1,5 +1,7 @@
 #include "tools/cli.hpp"
 
+#include <algorithm>
+
 namespace cli {
 
 std::vector<float> parse_floats(const std::string& text, const std::string& flag) {
@@ -20,6 +22,53 @@ std::vector<float> parse_floats(const std::string& text, const std::string& flag
     pos = comma + 1;
   }
   return values;
+}
+
+po::options_description model_options(const std::string& default_model) {
+  po::options_description opts("model (a preset, then any size overridden)");
+  auto add = opts.add_options();
+  add("model", po::value<std::string>()->default_value(default_model),
+      "preset name (see vit models)");
+  add("img-size", po::value<int64_t>(), "image side S");
+  add("patch-size", po::value<int64_t>(), "patch side P, dividing S");
+  add("in-chans", po::value<int64_t>(), "1 (grayscale) or 3 (RGB)");
+  add("embed-dim", po::value<int64_t>(), "D");
+  add("depth", po::value<int64_t>(), "blocks");
+  add("num-heads", po::value<int64_t>(), "H, dividing D");
+  add("mlp-ratio", po::value<double>(), "MLP hidden = ratio × D");
+  add("drop-rate", po::value<double>(), "dropout");
+  add("attn-drop-rate", po::value<double>(), "attention dropout");
+  add("drop-path-rate", po::value<double>(), "stochastic depth");
+  return opts;
+}
+
+nlohmann::json model_config(const po::variables_map& vm, const models::Preset& preset,
+                            const std::string& command) {
+  nlohmann::json config = preset.config;
+  auto apply = [&](const char* flag, auto type_tag) {
+    if (!vm.count(flag)) return;
+    std::string key = flag;
+    std::replace(key.begin(), key.end(), '-', '_');
+    if (!preset.config.contains(key))
+      throw UsageError(command + ": --" + flag + " does not apply to " + preset.name + " (a " +
+                       preset.arch + " model)");
+    config[key] = vm[flag].as<decltype(type_tag)>();
+  };
+  for (const char* flag : {"img-size", "patch-size", "in-chans", "embed-dim", "depth", "num-heads"})
+    apply(flag, int64_t{});
+  for (const char* flag : {"mlp-ratio", "drop-rate", "attn-drop-rate", "drop-path-rate"})
+    apply(flag, double{});
+  return config;
+}
+
+datasets::Preprocess model_preprocess(const nlohmann::json& config) {
+  datasets::Preprocess p;
+  p.img_size = config.at("img_size").get<int64_t>();
+  p.in_chans = config.at("in_chans").get<int64_t>();
+  p.patch_size = config.value("patch_size", int64_t{0});
+  p.mean.assign(static_cast<size_t>(p.in_chans), 0.5f);
+  p.std.assign(static_cast<size_t>(p.in_chans), 0.5f);
+  return p;
 }
 
 }  // namespace cli

@@ -6,6 +6,9 @@
 #include <vector>
 
 #include <boost/program_options.hpp>
+#include <nlohmann/json.hpp>
+
+#include "models/registry.hpp"
 
 namespace cli {
 
@@ -29,10 +32,22 @@ inline po::variables_map parse(const std::vector<std::string>& args,
 // "0.5,0.5,0.5" -> {0.5, 0.5, 0.5}; the flag names the error.
 std::vector<float> parse_floats(const std::string& text, const std::string& flag);
 
+// --model PRESET and the size flags that override it (--img-size, --patch-size, --embed-dim,
+// ...), shared by vit train and vit bench.
+po::options_description model_options(const std::string& default_model);
+// The preset's config with every size flag given applied. A flag the architecture does not
+// have (--patch-size for a CNN) is a usage error naming `command`.
+nlohmann::json model_config(const po::variables_map& vm, const models::Preset& preset,
+                            const std::string& command);
+// What a freshly built model takes: its image size, channels and patch size (none for a CNN),
+// mean and std 0.5.
+datasets::Preprocess model_preprocess(const nlohmann::json& config);
+
 int run_info(const std::vector<std::string>& args);
 int run_models(const std::vector<std::string>& args);
 int run_train(const std::vector<std::string>& args);
 int run_eval(const std::vector<std::string>& args);
 int run_classify(const std::vector<std::string>& args);
+int run_bench(const std::vector<std::string>& args);
 
 }  // namespace cli

@@ -33,13 +33,6 @@ void print_skipped(const datasets::ImageSource& source, const char* what) {
                source.skipped().size(), what);
 }
 
-// A size flag the model's architecture does not have (--patch-size for a CNN) is a usage error.
-void require_setting(const models::Preset& preset, const char* flag, const std::string& key) {
-  if (!preset.config.contains(key))
-    throw UsageError(std::string("vit train: --") + flag + " does not apply to " + preset.name +
-                     " (a " + preset.arch + " model)");
-}
-
 }  // namespace
 
 int run_train(const std::vector<std::string>& args) {
@@ -57,20 +50,8 @@ int run_train(const std::vector<std::string>& args) {
            "decoded again every epoch by the loader threads");
   add_data("workers", po::value<int>()->default_value(1), "loader threads building batches ahead");
 
-  po::options_description model_opts("model (a preset, then any size overridden)");
+  po::options_description model_opts = model_options("vit_fmnist_patch4");
   auto add_model = model_opts.add_options();
-  add_model("model", po::value<std::string>()->default_value("vit_fmnist_patch4"),
-            "preset name (see vit models)");
-  add_model("img-size", po::value<int64_t>(), "image side S");
-  add_model("patch-size", po::value<int64_t>(), "patch side P, dividing S");
-  add_model("in-chans", po::value<int64_t>(), "1 (grayscale) or 3 (RGB)");
-  add_model("embed-dim", po::value<int64_t>(), "D");
-  add_model("depth", po::value<int64_t>(), "blocks");
-  add_model("num-heads", po::value<int64_t>(), "H, dividing D");
-  add_model("mlp-ratio", po::value<double>(), "MLP hidden = ratio × D");
-  add_model("drop-rate", po::value<double>(), "dropout");
-  add_model("attn-drop-rate", po::value<double>(), "attention dropout");
-  add_model("drop-path-rate", po::value<double>(), "stochastic depth");
   add_model("mean", po::value<std::string>(),
             "normalization mean per channel, e.g. 0.5,0.5,0.5 (default 0.5)");
   add_model("std", po::value<std::string>(), "normalization std per channel (default 0.5)");
@@ -155,31 +136,11 @@ int run_train(const std::vector<std::string>& args) {
     preprocess = loaded.preprocess;
   } else {
     const models::Preset& preset = models::preset(vm["model"].as<std::string>());
-    nlohmann::json config = preset.config;
-    for (const char* key :
-         {"img-size", "patch-size", "in-chans", "embed-dim", "depth", "num-heads"}) {
-      std::string k = key;
-      std::replace(k.begin(), k.end(), '-', '_');
-      if (!vm.count(key)) continue;
-      require_setting(preset, key, k);
-      config[k] = vm[key].as<int64_t>();
-    }
-    for (const char* key : {"mlp-ratio", "drop-rate", "attn-drop-rate", "drop-path-rate"}) {
-      std::string k = key;
-      std::replace(k.begin(), k.end(), '-', '_');
-      if (!vm.count(key)) continue;
-      require_setting(preset, key, k);
-      config[k] = vm[key].as<double>();
-    }
+    nlohmann::json config = model_config(vm, preset, "vit train");
     config["num_classes"] = static_cast<int64_t>(classes.size());
     net = models::make_model(preset.arch, config, ctx);
     net->init_weights(ctx);
-    const nlohmann::json c = net->config();
-    preprocess.img_size = c.at("img_size").get<int64_t>();
-    preprocess.in_chans = c.at("in_chans").get<int64_t>();
-    preprocess.patch_size = c.value("patch_size", int64_t{0});
-    preprocess.mean.assign(preprocess.in_chans, 0.5f);
-    preprocess.std.assign(preprocess.in_chans, 0.5f);
+    preprocess = model_preprocess(net->config());
     if (vm.count("mean")) preprocess.mean = parse_floats(vm["mean"].as<std::string>(), "mean");
     if (vm.count("std")) preprocess.std = parse_floats(vm["std"].as<std::string>(), "std");
     preprocess.crop_pct = vm["crop-pct"].as<double>();

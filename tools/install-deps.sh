@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
 # Installs what vit needs to build and test, from Debian's packages only. Idempotent: when
 # every package is already installed it returns at once, without touching apt.
+#   --peer  also the PyTorch peer of tools/bench.py: python3-torch, python3-torchvision and the
+#           OpenMP build of OpenBLAS that PyTorch needs to run at its best (../shared/PEERS.md)
 set -euo pipefail
+
+peer=()
+for arg in "$@"; do
+  case "$arg" in
+    --peer) peer=(python3-torch python3-torchvision libopenblas0-openmp) ;;
+    *) echo "install-deps: unknown option '$arg' (only --peer)" >&2; exit 2 ;;
+  esac
+done
 
 packages=(
   cmake ninja-build g++ pkg-config
@@ -12,6 +22,7 @@ packages=(
   nlohmann-json3-dev
   python3 dataset-fashion-mnist                   # the real data, written out as image folders
   python3-matplotlib                              # the plot of tools/compare.py
+  "${peer[@]}"
 )
 
 missing=()
