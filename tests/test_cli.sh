@@ -47,6 +47,13 @@ expect "unknown command" 2 EMPTY "^vit: unknown command 'frobnicate'" -- frobnic
 expect "unknown flag" 2 EMPTY "^vit: unrecognised option '--bogus'" -- --bogus
 expect "unknown command flag" 2 EMPTY "^vit: unrecognised option '--bogus'" -- info --bogus
 expect "bad flag value" 2 EMPTY "^vit: .*threads" -- info --threads many
+expect "bench measures a small model" 0 '"images_per_second":\{"max":[0-9.e+]+,"median":[0-9.e+]+' EMPTY \
+  -- bench --model vit_fmnist_patch7 --batch-size 2 --warmup 0 --iters 1 --repeats 1 --no-peak
+expect "bench profile lists oneDNN primitives" 0 '"primitives":\[\{"calls_per_step":[0-9]+' '^per step: ' \
+  -- bench --model cnn_resnet8_fmnist --mode train --batch-size 2 --warmup 0 --iters 1 --repeats 1 --no-peak --profile
+expect "bench bad mode" 2 EMPTY "^vit: vit bench: --mode must be infer or train, not 'fast'" -- bench --mode fast
+expect "bench size flag of another architecture" 2 EMPTY "^vit: vit bench: --patch-size does not apply to cnn_resnet8_fmnist" \
+  -- bench --model cnn_resnet8_fmnist --patch-size 4
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

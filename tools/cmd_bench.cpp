@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <random>
 #include <sstream>
 
@@ -86,38 +87,49 @@ struct ProfileEntry {
   int64_t calls = 0;
 };
 
-template <class Body>
-std::vector<ProfileEntry> profile_primitives(const Body& body) {
-  std::fflush(stdout);
-  FILE* capture = std::tmpfile();
-  if (!capture) throw engine::Error("vit bench --profile: cannot create a temporary file");
-  const int saved = dup(STDOUT_FILENO);
-  dup2(fileno(capture), STDOUT_FILENO);
-  dnnl::set_verbose(1);
-  try {
-    body();
-  } catch (...) {
+// Points stdout at `file` and oneDNN's verbose mode on while alive; restores both when it
+// ends, also when the profiled body throws.
+class CaptureVerbose {
+ public:
+  explicit CaptureVerbose(FILE* file) : saved_(dup(STDOUT_FILENO)) {
+    std::fflush(stdout);
+    dup2(fileno(file), STDOUT_FILENO);
+    dnnl::set_verbose(1);
+  }
+  ~CaptureVerbose() {
     dnnl::set_verbose(0);
     std::fflush(stdout);
-    dup2(saved, STDOUT_FILENO);
-    close(saved);
-    std::fclose(capture);
-    throw;
+    dup2(saved_, STDOUT_FILENO);
+    close(saved_);
   }
-  dnnl::set_verbose(0);
-  std::fflush(stdout);
-  dup2(saved, STDOUT_FILENO);
-  close(saved);
+  CaptureVerbose(const CaptureVerbose&) = delete;
+  CaptureVerbose& operator=(const CaptureVerbose&) = delete;
+
+ private:
+  int saved_;
+};
+
+template <class Body>
+std::vector<ProfileEntry> profile_primitives(const Body& body) {
+  const std::unique_ptr<FILE, int (*)(FILE*)> capture(std::tmpfile(), &std::fclose);
+  if (!capture) throw engine::Error("vit bench --profile: cannot create a temporary file");
+  {
+    const CaptureVerbose on(capture.get());
+    body();
+  }
 
   std::map<std::string, ProfileEntry> entries;
-  std::rewind(capture);
+  std::rewind(capture.get());
   char line[8192];
-  while (std::fgets(line, sizeof line, capture)) {
-    // dnnl_verbose,exec,cpu,KIND,IMPL,PROP,MEMORY,ATTRS,AUX,SHAPES,MS
+  while (std::fgets(line, sizeof line, capture.get())) {
+    // onednn_verbose,exec,cpu,KIND,IMPL,PROP,MEMORY,ATTRS,AUX,SHAPES,MS
     std::vector<std::string> fields;
     std::stringstream in(line);
     for (std::string f; std::getline(in, f, ',');) fields.push_back(f);
-    if (fields.size() < 11 || fields[0] != "dnnl_verbose" || fields[1] != "exec") continue;
+    // oneDNN 2.6 prints "onednn_verbose", older versions "dnnl_verbose".
+    if (fields.size() < 11 || (fields[0] != "onednn_verbose" && fields[0] != "dnnl_verbose") ||
+        fields[1] != "exec")
+      continue;
     const std::string& shapes = fields[fields.size() - 2];
     const std::string key = fields[3] + "," + fields[5] + "," + fields[4] + "," + shapes;
     ProfileEntry& e = entries[key];
@@ -128,7 +140,6 @@ std::vector<ProfileEntry> profile_primitives(const Body& body) {
     e.ms += std::stod(fields.back());
     ++e.calls;
   }
-  std::fclose(capture);
   std::vector<ProfileEntry> sorted;
   for (auto& [key, e] : entries) sorted.push_back(e);
   std::sort(sorted.begin(), sorted.end(),

@@ -33,7 +33,7 @@ constexpr Command kCommands[] = {
      cli::run_eval},
     {"classify", "the top-k classes of images, text or JSON", cli::run_classify},
     {"models", "the model presets, with parameters and FLOPs", cli::run_models},
-    {"bench", "images/s of a model against PyTorch-free peak: the machine's matmul limit",
+    {"bench", "images/s of a model, and the fraction of the machine's matmul peak it reaches",
      cli::run_bench},
     {"info", "print the build, the oneDNN version and the CPU ISA it dispatches to", cli::run_info},
 };
