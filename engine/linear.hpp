@@ -1,10 +1,13 @@
 // Linear: dst = src·Wᵀ + b over the last axis, any leading axes (torch.nn.Linear).
+// With Precision::bf16 the three matmuls take bf16 copies of their operands (made each call,
+// as torch.autocast does) and write f32: the weights, gradients and optimizer stay f32.
 #pragma once
 
 #include <string>
 
 #include "engine/parameter_store.hpp"
 #include "engine/plan.hpp"
+#include "engine/precision.hpp"
 
 namespace engine {
 
@@ -21,18 +24,24 @@ struct Linear {
   const Tensor& backward(Context& ctx, const Tensor& diff_dst);
   // torch's default: weight and bias uniform in ±1/√in_features.
   void reset_parameters(Context& ctx);
+  void set_precision(Precision p);
 
   int64_t in_features, out_features;
   bool input_gradient = true;  // false: backward skips diff_src (the network's first layer)
   Parameter* weight;           // [out, in]
   Parameter* bias;             // [out], or nullptr
+  Precision precision = Precision::f32;
 
  private:
   struct Plan {
     dnnl::matmul fwd, bwd_data, bwd_weights;
     RowSum bwd_bias;  // the bias gradient, M = 1 included
-    dnnl::memory src, weight, weight_t, bias, dst, diff_dst, diff_dst_t, diff_src, diff_weight,
-        diff_bias;
+    // The matmul operands: the f32 tensors themselves, or their bf16 copies.
+    dnnl::memory src, weight, weight_t, diff_dst, diff_dst_t;
+    dnnl::memory bias, dst, diff_src, diff_weight, diff_bias;  // always f32
+    // bf16 only: the caller's f32 tensors and the reorders that convert them.
+    dnnl::memory src_f32, weight_f32, diff_dst_f32;
+    dnnl::reorder src_to_low, weight_to_low, diff_dst_to_low;
     Tensor dst_tensor, diff_src_tensor;  // [..., out], [..., in]
   };
   std::unique_ptr<Plan> build(Context& ctx, const Dims& src_dims);

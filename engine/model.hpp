@@ -7,7 +7,9 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/context.hpp"
+#include "engine/error.hpp"
 #include "engine/parameter_store.hpp"
+#include "engine/precision.hpp"
 #include "engine/tensor.hpp"
 
 namespace engine {
@@ -19,6 +21,12 @@ class Model {
   virtual void backward(Context& ctx, const Tensor& diff_logits) = 0;
   virtual void train(bool on) = 0;  // dropout, drop path, batch statistics
   virtual void init_weights(Context& ctx) = 0;
+  // The matmul precision of training and inference; f32 unless an architecture has a bf16
+  // path (bf16 operands, f32 results, weights and optimizer state).
+  virtual void set_precision(Precision p) {
+    require(p == Precision::f32,
+            "model '" + arch() + "' has no " + precision_name(p) + " path; use f32");
+  }
 
   virtual std::string arch() const = 0;        // the registry's key, e.g. "vit"
   virtual nlohmann::json config() const = 0;   // enough to build the same model again

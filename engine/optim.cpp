@@ -9,6 +9,7 @@ void AdamW::update(ParameterStore& store, float lr) {
   const float bc1 = 1.0f - std::pow(beta1, static_cast<float>(step));
   const float bc2 = 1.0f - std::pow(beta2, static_cast<float>(step));
   const float step_size = lr / bc1, inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
+  store.mark_changed();
   float* __restrict w = store.values();
   const float* __restrict g = store.grads();
   float* __restrict m = store.adam_m();
@@ -27,6 +28,7 @@ void AdamW::update(ParameterStore& store, float lr) {
 }
 
 void Sgd::update(ParameterStore& store, float lr) {
+  store.mark_changed();
   float* __restrict w = store.values();
   const float* __restrict g = store.grads();
   float* __restrict buf = store.adam_m();

@@ -41,10 +41,17 @@ class ParameterStore {
   float* adam_v() const { return adam_v_.data(); }
   void zero_grad() const { grads_.zero(); }
 
+  // Bumped by whoever writes parameter values (optimizer step, loading, initialisation), so
+  // a consumer holding a converted copy of the weights (vit::VitInference's packed matmul
+  // weights) knows when to refresh it.
+  uint64_t version() const { return version_; }
+  void mark_changed() { ++version_; }
+
  private:
   Parameter& insert(std::string name, Dims dims, bool decay, bool trainable);
   std::deque<Parameter> params_;  // a deque: references stay valid as parameters are added
   int64_t size_ = 0;
+  uint64_t version_ = 0;
   Tensor values_, grads_, adam_m_, adam_v_;
 };
 

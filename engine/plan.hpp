@@ -27,6 +27,11 @@ class PlanCache {
     current_ = it->second.get();
     return *current_;
   }
+  // Forgets every plan (a layer switched precision).
+  void clear() {
+    plans_.clear();
+    current_ = nullptr;
+  }
   // The plan of the last forward: what backward must use.
   Plan& current(const char* layer) const {
     require(current_ != nullptr, std::string(layer) + ": backward called before forward");

@@ -22,6 +22,7 @@ void load_state_dict(ParameterStore& store, const SafetensorsFile& file, bool st
       throw Error(where + ": no tensor '" + p.name + "' (a model of another architecture?)");
     file.read_f32(p.name, p.dims, p.value.data());
   }
+  store.mark_changed();
   if (!strict) return;
   for (const auto& [name, entry] : file.entries()) {
     bool ignored = false;

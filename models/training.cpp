@@ -29,6 +29,8 @@ void TrainConfig::validate() const {
   require(label_smoothing >= 0 && label_smoothing < 1, "--smoothing must be in [0, 1)");
   require(clip_grad >= 0, "--clip-grad must not be negative");
   require(opt == "adamw" || opt == "sgd", "--opt must be adamw or sgd, got '" + opt + "'");
+  require(precision == "f32" || precision == "bf16",
+          "--precision must be f32 or bf16, got '" + precision + "'");
   require(subset >= 0, "--subset must not be negative");
   require(val_split >= 0 && val_split < 1, "--val-split must be in [0, 1)");
   augment.validate();
@@ -46,6 +48,7 @@ void to_json(nlohmann::json& j, const TrainConfig& c) {
        {"clip_grad", c.clip_grad},
        {"momentum", c.momentum},
        {"opt", c.opt},
+       {"precision", c.precision},
        {"seed", c.seed},
        {"subset", c.subset},
        {"val_split", c.val_split},
@@ -73,6 +76,7 @@ void from_json(const nlohmann::json& j, TrainConfig& c) {
   j.at("clip_grad").get_to(c.clip_grad);
   j.at("momentum").get_to(c.momentum);
   j.at("opt").get_to(c.opt);
+  c.precision = j.value("precision", std::string("f32"));  // absent in older checkpoints
   j.at("seed").get_to(c.seed);
   j.at("subset").get_to(c.subset);
   j.at("val_split").get_to(c.val_split);

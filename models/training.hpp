@@ -25,6 +25,7 @@ struct TrainConfig {
   double lr = 1e-3, min_lr = 1e-5, warmup_lr = 1e-6, warmup_epochs = 1.0;
   double weight_decay = 0.05, label_smoothing = 0.1, clip_grad = 0.0, momentum = 0.9;
   std::string opt = "adamw";
+  std::string precision = "f32";  // of the matmuls: f32 or bf16 (engine/precision.hpp)
   uint64_t seed = 0;
   int64_t subset = 0;      // stratified training subset; 0: the whole folder
   double val_split = 0.0;  // fraction of the folder held out for validation

@@ -1,7 +1,10 @@
 // The Vision Transformer behind the engine::Model interface.
 #pragma once
 
+#include <memory>
+
 #include "engine/model.hpp"
+#include "vit/inference.hpp"
 #include "vit/vision_transformer.hpp"
 
 namespace models {
@@ -11,22 +14,40 @@ using engine::Tensor;
 
 class VitModel : public engine::Model {
  public:
-  explicit VitModel(const vit::VitConfig& config) : net(store, config) {}
+  explicit VitModel(const vit::VitConfig& config)
+      : net(store, config), inference(std::make_unique<vit::VitInference>(config, store)) {}
 
+  // Training runs the layers (they keep what backward needs); evaluation the fused path.
   const Tensor& forward(Context& ctx, const Tensor& input) override {
-    return net.forward(ctx, input);
+    return training_ ? net.forward(ctx, input) : inference->forward(ctx, input);
   }
   void backward(Context& ctx, const Tensor& diff_logits) override {
+    engine::require(training_, "VitModel: backward after an evaluation-mode forward");
     net.backward(ctx, diff_logits);
   }
-  void train(bool on) override { net.train(on); }
-  void init_weights(Context& ctx) override { net.init_weights(ctx); }
+  void train(bool on) override {
+    training_ = on;
+    net.train(on);
+  }
+  void init_weights(Context& ctx) override {
+    net.init_weights(ctx);
+    store.mark_changed();
+  }
+  void set_precision(engine::Precision p) override {
+    net.set_precision(p);
+    if (p != inference->precision)
+      inference = std::make_unique<vit::VitInference>(net.config, store, p);
+  }
   std::string arch() const override { return "vit"; }
   nlohmann::json config() const override { return net.config; }
   double flops_per_image() const override { return net.config.flops_per_image(); }
   int64_t num_classes() const override { return net.config.num_classes; }
 
   vit::VisionTransformer net;
+  std::unique_ptr<vit::VitInference> inference;
+
+ private:
+  bool training_ = true;
 };
 
 }  // namespace models

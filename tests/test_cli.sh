@@ -51,6 +51,14 @@ expect "bench measures a small model" 0 '"images_per_second":\{"max":[0-9.e+]+,"
   -- bench --model vit_fmnist_patch7 --batch-size 2 --warmup 0 --iters 1 --repeats 1 --no-peak
 expect "bench profile lists oneDNN primitives" 0 '"primitives":\[\{"calls_per_step":[0-9]+' '^per step: ' \
   -- bench --model cnn_resnet8_fmnist --mode train --batch-size 2 --warmup 0 --iters 1 --repeats 1 --no-peak --profile
+expect "bench bf16 inference" 0 '"precision":"bf16"' EMPTY \
+  -- bench --model vit_fmnist_patch7 --batch-size 2 --warmup 0 --iters 1 --repeats 1 --precision bf16
+expect "bench bad precision" 2 EMPTY "^vit: vit bench: --precision must be f32 or bf16, not 'fp16'" \
+  -- bench --precision fp16
+expect "bench bf16 training" 0 '"mode":"train".*"precision":"bf16"' EMPTY \
+  -- bench --model vit_fmnist_patch7 --mode train --batch-size 2 --warmup 0 --iters 1 --repeats 1 --precision bf16 --no-peak
+expect "bench CNN has no bf16 path" 1 EMPTY "^vit: model 'resnet' has no bf16 path; use f32" \
+  -- bench --model cnn_resnet8_fmnist --precision bf16 --no-peak
 expect "bench bad mode" 2 EMPTY "^vit: vit bench: --mode must be infer or train, not 'fast'" -- bench --mode fast
 expect "bench size flag of another architecture" 2 EMPTY "^vit: vit bench: --patch-size does not apply to cnn_resnet8_fmnist" \
   -- bench --model cnn_resnet8_fmnist --patch-size 4

@@ -153,6 +153,46 @@ TEST_CASE("Linear keeps one plan per input shape") {
   check::check_close("first shape again", ya2, naive_linear(a, fc));
 }
 
+TEST_CASE("Linear in bf16: output and gradients within bf16 rounding of f32, weights kept f32") {
+  Context ctx(1);
+  std::mt19937_64 rng(14);
+  ParameterStore store;
+  Linear fc(store, "fc", 40, 24);
+  store.allocate(ctx.eng);
+  fc.reset_parameters(ctx);
+  Tensor x = check::random_tensor(ctx, {3, 7, 40}, rng);
+  Tensor r = check::random_tensor(ctx, {3, 7, 24}, rng);
+  // f32 first; copies of everything bf16 must reproduce.
+  Tensor y32(ctx.eng, {3, 7, 24}), dx32(ctx.eng, x.dims()), dw32(ctx.eng, {24, 40}),
+      db32(ctx.eng, {24});
+  y32.copy_from(fc.forward(ctx, x));
+  dx32.copy_from(fc.backward(ctx, r));
+  dw32.copy_from(fc.weight->grad);
+  db32.copy_from(fc.bias->grad);
+  Tensor w_before(ctx.eng, {24, 40});
+  w_before.copy_from(fc.weight->value);
+
+  fc.set_precision(Precision::bf16);
+  const Tensor& y = fc.forward(ctx, x);
+  const Tensor& dx = fc.backward(ctx, r);
+  ctx.wait();
+  auto relative_error = [](const Tensor& got, const Tensor& want) {
+    double err = 0, ref = 0;
+    for (int64_t i = 0; i < want.numel(); ++i) {
+      err = std::max(err, double(std::abs(got[i] - want[i])));
+      ref = std::max(ref, double(std::abs(want[i])));
+    }
+    return err / ref;
+  };
+  // bf16 keeps 8 significant bits: a relative rounding of 2^-9 per operand.
+  CHECK(relative_error(y, y32) < 2e-2);
+  CHECK(relative_error(dx, dx32) < 2e-2);
+  CHECK(relative_error(fc.weight->grad, dw32) < 2e-2);
+  CHECK(relative_error(fc.bias->grad, db32) < 1e-6);  // summed in f32 from f32 diff_dst
+  CHECK(relative_error(y, y32) > 0.0);                // bf16 did run
+  CHECK(relative_error(fc.weight->value, w_before) == 0.0);
+}
+
 TEST_CASE("LayerNorm forward matches a naive loop") {
   Context ctx(2);
   std::mt19937_64 rng(21);

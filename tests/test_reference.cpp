@@ -10,6 +10,7 @@
 #include "datasets/preprocess.hpp"
 #include "engine/state_dict.hpp"
 #include "models/resnet.hpp"
+#include "vit/inference.hpp"
 #include "vit/vision_transformer.hpp"
 
 using namespace vit;
@@ -45,16 +46,23 @@ void check_fixture(const std::string& file_name) {
     datasets::cut_patches(hwc, config.patch_size,
                           patches.data() + i * config.num_patches() * config.patch_dim());
   }
-  const Tensor& logits = model.forward(ctx, patches);
-  ctx.wait();
-  double max_err = 0, max_ref = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    max_err = std::max(max_err, std::abs(double(logits[int64_t(i)]) - want[i]));
-    max_ref = std::max(max_ref, std::abs(double(want[i])));
-  }
-  INFO("max |ours - torchvision| = " << max_err << ", max |torchvision| = " << max_ref);
-  CHECK(max_ref > 0.1);
-  CHECK(max_err <= 1e-4 * max_ref);
+  auto check_logits = [&](const Tensor& logits, double tolerance, const char* path) {
+    ctx.wait();
+    double max_err = 0, max_ref = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      max_err = std::max(max_err, std::abs(double(logits[int64_t(i)]) - want[i]));
+      max_ref = std::max(max_ref, std::abs(double(want[i])));
+    }
+    INFO(path << ": max |ours - torchvision| = " << max_err << ", max |torchvision| = " << max_ref);
+    CHECK(max_ref > 0.1);
+    CHECK(max_err <= tolerance * max_ref);
+  };
+  check_logits(model.forward(ctx, patches), 1e-4, "layers");
+  // The fused inference path, on the same weights.
+  VitInference fused(config, store, engine::Precision::f32);
+  check_logits(fused.forward(ctx, patches), 1e-4, "fused f32");
+  VitInference fused_bf16(config, store, engine::Precision::bf16);
+  check_logits(fused_bf16.forward(ctx, patches), 2e-2, "fused bf16");
 }
 
 void check_close_to(const Tensor& got, const std::vector<float>& want, const char* what) {

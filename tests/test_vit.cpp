@@ -4,6 +4,8 @@
 
 #include "check.hpp"
 #include "engine/error.hpp"
+#include "engine/optim.hpp"
+#include "vit/inference.hpp"
 #include "vit/vision_transformer.hpp"
 
 using namespace vit;
@@ -231,6 +233,44 @@ TEST_CASE("VisionTransformer: whole-model gradients by FD") {
   ctx.wait();
   // A deep float32 forward: a larger step keeps rounding noise below the tolerance.
   check::check_gradients(ctx, forward, r, parameter_targets(store, 6), 1e-2f);
+}
+
+TEST_CASE("VitInference: the fused path equals the layers in evaluation mode, weights followed") {
+  Context ctx(7);
+  std::mt19937_64 rng(157);
+  for (bool qkv_bias : {true, false}) {
+    CAPTURE(qkv_bias);
+    VitConfig c = tiny_config();
+    c.embed_dim = 12, c.num_heads = 3, c.mlp_ratio = 2.5, c.qkv_bias = qkv_bias;
+    ParameterStore store;
+    VisionTransformer model(store, c);
+    store.allocate(ctx.eng);
+    randomize_parameters(store, rng, 0.4f);
+    model.train(false);
+    VitInference fused(c, store, engine::Precision::f32);
+    VitInference fused_bf16(c, store, engine::Precision::bf16);
+    auto max_diff = [&](const Tensor& a, const Tensor& b) {
+      ctx.wait();
+      REQUIRE(a.dims() == b.dims());
+      double m = 0;
+      for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, double(std::abs(a[i] - b[i])));
+      return m;
+    };
+    for (int64_t batch : {3, 1, 3}) {  // two plans, the first reused
+      CAPTURE(batch);
+      Tensor patches = check::random_tensor(ctx, {batch, 4, 32}, rng);
+      Tensor want(ctx.eng, {batch, c.num_classes});
+      want.copy_from(model.forward(ctx, patches));
+      ctx.wait();
+      CHECK(max_diff(fused.forward(ctx, patches), want) < 1e-5);
+      CHECK(max_diff(fused_bf16.forward(ctx, patches), want) < 3e-2);
+      // An optimizer step changes the weights: the packed copies must follow.
+      for (engine::Parameter& p : store.parameters()) check::randomize(p.grad, rng, -1.0f, 1.0f);
+      engine::Sgd{}.update(store, 0.05f);
+      want.copy_from(model.forward(ctx, patches));
+      CHECK(max_diff(fused.forward(ctx, patches), want) < 1e-5);
+    }
+  }
 }
 
 TEST_CASE("VitConfig: contradictory sizes name the flag") {

@@ -30,6 +30,7 @@ PEER_PYTHON = "/usr/bin/python3"  # Debian's python3-torch installs for Debian's
 CASES = {
     "vit_ti_b32": ("vit_tiny_patch16_224", "infer", 32, "f32", 4),
     "vit_ti_b1": ("vit_tiny_patch16_224", "infer", 1, "f32", 40),
+    "vit_ti_b32_bf16": ("vit_tiny_patch16_224", "infer", 32, "bf16", 6),
     "vit_s_b32": ("vit_small_patch16_224", "infer", 32, "f32", 2),
     "vit_fmnist_p4_train": ("vit_fmnist_patch4", "train", 128, "f32", 6),
     "cnn_train": ("cnn_resnet8_fmnist", "train", 128, "f32", 10),
@@ -130,7 +131,7 @@ def main():
         preset, mode, batch, precision, iters = CASES[name]
         common = ["--mode", mode, "--batch-size", str(batch), "--iters", str(iters),
                   "--repeats", str(args.repeats), "--threads", str(args.threads)]
-        ours_cmd = [args.vit, "bench", "--model", preset] + common
+        ours_cmd = [args.vit, "bench", "--model", preset, "--precision", precision] + common
         if args.profile:
             ours_cmd.append("--profile")
         ours, peer = [], []

@@ -89,9 +89,11 @@ def main():
         "parameters": sum(t.numel() for t in model.parameters()),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "setup": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "cpu_capability": torch.backends.cpu.get_cpu_capability()
-                  if hasattr(torch.backends.cpu, "get_cpu_capability") else
-                  os.environ.get("ATEN_CPU_CAPABILITY", "default"),
+                  # torch 1.13 has no torch.backends.cpu; newer ones report it themselves
+                  "cpu_capability": getattr(getattr(torch.backends, "cpu", None),
+                                            "get_cpu_capability",
+                                            lambda: os.environ.get("ATEN_CPU_CAPABILITY",
+                                                                   "default"))(),
                   "blas": blas_library(),
                   "env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "GLIBC_TUNABLES",
                                                      "OPENBLAS_CORETYPE", "LD_LIBRARY_PATH",

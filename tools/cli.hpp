@@ -8,6 +8,7 @@
 #include <boost/program_options.hpp>
 #include <nlohmann/json.hpp>
 
+#include "engine/precision.hpp"
 #include "models/registry.hpp"
 
 namespace cli {
@@ -42,6 +43,15 @@ nlohmann::json model_config(const po::variables_map& vm, const models::Preset& p
 // What a freshly built model takes: its image size, channels and patch size (none for a CNN),
 // mean and std 0.5.
 datasets::Preprocess model_preprocess(const nlohmann::json& config);
+
+// --precision f32|bf16, a usage error naming `command` otherwise.
+inline engine::Precision parse_precision_flag(const po::variables_map& vm,
+                                              const std::string& command) {
+  const std::string name = vm["precision"].as<std::string>();
+  if (name != "f32" && name != "bf16")
+    throw UsageError(command + ": --precision must be f32 or bf16, not '" + name + "'");
+  return engine::parse_precision(name);
+}
 
 int run_info(const std::vector<std::string>& args);
 int run_models(const std::vector<std::string>& args);

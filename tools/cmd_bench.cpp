@@ -53,16 +53,20 @@ double peak_rss_mb() {
 
 // The machine's limit for this precision: a large plain-layout matmul, the best case for the
 // very kernels our layers use. Median GFLOP/s over `repeats` runs.
-double measure_matmul_gflops(engine::Context& ctx, int64_t n, int repeats) {
+double measure_matmul_gflops(engine::Context& ctx, int64_t n, int repeats,
+                             engine::Precision precision) {
   using dt = dnnl::memory::data_type;
   using tag = dnnl::memory::format_tag;
-  const dnnl::memory::desc md({n, n}, dt::f32, tag::ab);
-  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(md, md, md), ctx.eng);
-  dnnl::memory a(md, ctx.eng), b(md, ctx.eng), c(md, ctx.eng);
-  for (dnnl::memory* m : {&a, &b}) {
-    float* p = static_cast<float*>(m->get_data_handle());
-    for (int64_t i = 0; i < n * n; ++i) p[i] = float(i % 7) * 0.25f - 0.75f;
-  }
+  // bf16 operands and an f32 result, as our bf16 matmuls run.
+  const dnnl::memory::desc md({n, n}, engine::data_type(precision), tag::ab);
+  const dnnl::memory::desc dst_md({n, n}, dt::f32, tag::ab);
+  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(md, md, dst_md), ctx.eng);
+  dnnl::memory a(md, ctx.eng), b(md, ctx.eng), c(dst_md, ctx.eng);
+  dnnl::memory values({{n, n}, dt::f32, tag::ab}, ctx.eng);
+  float* v = static_cast<float*>(values.get_data_handle());
+  for (int64_t i = 0; i < n * n; ++i) v[i] = float(i % 7) * 0.25f - 0.75f;
+  for (dnnl::memory* m : {&a, &b}) dnnl::reorder(values, *m).execute(ctx.strm, values, *m);
+  ctx.wait();
   const dnnl::matmul mm(pd);
   const auto run = [&] {
     mm.execute(ctx.strm, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
@@ -161,6 +165,8 @@ int run_bench(const std::vector<std::string>& args) {
   add("iters", po::value<int>()->default_value(10), "timed iterations per repeat");
   add("repeats", po::value<int>()->default_value(5), "repeats: median, min and max over them");
   add("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
+  add("precision", po::value<std::string>()->default_value("f32"),
+      "f32 or bf16 (bf16 matmul operands, f32 results; AVX-512 CPUs)");
   add("no-peak", "skip measuring the machine's matmul peak");
   add("profile",
       "also time every oneDNN primitive (its verbose mode) over one more repeat: a table on "
@@ -187,12 +193,14 @@ int run_bench(const std::vector<std::string>& args) {
   if (batch <= 0 || warmup < 0 || iters <= 0 || repeats <= 0)
     throw UsageError("vit bench: --batch-size, --iters and --repeats must be positive");
 
+  const engine::Precision precision = parse_precision_flag(vm, "vit bench");
   engine::Context ctx(0, vm["threads"].as<int>());
   const models::Preset& preset = models::preset(vm["model"].as<std::string>());
   nlohmann::json config = model_config(vm, preset, "vit bench");
   if (vm.count("num-classes")) config["num_classes"] = vm["num-classes"].as<int64_t>();
   const std::unique_ptr<engine::Model> net = models::make_model(preset.arch, config, ctx);
   net->init_weights(ctx);
+  net->set_precision(precision);
   const datasets::Preprocess preprocess = model_preprocess(net->config());
 
   // Random inputs and labels: speed does not depend on the values.
@@ -242,7 +250,7 @@ int run_bench(const std::vector<std::string>& args) {
                         {"arch", net->arch()},
                         {"config", net->config()},
                         {"mode", mode},
-                        {"precision", "f32"},
+                        {"precision", engine::precision_name(precision)},
                         {"batch", batch},
                         {"threads", ctx.threads},
                         {"iters", iters},
@@ -256,7 +264,7 @@ int run_bench(const std::vector<std::string>& args) {
                         {"isa", engine::onednn_isa()},
                         {"onednn", engine::onednn_version()}};
   if (!vm.count("no-peak")) {
-    const double peak = measure_matmul_gflops(ctx, 2048, 5);
+    const double peak = measure_matmul_gflops(ctx, 2048, 5, precision);
     out["peak_gflops"] = peak;
     out["peak_fraction"] = achieved / peak;
   }

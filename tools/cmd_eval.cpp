@@ -26,6 +26,8 @@ int run_eval(const std::vector<std::string>& args) {
   add("batch-size", po::value<int64_t>()->default_value(256), "");
   add("strict", "an unreadable image is an error (default: skipped and counted)");
   add("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
+  add("precision", po::value<std::string>()->default_value("f32"),
+      "f32 or bf16 (matmul operands in bf16 on AVX-512 CPUs; ViT models)");
   add("help,h", "show this help");
   const po::variables_map vm = parse(args, opts);
   if (vm.count("help")) {
@@ -34,8 +36,10 @@ int run_eval(const std::vector<std::string>& args) {
   }
   if (!vm.count("model")) throw UsageError("vit eval: --model is required");
   if (!vm.count("data")) throw UsageError("vit eval: --data is required");
+  const engine::Precision precision = parse_precision_flag(vm, "vit eval");
   engine::Context ctx(0, vm["threads"].as<int>());
   models::LoadedModel loaded = models::load_model(vm["model"].as<std::string>(), ctx);
+  loaded.model->set_precision(precision);
   const datasets::ImageFolder folder(vm["data"].as<std::string>(), loaded.classes);
   std::vector<size_t> all(folder.samples().size());
   std::iota(all.begin(), all.end(), size_t{0});
@@ -53,6 +57,7 @@ int run_eval(const std::vector<std::string>& args) {
     nlohmann::json j = {{"model", vm["model"].as<std::string>()},
                         {"data", vm["data"].as<std::string>()},
                         {"arch", loaded.model->arch()},
+                        {"precision", engine::precision_name(precision)},
                         {"parameters", loaded.model->store.num_trainable()},
                         {"flops_per_image", loaded.model->flops_per_image()},
                         {"images", m.count},
@@ -95,6 +100,8 @@ int run_classify(const std::vector<std::string>& args) {
   add("json", "print one JSON array");
   add("batch-size", po::value<int64_t>()->default_value(64), "");
   add("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
+  add("precision", po::value<std::string>()->default_value("f32"),
+      "f32 or bf16 (matmul operands in bf16 on AVX-512 CPUs; ViT models)");
   add("images", po::value<std::vector<std::string>>(),
       "image files or folders (searched recursively)");
   add("help,h", "show this help");
@@ -123,8 +130,10 @@ int run_classify(const std::vector<std::string>& args) {
     }
   }
 
+  const engine::Precision precision = parse_precision_flag(vm, "vit classify");
   engine::Context ctx(0, vm["threads"].as<int>());
   models::LoadedModel loaded = models::load_model(vm["model"].as<std::string>(), ctx);
+  loaded.model->set_precision(precision);
   loaded.model->train(false);
   const datasets::Preprocess& p = loaded.preprocess;
   const int64_t K = static_cast<int64_t>(loaded.classes.size());

@@ -88,6 +88,9 @@ int run_train(const std::vector<std::string>& args) {
   add_recipe("seed", po::value<uint64_t>()->default_value(0),
              "seeds initialisation, data order and augmentation");
   add_recipe("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
+  add_recipe("precision", po::value<std::string>()->default_value("f32"),
+             "f32 or bf16: bf16 matmul operands on AVX-512 CPUs, f32 weights and optimizer "
+             "state (ViT models)");
 
   po::options_description output("output");
   auto add_out = output.add_options();
@@ -152,6 +155,7 @@ int run_train(const std::vector<std::string>& args) {
     recipe.warmup_lr = vm["warmup-lr"].as<double>();
     recipe.warmup_epochs = vm["warmup-epochs"].as<double>();
     recipe.opt = vm["opt"].as<std::string>();
+    recipe.precision = engine::precision_name(parse_precision_flag(vm, "vit train"));
     recipe.momentum = vm["momentum"].as<double>();
     recipe.weight_decay = vm["weight-decay"].as<double>();
     recipe.label_smoothing = vm["smoothing"].as<double>();
@@ -169,6 +173,8 @@ int run_train(const std::vector<std::string>& args) {
     recipe.augment.switch_prob = vm["switch-prob"].as<double>();
     recipe.validate();
   }
+
+  net->set_precision(engine::parse_precision(recipe.precision));
 
   // The data: subset, split, decode once.
   const int64_t subset = vm["subset"].as<int64_t>();

@@ -86,7 +86,7 @@ def parse_args():
     p.add_argument("--std", help="normalization std(s) (default: 0.353 on Fashion-MNIST, else 0.5)")
     p.add_argument("--threads", type=int, default=0, help="compute threads (0: all cores)")
     p.add_argument("--quick", action="store_true",
-                   help="about 10 minutes on 2 cores: sizes 1000,5000,20000, one seed, "
+                   help="about 5 minutes on 2 cores: sizes 1000,5000,20000, one seed, "
                         "--epochs 3 --min-steps 200 (explicit flags still win)")
     p.add_argument("--keep-models", action="store_true", help="keep every cell's model file")
     p.add_argument("--vit", default=os.path.join(ROOT, "build", "release", "tools", "vit"),

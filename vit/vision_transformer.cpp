@@ -166,6 +166,16 @@ void VisionTransformer::train(bool on) {
   for (auto& b : blocks_) b->train(on);
 }
 
+void VisionTransformer::set_precision(engine::Precision p) {
+  patch_embed_.proj.set_precision(p);
+  for (auto& b : blocks_) {
+    b->attn.qkv.set_precision(p);
+    b->attn.proj.set_precision(p);
+    b->mlp.fc1.set_precision(p);
+    b->mlp.fc2.set_precision(p);
+  }
+}
+
 void VisionTransformer::init_weights(Context& ctx) {
   auto linear = [&](engine::Linear& l) {
     engine::trunc_normal(ctx, l.weight->value, 0.0f, 0.02f);

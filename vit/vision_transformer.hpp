@@ -121,6 +121,9 @@ class VisionTransformer {
   // From diff_logits [B, K] writes the gradient of every parameter.
   void backward(Context& ctx, const Tensor& diff_logits);
   void train(bool on);
+  // bf16: the matmuls of the patch embedding and of every block's Linears take bf16 operands
+  // (engine::Linear); the attention matmuls, the head and everything else stay f32.
+  void set_precision(engine::Precision p);
   // timm's init: trunc_normal(0.02) on Linear weights and pos_embed, zero biases, cls_token
   // normal(1e-6), LayerNorm 1 and 0, patch_embed torch's default (kaiming uniform).
   void init_weights(Context& ctx);

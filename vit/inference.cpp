@@ -1,0 +1,283 @@
+#include "vit/inference.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace vit {
+
+namespace {
+
+using dnnl::memory;
+using dt = memory::data_type;
+using engine::Dims;
+using engine::ParameterStore;
+
+memory::desc desc(const Dims& dims, dt type, const Dims& strides = {}) {
+  return memory::desc(dims, type, strides.empty() ? engine::row_major_strides(dims) : strides);
+}
+
+// A memory over `base`'s buffer, `offset` elements of md's type in: a view, no copy.
+memory view(const dnnl::engine& eng, const memory::desc& md, const memory& base,
+            int64_t offset = 0) {
+  char* data = static_cast<char*>(base.get_data_handle());
+  return memory(md, eng, data + offset * int64_t(memory::data_type_size(md.data_type())));
+}
+
+// A memory over a parameter's f32 values, read as they are.
+memory over_param(const dnnl::engine& eng, const ParameterStore& store, const std::string& name,
+                  const Dims& dims, int64_t offset = 0) {
+  const engine::Parameter* p = store.find(name);
+  engine::require(p != nullptr, "VitInference: the store has no parameter '" + name + "'");
+  engine::require(offset + engine::product(dims) <= p->value.numel(),
+                  "VitInference: parameter '" + name + "' is smaller than expected");
+  return memory(desc(dims, dt::f32), eng, p->value.data() + offset);
+}
+
+// dst = src·Wᵀ + b, then the post-ops; the weights left for the kernel to lay out.
+dnnl::matmul::primitive_desc dense(const dnnl::engine& eng, const memory::desc& src, int64_t in,
+                                   int64_t out, dt weight_type, const memory::desc& dst,
+                                   const dnnl::post_ops& ops = dnnl::post_ops()) {
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(ops);
+  const memory::desc weights({in, out}, weight_type, memory::format_tag::any);
+  const memory::desc bias({1, out}, dt::f32, memory::format_tag::ab);
+  return {dnnl::matmul::desc(src, weights, bias, dst), attr, eng};
+}
+
+dnnl::layer_normalization_forward layer_norm(const dnnl::engine& eng, int64_t rows, int64_t dim) {
+  // timm's ViT LayerNorm: eps 1e-6, as engine::LayerNorm's default.
+  return dnnl::layer_normalization_forward(
+      {{dnnl::prop_kind::forward_inference, desc({rows, dim}, dt::f32), 1e-6f,
+        dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift},
+       eng});
+}
+
+}  // namespace
+
+VitInference::VitInference(const VitConfig& config, const engine::ParameterStore& store,
+                           engine::Precision p)
+    : precision(p), config_((config.validate(), config)), store_(store) {}
+
+std::unique_ptr<VitInference::Plan> VitInference::build(Context& ctx, int64_t B) const {
+  const dnnl::engine& eng = ctx.eng;
+  const VitConfig& c = config_;
+  const int64_t L = c.num_patches(), N = c.num_tokens(), D = c.embed_dim, H = c.num_heads,
+                d = c.head_dim(), F = c.mlp_hidden(), K = c.num_classes, CPP = c.patch_dim();
+  const int64_t M = B * N;
+  const dt low = engine::data_type(precision);
+  const bool bf16 = precision == engine::Precision::bf16;
+  auto p = std::make_unique<Plan>();
+  p->batch = B;
+
+  // Buffers (oneDNN allocates them, 64-byte aligned) and the views over them.
+  p->input = memory(desc({B * L, CPP}, dt::f32), eng, DNNL_MEMORY_NONE);
+  p->x = memory(desc({M, D}, dt::f32), eng);
+  p->x1 = memory(desc({M, D}, dt::f32), eng);
+  p->normed = memory(desc({M, D}, dt::f32), eng);
+  if (bf16) {
+    p->input_low = memory(desc({B * L, CPP}, low), eng);
+    p->normed_low = memory(desc({M, D}, low), eng);
+  } else {
+    p->input_low = p->input;
+    p->normed_low = p->normed;
+  }
+  p->patch_out = view(eng, desc({B * L, D}, dt::f32), p->normed);
+  p->patch_tokens = view(eng, desc({B, L, D}, dt::f32), p->normed);
+  p->x_patch_rows = view(eng, desc({B, L, D}, dt::f32, {N * D, D, 1}), p->x, D);
+  p->x_cls_rows = view(eng, desc({B, D}, dt::f32, {N * D, 1}), p->x);
+  p->qkv = memory(desc({M, 3 * D}, low), eng);
+  const Dims heads = {B, H, N, d}, heads_t = {B, H, d, N};
+  p->q = view(eng, desc(heads, low, {N * 3 * D, d, 3 * D, 1}), p->qkv, 0);
+  p->k_t = view(eng, desc(heads_t, low, {N * 3 * D, d, 1, 3 * D}), p->qkv, D);
+  p->v = view(eng, desc(heads, low, {N * 3 * D, d, 3 * D, 1}), p->qkv, 2 * D);
+  p->scores = memory(desc({B, H, N, N}, dt::f32), eng);
+  p->probs = bf16 ? memory(desc({B, H, N, N}, low), eng) : p->scores;
+  p->context = memory(desc({M, D}, low), eng);
+  p->context_heads = view(eng, desc(heads, low, {N * D, d, D, 1}), p->context);
+  p->hidden = memory(desc({M, F}, low), eng);
+  p->cls = memory(desc({B, D}, dt::f32), eng);
+  p->cls_normed = memory(desc({B, D}, dt::f32), eng);
+  p->logits = Tensor(eng, {B, K});
+
+  // Primitives.
+  if (bf16) {
+    p->input_to_low = dnnl::reorder(p->input, p->input_low);
+    p->normed_to_low = dnnl::reorder(p->normed, p->normed_low);
+  }
+  const auto patch_pd = dense(eng, p->input_low.get_desc(), CPP, D, low, desc({B * L, D}, dt::f32));
+  p->patch_embed = dnnl::matmul(patch_pd);
+  p->add_pos = dnnl::binary({{dnnl::algorithm::binary_add, p->patch_tokens.get_desc(),
+                              desc({1, L, D}, dt::f32), p->patch_tokens.get_desc()},
+                             eng});
+  p->place_patches = dnnl::reorder(p->patch_tokens, p->x_patch_rows);
+  p->cls_table = memory(desc({B, D}, dt::f32), eng);
+  p->place_cls = dnnl::reorder(p->cls_table, p->x_cls_rows);
+
+  p->norm_tokens = layer_norm(eng, M, D);
+  const auto qkv_pd = dense(eng, p->normed_low.get_desc(), D, 3 * D, low, p->qkv.get_desc());
+  p->qkv_mm = dnnl::matmul(qkv_pd);
+  dnnl::primitive_attr scale;  // 1/√d folded into the matmul
+  scale.set_output_scales(0, {1.0f / std::sqrt(float(d))});
+  p->scores_mm =
+      dnnl::matmul({{p->q.get_desc(), p->k_t.get_desc(), p->scores.get_desc()}, scale, eng});
+  p->softmax = dnnl::softmax_v2_forward(
+      {{dnnl::prop_kind::forward_inference, dnnl::algorithm::softmax_accurate, p->scores.get_desc(),
+        p->probs.get_desc(), 3},
+       eng});
+  p->context_mm =
+      dnnl::matmul({{p->probs.get_desc(), p->v.get_desc(), p->context_heads.get_desc()}, eng});
+  dnnl::post_ops add_residual;
+  add_residual.append_binary(dnnl::algorithm::binary_add, desc({M, D}, dt::f32));
+  const auto proj_pd =
+      dense(eng, p->context.get_desc(), D, D, low, desc({M, D}, dt::f32), add_residual);
+  p->proj_mm = dnnl::matmul(proj_pd);
+  dnnl::post_ops gelu;
+  gelu.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+  const auto fc1_pd = dense(eng, p->normed_low.get_desc(), D, F, low, p->hidden.get_desc(), gelu);
+  p->fc1_mm = dnnl::matmul(fc1_pd);
+  const auto fc2_pd =
+      dense(eng, p->hidden.get_desc(), F, D, low, desc({M, D}, dt::f32), add_residual);
+  p->fc2_mm = dnnl::matmul(fc2_pd);
+
+  p->take_cls = dnnl::reorder(p->x_cls_rows, p->cls);
+  p->norm_cls = layer_norm(eng, B, D);
+  const auto head_pd = dense(eng, desc({B, D}, dt::f32), D, K, dt::f32, desc({B, K}, dt::f32));
+  p->head_mm = dnnl::matmul(head_pd);
+
+  // Packed weights, filled by pack(); the parameters read in place.
+  p->patch_weight = memory(patch_pd.weights_desc(), eng);
+  p->patch_bias = over_param(eng, store_, "patch_embed.proj.bias", {1, D});
+  p->pos_rows = over_param(eng, store_, "pos_embed", {1, L, D}, D);
+  if (!c.qkv_bias) {  // timm's qkv_bias=False: a zero bias keeps one primitive for both cases
+    p->zero_qkv_bias = memory(desc({1, 3 * D}, dt::f32), eng);
+    std::fill_n(static_cast<float*>(p->zero_qkv_bias.get_data_handle()), 3 * D, 0.0f);
+  }
+  for (int64_t i = 0; i < c.depth; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    p->weights.push_back({memory(qkv_pd.weights_desc(), eng), memory(proj_pd.weights_desc(), eng),
+                          memory(fc1_pd.weights_desc(), eng), memory(fc2_pd.weights_desc(), eng)});
+    p->params.push_back(
+        {over_param(eng, store_, b + "norm1.weight", {D}),
+         over_param(eng, store_, b + "norm1.bias", {D}),
+         c.qkv_bias ? over_param(eng, store_, b + "attn.qkv.bias", {1, 3 * D}) : p->zero_qkv_bias,
+         over_param(eng, store_, b + "attn.proj.bias", {1, D}),
+         over_param(eng, store_, b + "norm2.weight", {D}),
+         over_param(eng, store_, b + "norm2.bias", {D}),
+         over_param(eng, store_, b + "mlp.fc1.bias", {1, F}),
+         over_param(eng, store_, b + "mlp.fc2.bias", {1, D})});
+  }
+  p->norm_weight = over_param(eng, store_, "norm.weight", {D});
+  p->norm_bias = over_param(eng, store_, "norm.bias", {D});
+  p->head_weight = memory(head_pd.weights_desc(), eng);
+  p->head_bias = over_param(eng, store_, "head.bias", {1, K});
+  return p;
+}
+
+void VitInference::pack(Context& ctx, Plan& p) const {
+  const VitConfig& c = config_;
+  const int64_t D = c.embed_dim, F = c.mlp_hidden(), K = c.num_classes, B = p.batch;
+  // torch's Linear weight [out, in] is Wᵀ [in, out] with swapped strides; a reorder converts
+  // it to the packed layout (and to bf16).
+  auto pack_linear = [&](const std::string& name, int64_t in, int64_t out, memory& packed) {
+    const engine::Parameter* w = store_.find(name);
+    engine::require(
+        w != nullptr && w->value.numel() == in * out,
+        "VitInference: no weight '" + name + "' of " + std::to_string(in * out) + " elements");
+    memory src(desc({in, out}, dt::f32, {1, in}), ctx.eng, w->value.data());
+    dnnl::reorder(src, packed).execute(ctx.strm, src, packed);
+  };
+  pack_linear("patch_embed.proj.weight", c.patch_dim(), D, p.patch_weight);
+  for (int64_t i = 0; i < c.depth; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    pack_linear(b + "attn.qkv.weight", D, 3 * D, p.weights[i].qkv);
+    pack_linear(b + "attn.proj.weight", D, D, p.weights[i].proj);
+    pack_linear(b + "mlp.fc1.weight", D, F, p.weights[i].fc1);
+    pack_linear(b + "mlp.fc2.weight", F, D, p.weights[i].fc2);
+  }
+  pack_linear("head.weight", D, K, p.head_weight);
+  // Row 0 of every image: timm prepends cls_token, then adds pos_embed[0].
+  const float* cls = store_.find("cls_token")->value.data();
+  const float* pos = store_.find("pos_embed")->value.data();
+  float* table = static_cast<float*>(p.cls_table.get_data_handle());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < D; ++j) table[b * D + j] = cls[j] + pos[j];
+  ctx.wait();
+  p.packed_version = store_.version();
+  p.packed = true;
+}
+
+const Tensor& VitInference::forward(Context& ctx, const Tensor& patches) {
+  engine::check_same_dims(patches.dims(),
+                          {patches.dim(0), config_.num_patches(), config_.patch_dim()},
+                          "VitInference", "patches");
+  Plan& p = plans_.get(patches.dims(), [&] { return build(ctx, patches.dim(0)); });
+  if (!p.packed || p.packed_version != store_.version()) pack(ctx, p);
+  dnnl::stream& s = ctx.strm;
+  const bool bf16 = precision == engine::Precision::bf16;
+
+  p.input.set_data_handle(patches.data());
+  if (bf16) p.input_to_low.execute(s, p.input, p.input_low);
+  p.patch_embed.execute(s, {{DNNL_ARG_SRC, p.input_low},
+                            {DNNL_ARG_WEIGHTS, p.patch_weight},
+                            {DNNL_ARG_BIAS, p.patch_bias},
+                            {DNNL_ARG_DST, p.patch_out}});
+  p.add_pos.execute(s, {{DNNL_ARG_SRC_0, p.patch_tokens},
+                        {DNNL_ARG_SRC_1, p.pos_rows},
+                        {DNNL_ARG_DST, p.patch_tokens}});
+  p.place_patches.execute(s, p.patch_tokens, p.x_patch_rows);
+  p.place_cls.execute(s, p.cls_table, p.x_cls_rows);
+
+  const int residual = DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1;
+  for (size_t i = 0; i < p.weights.size(); ++i) {
+    const BlockWeights& w = p.weights[i];
+    const BlockParams& a = p.params[i];
+    // x1 = x + proj(attention(norm1(x)))
+    p.norm_tokens.execute(s, {{DNNL_ARG_SRC, p.x},
+                              {DNNL_ARG_DST, p.normed},
+                              {DNNL_ARG_SCALE, a.norm1_weight},
+                              {DNNL_ARG_SHIFT, a.norm1_bias}});
+    if (bf16) p.normed_to_low.execute(s, p.normed, p.normed_low);
+    p.qkv_mm.execute(s, {{DNNL_ARG_SRC, p.normed_low},
+                         {DNNL_ARG_WEIGHTS, w.qkv},
+                         {DNNL_ARG_BIAS, a.qkv_bias},
+                         {DNNL_ARG_DST, p.qkv}});
+    p.scores_mm.execute(s,
+                        {{DNNL_ARG_SRC, p.q}, {DNNL_ARG_WEIGHTS, p.k_t}, {DNNL_ARG_DST, p.scores}});
+    p.softmax.execute(s, {{DNNL_ARG_SRC, p.scores}, {DNNL_ARG_DST, p.probs}});
+    p.context_mm.execute(
+        s, {{DNNL_ARG_SRC, p.probs}, {DNNL_ARG_WEIGHTS, p.v}, {DNNL_ARG_DST, p.context_heads}});
+    p.proj_mm.execute(s, {{DNNL_ARG_SRC, p.context},
+                          {DNNL_ARG_WEIGHTS, w.proj},
+                          {DNNL_ARG_BIAS, a.proj_bias},
+                          {DNNL_ARG_DST, p.x1},
+                          {residual, p.x}});
+    // x = x1 + fc2(gelu(fc1(norm2(x1))))
+    p.norm_tokens.execute(s, {{DNNL_ARG_SRC, p.x1},
+                              {DNNL_ARG_DST, p.normed},
+                              {DNNL_ARG_SCALE, a.norm2_weight},
+                              {DNNL_ARG_SHIFT, a.norm2_bias}});
+    if (bf16) p.normed_to_low.execute(s, p.normed, p.normed_low);
+    p.fc1_mm.execute(s, {{DNNL_ARG_SRC, p.normed_low},
+                         {DNNL_ARG_WEIGHTS, w.fc1},
+                         {DNNL_ARG_BIAS, a.fc1_bias},
+                         {DNNL_ARG_DST, p.hidden}});
+    p.fc2_mm.execute(s, {{DNNL_ARG_SRC, p.hidden},
+                         {DNNL_ARG_WEIGHTS, w.fc2},
+                         {DNNL_ARG_BIAS, a.fc2_bias},
+                         {DNNL_ARG_DST, p.x},
+                         {residual, p.x1}});
+  }
+  // Only the cls rows reach the head, so only they are normalized (LayerNorm is per row).
+  p.take_cls.execute(s, p.x_cls_rows, p.cls);
+  p.norm_cls.execute(s, {{DNNL_ARG_SRC, p.cls},
+                         {DNNL_ARG_DST, p.cls_normed},
+                         {DNNL_ARG_SCALE, p.norm_weight},
+                         {DNNL_ARG_SHIFT, p.norm_bias}});
+  p.head_mm.execute(s, {{DNNL_ARG_SRC, p.cls_normed},
+                        {DNNL_ARG_WEIGHTS, p.head_weight},
+                        {DNNL_ARG_BIAS, p.head_bias},
+                        {DNNL_ARG_DST, p.logits.mem()}});
+  return p.logits;
+}
+
+}  // namespace vit

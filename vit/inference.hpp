@@ -1,0 +1,97 @@
+// VitInference: the evaluation-mode forward of a VisionTransformer, fused for speed. It computes
+// what VisionTransformer::forward computes after train(false), up to rounding, from the weights
+// in the same ParameterStore (tests/test_inference.cpp checks both against torchvision), but:
+//  - bias, GELU and each residual add run as post-ops of their matmul, so no extra pass over
+//    the activations;
+//  - matmul weights are packed into the layout the kernel asks for (format_tag::any) and
+//    repacked only when the store's version changes; the training path must read them through
+//    a transposed view, which costs the kernel a copy on every call (2× at batch 1);
+//  - all blocks share one set of primitives and one set of activation buffers: about 70 MB for
+//    ViT-Ti/16 at batch 32, where the layer path keeps every block's activations and gradient
+//    buffers;
+//  - with Precision::bf16 the matmul operands are bf16 (AVX512_BF16) while the residual
+//    stream, LayerNorm, the softmax input and the head stay f32, as under torch.autocast.
+#pragma once
+
+#include <vector>
+
+#include "engine/parameter_store.hpp"
+#include "engine/plan.hpp"
+#include "engine/precision.hpp"
+#include "vit/config.hpp"
+
+namespace vit {
+
+using engine::Context;
+using engine::Tensor;
+
+class VitInference {
+ public:
+  VitInference(const VitConfig& config, const engine::ParameterStore& store,
+               engine::Precision precision = engine::Precision::f32);
+
+  // patches [B, L, C·P·P] (f32) -> logits [B, K], valid until the next call.
+  const Tensor& forward(Context& ctx, const Tensor& patches);
+
+  const engine::Precision precision;
+
+ private:
+  // The weights one block's matmuls read, packed for this plan's primitives.
+  struct BlockWeights {
+    dnnl::memory qkv, proj, fc1, fc2;
+  };
+  // The store's f32 tensors a block reads as they are: biases and LayerNorm scale and shift.
+  struct BlockParams {
+    dnnl::memory norm1_weight, norm1_bias, qkv_bias, proj_bias;
+    dnnl::memory norm2_weight, norm2_bias, fc1_bias, fc2_bias;
+  };
+  struct Plan {
+    int64_t batch = 0;
+    uint64_t packed_version = 0;
+    bool packed = false;
+
+    // Activations, M = B·N token rows; "low" is the matmul operand type (f32 or bf16).
+    dnnl::memory input;            // f32 [B·L, C·P·P], the caller's patches
+    dnnl::memory input_low;        // low [B·L, C·P·P] (bf16 only)
+    dnnl::memory x, x1;            // f32 [M, D]: the residual stream entering a block, mid-block
+    dnnl::memory normed;           // f32 [M, D]: LayerNorm output
+    dnnl::memory normed_low;       // low [M, D] (bf16 only; = normed in f32)
+    dnnl::memory patch_out;        // f32 [B·L, D] over normed: the patch embedding
+    dnnl::memory patch_tokens;     // the same as [B, L, D], pos_embed added in place
+    dnnl::memory x_patch_rows;     // f32 [B, L, D] view of x's rows 1..N-1 of each image
+    dnnl::memory x_cls_rows;       // f32 [B, D] view of x's row 0 of each image
+    dnnl::memory qkv;              // low [M, 3·D], laid out [B, N, 3, H, d]
+    dnnl::memory q, k_t, v;        // views of qkv: [B, H, N, d], [B, H, d, N], [B, H, N, d]
+    dnnl::memory scores;           // f32 [B, H, N, N]
+    dnnl::memory probs;            // low [B, H, N, N] (= scores in f32: softmax in place)
+    dnnl::memory context;          // low [M, D]: heads merged
+    dnnl::memory context_heads;    // the same as [B, H, N, d] with strides: heads written in place
+    dnnl::memory hidden;           // low [M, F]
+    dnnl::memory cls, cls_normed;  // f32 [B, D]
+    Tensor logits;                 // [B, K]
+
+    // Parameters: packed weights, and views of the store.
+    dnnl::memory patch_weight, patch_bias, pos_rows;  // pos_rows: pos_embed[1:] [1, L, D]
+    dnnl::memory cls_table;                           // f32 [B, D]: cls_token + pos_embed[0]
+    dnnl::memory zero_qkv_bias;                       // f32 [1, 3·D], when qkv_bias is false
+    std::vector<BlockWeights> weights;
+    std::vector<BlockParams> params;
+    dnnl::memory norm_weight, norm_bias, head_weight, head_bias;
+
+    // Primitives, built once for this batch size.
+    dnnl::reorder input_to_low, normed_to_low, place_patches, place_cls, take_cls;
+    dnnl::binary add_pos;
+    dnnl::matmul patch_embed, qkv_mm, scores_mm, context_mm, proj_mm, fc1_mm, fc2_mm, head_mm;
+    dnnl::softmax_v2_forward softmax;
+    dnnl::layer_normalization_forward norm_tokens, norm_cls;
+  };
+
+  std::unique_ptr<Plan> build(Context& ctx, int64_t batch) const;
+  void pack(Context& ctx, Plan& p) const;
+
+  const VitConfig config_;
+  const engine::ParameterStore& store_;
+  engine::PlanCache<Plan> plans_;
+};
+
+}  // namespace vit
