@@ -34,6 +34,7 @@ class VitModel : public engine::Model {
     store.mark_changed();
   }
   void set_precision(engine::Precision p) override {
+    engine::require_supported(p);
     net.set_precision(p);
     if (p != inference->precision)
       inference = std::make_unique<vit::VitInference>(net.config, store, p);

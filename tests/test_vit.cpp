@@ -263,7 +263,8 @@ TEST_CASE("VitInference: the fused path equals the layers in evaluation mode, we
       want.copy_from(model.forward(ctx, patches));
       ctx.wait();
       CHECK(max_diff(fused.forward(ctx, patches), want) < 1e-5);
-      CHECK(max_diff(fused_bf16.forward(ctx, patches), want) < 3e-2);
+      if (engine::precision_supported(engine::Precision::bf16))
+        CHECK(max_diff(fused_bf16.forward(ctx, patches), want) < 3e-2);
       // An optimizer step changes the weights: the packed copies must follow.
       for (engine::Parameter& p : store.parameters()) check::randomize(p.grad, rng, -1.0f, 1.0f);
       engine::Sgd{}.update(store, 0.05f);
