@@ -17,6 +17,19 @@ using namespace vit;
 
 namespace {
 
+// got within tolerance · max|want| of want, which must not be trivially small.
+void check_close_to(const Tensor& got, const std::vector<float>& want, const char* what,
+                    double tolerance = 1e-4) {
+  double max_err = 0, max_ref = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    max_err = std::max(max_err, std::abs(double(got[int64_t(i)]) - want[i]));
+    max_ref = std::max(max_ref, std::abs(double(want[i])));
+  }
+  INFO(what << ": max |ours - torch| = " << max_err << ", max |torch| = " << max_ref);
+  CHECK(max_ref > 0.1);
+  CHECK(max_err <= tolerance * max_ref);
+}
+
 void check_fixture(const std::string& file_name) {
   CAPTURE(file_name);
   const engine::SafetensorsFile file(std::string(VIT_FIXTURES) + "/" + file_name);
@@ -46,38 +59,22 @@ void check_fixture(const std::string& file_name) {
     datasets::cut_patches(hwc, config.patch_size,
                           patches.data() + i * config.num_patches() * config.patch_dim());
   }
-  auto check_logits = [&](const Tensor& logits, double tolerance, const char* path) {
-    ctx.wait();
-    double max_err = 0, max_ref = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-      max_err = std::max(max_err, std::abs(double(logits[int64_t(i)]) - want[i]));
-      max_ref = std::max(max_ref, std::abs(double(want[i])));
-    }
-    INFO(path << ": max |ours - torchvision| = " << max_err << ", max |torchvision| = " << max_ref);
-    CHECK(max_ref > 0.1);
-    CHECK(max_err <= tolerance * max_ref);
-  };
-  check_logits(model.forward(ctx, patches), 1e-4, "layers");
+  const Tensor& layers = model.forward(ctx, patches);
+  ctx.wait();
+  check_close_to(layers, want, "layers");
   // The fused inference path, on the same weights.
   VitInference fused(config, store, engine::Precision::f32);
-  check_logits(fused.forward(ctx, patches), 1e-4, "fused f32");
+  const Tensor& fused_logits = fused.forward(ctx, patches);
+  ctx.wait();
+  check_close_to(fused_logits, want, "fused f32");
   if (engine::precision_supported(engine::Precision::bf16)) {
     VitInference fused_bf16(config, store, engine::Precision::bf16);
-    check_logits(fused_bf16.forward(ctx, patches), 2e-2, "fused bf16");
+    const Tensor& bf16_logits = fused_bf16.forward(ctx, patches);
+    ctx.wait();
+    check_close_to(bf16_logits, want, "fused bf16", 2e-2);
   } else {
     MESSAGE("bf16 skipped: this CPU has no AVX-512");
   }
-}
-
-void check_close_to(const Tensor& got, const std::vector<float>& want, const char* what) {
-  double max_err = 0, max_ref = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    max_err = std::max(max_err, std::abs(double(got[int64_t(i)]) - want[i]));
-    max_ref = std::max(max_ref, std::abs(double(want[i])));
-  }
-  INFO(what << ": max |ours - torch| = " << max_err << ", max |torch| = " << max_ref);
-  CHECK(max_ref > 0.1);
-  CHECK(max_err <= 1e-4 * max_ref);
 }
 
 void check_resnet_fixture(const std::string& file_name) {

@@ -48,9 +48,11 @@ datasets::Preprocess model_preprocess(const nlohmann::json& config);
 inline engine::Precision parse_precision_flag(const po::variables_map& vm,
                                               const std::string& command) {
   const std::string name = vm["precision"].as<std::string>();
-  if (name != "f32" && name != "bf16")
+  try {
+    return engine::parse_precision(name);
+  } catch (const engine::Error&) {
     throw UsageError(command + ": --precision must be f32 or bf16, not '" + name + "'");
-  return engine::parse_precision(name);
+  }
 }
 
 int run_info(const std::vector<std::string>& args);
