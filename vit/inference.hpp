@@ -38,11 +38,12 @@ class VitInference {
  private:
   // The weights one block's matmuls read, packed for this plan's primitives.
   struct BlockWeights {
-    dnnl::memory qkv, proj, fc1, fc2;
+    dnnl::memory qkv[3];  // q, k, v: the thirds of attn.qkv.weight
+    dnnl::memory proj, fc1, fc2;
   };
   // The store's f32 tensors a block reads as they are: biases and LayerNorm scale and shift.
   struct BlockParams {
-    dnnl::memory norm1_weight, norm1_bias, qkv_bias, proj_bias;
+    dnnl::memory norm1_weight, norm1_bias, qkv_bias[3], proj_bias;
     dnnl::memory norm2_weight, norm2_bias, fc1_bias, fc2_bias;
   };
   struct Plan {
@@ -53,19 +54,21 @@ class VitInference {
     // Activations, M = B·N token rows; "low" is the matmul operand type (f32 or bf16).
     dnnl::memory input;            // f32 [B·L, C·P·P], the caller's patches
     dnnl::memory input_low;        // low [B·L, C·P·P] (bf16 only)
-    dnnl::memory x, x1;            // f32 [M, D]: the residual stream entering a block, mid-block
+    dnnl::memory x;                // f32 [M, D]: the residual stream, updated in place
     dnnl::memory normed;           // f32 [M, D]: LayerNorm output
     dnnl::memory normed_low;       // low [M, D] (bf16 only; = normed in f32)
     dnnl::memory patch_out;        // f32 [B·L, D] over normed: the patch embedding
     dnnl::memory patch_tokens;     // the same as [B, L, D], pos_embed added in place
     dnnl::memory x_patch_rows;     // f32 [B, L, D] view of x's rows 1..N-1 of each image
     dnnl::memory x_cls_rows;       // f32 [B, D] view of x's row 0 of each image
-    dnnl::memory qkv;              // low [M, 3·D], laid out [B, N, 3, H, d]
-    dnnl::memory q, k_t, v;        // views of qkv: [B, H, N, d], [B, H, d, N], [B, H, N, d]
-    dnnl::memory scores;           // f32 [B, H, N, N]
-    dnnl::memory probs;            // low [B, H, N, N] (= scores in f32: softmax in place)
+    dnnl::memory qkv;              // low [3, M, D]: q, k, v one after the other
+    dnnl::memory qkv_parts[3];     // its three [M, D] slabs
+    // Attention runs per group of G images; per group, views of qkv:
+    std::vector<dnnl::memory> q, k_t, v;    // [G, H, N, d], [G, H, d, N], [G, H, N, d]
+    std::vector<dnnl::memory> context_heads;  // [G, H, N, d] views of context: heads in place
+    dnnl::memory scores;                      // f32 [G, H, N, N]
+    dnnl::memory probs;            // low [G, H, N, N] (= scores in f32: softmax in place)
     dnnl::memory context;          // low [M, D]: heads merged
-    dnnl::memory context_heads;    // the same as [B, H, N, d] with strides: heads written in place
     dnnl::memory hidden;           // low [M, F]
     dnnl::memory cls, cls_normed;  // f32 [B, D]
     Tensor logits;                 // [B, K]
@@ -73,7 +76,7 @@ class VitInference {
     // Parameters: packed weights, and views of the store.
     dnnl::memory patch_weight, patch_bias, pos_rows;  // pos_rows: pos_embed[1:] [1, L, D]
     dnnl::memory cls_table;                           // f32 [B, D]: cls_token + pos_embed[0]
-    dnnl::memory zero_qkv_bias;                       // f32 [1, 3·D], when qkv_bias is false
+    dnnl::memory zero_qkv_bias;                       // f32 [1, D], when qkv_bias is false
     std::vector<BlockWeights> weights;
     std::vector<BlockParams> params;
     dnnl::memory norm_weight, norm_bias, head_weight, head_bias;
