@@ -16,7 +16,8 @@ using engine::Error;
 using engine::require;
 
 void Preprocess::validate() const {
-  require(img_size > 0, "--img-size must be positive");
+  require(img_size > 0 && img_size <= 8192,
+          "--img-size must be in [1, 8192], got " + std::to_string(img_size));
   require(in_chans == 1 || in_chans == 3,
           "--in-chans must be 1 or 3, got " + std::to_string(in_chans));
   require(patch_size >= 0 && (patch_size == 0 || img_size % patch_size == 0),
@@ -25,7 +26,8 @@ void Preprocess::validate() const {
   require(
       static_cast<int64_t>(mean.size()) == in_chans && static_cast<int64_t>(std.size()) == in_chans,
       "--mean and --std need one value per channel (" + std::to_string(in_chans) + ")");
-  for (float s : std) require(s > 0.0f, "--std values must be positive");
+  for (float s : std) require(s > 0.0f && std::isfinite(s), "--std values must be positive");
+  for (float m : mean) require(std::isfinite(m), "--mean values must be finite");
   require(crop_pct > 0.0 && crop_pct <= 1.0, "--crop-pct must be in (0, 1]");
 }
 

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -39,6 +40,17 @@ void write_all(int fd, const void* data, size_t n, const std::string& where) {
     p += w;
     n -= static_cast<size_t>(w);
   }
+}
+
+// The header length from the first 8 bytes, checked against the format's cap and the file size
+// before anything is allocated for it.
+uint64_t header_length(const unsigned char* first8, uint64_t file_size, const std::string& where) {
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(first8[i]) << (8 * i);
+  if (n < 2 || n > kMaxHeader || n > file_size - 8)
+    throw Error(where + ": not a safetensors file (header length " + std::to_string(n) +
+                " does not fit a file of " + std::to_string(file_size) + " bytes)");
+  return n;
 }
 
 }  // namespace
@@ -98,25 +110,65 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
   if (ec || file_size < 8) throw Error(where + ": not a safetensors file (too short)");
   unsigned char len[8];
   in.read(reinterpret_cast<char*>(len), 8);
-  uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(len[i]) << (8 * i);
-  if (n == 0 || n > kMaxHeader || n > file_size - 8)
-    throw Error(where + ": not a safetensors file (header length " + std::to_string(n) +
-                " does not fit a file of " + std::to_string(file_size) + " bytes)");
+  const uint64_t n = header_length(len, file_size, where);
   std::string text(n, '\0');
   in.read(text.data(), static_cast<std::streamsize>(n));
   if (!in) throw Error(where + ": truncated header");
+  // Memory is bounded by the file's real size: every range is checked against it first.
+  const uint64_t data_size = file_size - 8 - n;
+  parse_header(text, data_size, where);
+  data_.resize(data_size);
+  in.read(data_.data(), static_cast<std::streamsize>(data_size));
+  if (!in) throw Error(where + ": truncated data (the file changed while being read?)");
+}
 
+SafetensorsFile::SafetensorsFile(std::string_view bytes, const std::string& name) : path_(name) {
+  const std::string where = "'" + name + "'";
+  if (bytes.size() < 8) throw Error(where + ": not a safetensors file (too short)");
+  const uint64_t n =
+      header_length(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), where);
+  const uint64_t data_size = bytes.size() - 8 - n;
+  parse_header(bytes.substr(8, n), data_size, where);
+  data_.assign(bytes.begin() + static_cast<std::ptrdiff_t>(8 + n), bytes.end());
+}
+
+void SafetensorsFile::parse_header(std::string_view text, uint64_t data_size,
+                                   const std::string& where) {
+  // The header is one object of objects: {"name": {"dtype", "shape": [...], "data_offsets":
+  // [...]}, "__metadata__": {"key": "value"}}. Anything nested deeper is refused while parsing,
+  // so a hostile header cannot drive the parser's recursion, and duplicate keys are refused
+  // (JSON parsers differ on which one wins; the Python loader rejects them too).
+  if (text.empty() || text.front() != '{')
+    throw Error(where + ": not a safetensors file (header does not start with '{')");
+  constexpr int kMaxDepth = 3;
+  std::vector<std::set<std::string>> keys;
+  std::string problem;
+  const auto limits = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    using Event = nlohmann::json::parse_event_t;
+    if ((event == Event::object_start || event == Event::array_start) && depth >= kMaxDepth) {
+      problem = "header nests deeper than a safetensors header";
+      throw Error(problem);
+    }
+    if (event == Event::object_start) keys.emplace_back();
+    if (event == Event::object_end && !keys.empty()) keys.pop_back();
+    if (event == Event::key && !keys.empty() &&
+        !keys.back().insert(parsed.get<std::string>()).second) {
+      problem = "duplicate key '" + parsed.get<std::string>() + "' in the header";
+      throw Error(problem);
+    }
+    return true;
+  };
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
+    header = nlohmann::json::parse(text.begin(), text.end(), limits);
+  } catch (const Error&) {
+    throw Error(where + ": not a safetensors file (" + problem + ")");
+  } catch (const nlohmann::json::exception&) {
     throw Error(where + ": not a safetensors file (header is not JSON)");
   }
   if (!header.is_object())
     throw Error(where + ": not a safetensors file (header is not an object)");
 
-  const uint64_t data_size = file_size - 8 - n;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   for (const auto& [name, value] : header.items()) {
     if (name == "__metadata__") {
@@ -141,6 +193,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
     for (const auto& d : value["shape"]) {
       if (!d.is_number_unsigned()) throw Error(bad + "has a malformed shape");
       const uint64_t v = d.get<uint64_t>();
+      if (v > uint64_t(INT64_MAX)) throw Error(bad + "has a shape that overflows");
       if (v != 0 && count > UINT64_MAX / v / elem) throw Error(bad + "has a shape that overflows");
       count *= v;
       e.shape.push_back(static_cast<int64_t>(v));
@@ -155,7 +208,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
       throw Error(bad + "has " + std::to_string(e.end - e.begin) + " bytes for shape " +
                   to_string(e.shape));
     ranges.emplace_back(e.begin, e.end);
-    entries_.emplace(name, std::move(e));
+    entries_.emplace(name, std::move(e));  // names are unique: the parser refused duplicates
   }
   std::sort(ranges.begin(), ranges.end());
   uint64_t covered = 0;
@@ -166,9 +219,6 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
   if (covered != data_size)
     throw Error(where + ": " + std::to_string(data_size - covered) +
                 " bytes after the last tensor (not a safetensors file?)");
-  data_.resize(data_size);
-  in.read(data_.data(), static_cast<std::streamsize>(data_size));
-  if (!in) throw Error(where + ": truncated data");
 }
 
 const SafetensorsFile::Entry& SafetensorsFile::entry(const std::string& name) const {

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/tensor.hpp"
@@ -33,10 +34,15 @@ class SafetensorsFile {
     uint64_t begin = 0, end = 0;  // byte range inside the data section
   };
 
-  // Reads and validates the whole file: header length and JSON, known dtypes, byte ranges
-  // inside the data section, non-overlapping, and matching each shape. Throws Error naming the
-  // file and the problem.
+  // Reads and validates the whole file before trusting any size in it: the header length
+  // (at most the format's 100 MB, inside the file), the JSON (objects nested at most as deep
+  // as the format's, no duplicate keys), known dtypes, shapes whose byte count neither
+  // overflows nor differs from the tensor's byte range, and byte ranges that lie inside the
+  // data section, do not overlap and cover it exactly. Throws Error naming the file and the
+  // problem. Memory used is bounded by the file's size.
   explicit SafetensorsFile(const std::filesystem::path& path);
+  // The same from bytes in memory; `name` is what errors call it (the fuzz target's entry).
+  SafetensorsFile(std::string_view bytes, const std::string& name);
 
   const std::filesystem::path& path() const { return path_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
@@ -47,6 +53,7 @@ class SafetensorsFile {
   std::vector<int64_t> read_i64(const std::string& name) const;
 
  private:
+  void parse_header(std::string_view text, uint64_t data_size, const std::string& where);
   const Entry& entry(const std::string& name) const;
   std::filesystem::path path_;
   std::map<std::string, std::string> metadata_;

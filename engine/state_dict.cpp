@@ -14,15 +14,19 @@ void save_state_dict(const std::filesystem::path& path, const ParameterStore& st
   write_safetensors(path, tensors, metadata);
 }
 
-void load_state_dict(ParameterStore& store, const SafetensorsFile& file, bool strict,
-                     const std::vector<std::string>& ignore_prefixes) {
+void check_state_dict(const ParameterStore& store, const SafetensorsFile& file, bool strict,
+                      const std::vector<std::string>& ignore_prefixes) {
   const std::string where = "'" + file.path().string() + "'";
-  for (Parameter& p : store.parameters()) {
+  for (const Parameter& p : store.parameters()) {
     if (!file.contains(p.name))
       throw Error(where + ": no tensor '" + p.name + "' (a model of another architecture?)");
-    file.read_f32(p.name, p.dims, p.value.data());
+    const SafetensorsFile::Entry& e = file.entries().at(p.name);
+    if (e.dtype != "F32")
+      throw Error(where + ": tensor '" + p.name + "' is " + e.dtype + ", expected F32");
+    if (e.shape != p.dims)
+      throw Error(where + ": tensor '" + p.name + "' has shape " + to_string(e.shape) +
+                  ", the model expects " + to_string(p.dims));
   }
-  store.mark_changed();
   if (!strict) return;
   for (const auto& [name, entry] : file.entries()) {
     bool ignored = false;
@@ -30,6 +34,13 @@ void load_state_dict(ParameterStore& store, const SafetensorsFile& file, bool st
     if (!ignored && store.find(name) == nullptr)
       throw Error(where + ": unexpected tensor '" + name + "' (a model of another architecture?)");
   }
+}
+
+void load_state_dict(ParameterStore& store, const SafetensorsFile& file, bool strict,
+                     const std::vector<std::string>& ignore_prefixes) {
+  check_state_dict(store, file, strict, ignore_prefixes);
+  for (Parameter& p : store.parameters()) file.read_f32(p.name, p.dims, p.value.data());
+  store.mark_changed();
 }
 
 }  // namespace engine

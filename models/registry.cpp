@@ -77,34 +77,50 @@ void save_model(const std::filesystem::path& path, const engine::Model& model,
   engine::save_state_dict(path, model.store, metadata, extra_tensors);
 }
 
-LoadedModel load_model(const std::filesystem::path& path, Context& ctx,
-                       const std::vector<std::string>& extra_prefixes) {
-  const engine::SafetensorsFile file(path);
-  const std::string where = "'" + path.string() + "'";
+std::unique_ptr<engine::Model> inspect_model(const engine::SafetensorsFile& file,
+                                             const std::vector<std::string>& extra_prefixes,
+                                             datasets::Preprocess& preprocess,
+                                             std::vector<std::string>& classes) {
+  const std::string where = "'" + file.path().string() + "'";
   const auto& meta = file.metadata();
   for (const char* key : {"arch", "config", "preprocess", "classes"})
     if (!meta.count(key))
       throw Error(where + ": not a vit model file (no '" + key + "' in __metadata__)");
-  LoadedModel loaded;
-  loaded.metadata = meta;
   nlohmann::json config;
   try {
     config = nlohmann::json::parse(meta.at("config"));
-    loaded.preprocess = nlohmann::json::parse(meta.at("preprocess")).get<datasets::Preprocess>();
-    loaded.classes = nlohmann::json::parse(meta.at("classes")).get<std::vector<std::string>>();
+    preprocess = nlohmann::json::parse(meta.at("preprocess")).get<datasets::Preprocess>();
+    classes = nlohmann::json::parse(meta.at("classes")).get<std::vector<std::string>>();
   } catch (const nlohmann::json::exception& e) {
     throw Error(where + ": malformed __metadata__: " + e.what());
   }
+  std::unique_ptr<engine::Model> model;
   try {
-    loaded.preprocess.validate();
-    loaded.model = make_model(meta.at("arch"), config, ctx);
+    preprocess.validate();
+    model = build_model(meta.at("arch"), config);
   } catch (const Error& e) {
     throw Error(where + ": " + e.what());
   }
-  if (static_cast<int64_t>(loaded.classes.size()) != loaded.model->num_classes())
-    throw Error(where + ": " + std::to_string(loaded.classes.size()) +
-                " class names for a model of " + std::to_string(loaded.model->num_classes()) +
-                " classes");
+  if (static_cast<int64_t>(classes.size()) != model->num_classes())
+    throw Error(where + ": " + std::to_string(classes.size()) + " class names for a model of " +
+                std::to_string(model->num_classes()) + " classes");
+  const nlohmann::json model_preprocess = model->config();
+  for (const char* key : {"img_size", "in_chans", "patch_size"})
+    if (model_preprocess.contains(key) && model_preprocess[key] != nlohmann::json(preprocess)[key])
+      throw Error(where + ": __metadata__ 'preprocess' has " + key + " " +
+                  nlohmann::json(preprocess)[key].dump() + " but 'config' has " +
+                  model_preprocess[key].dump());
+  engine::check_state_dict(model->store, file, /*strict=*/true, extra_prefixes);
+  return model;
+}
+
+LoadedModel load_model(const std::filesystem::path& path, Context& ctx,
+                       const std::vector<std::string>& extra_prefixes) {
+  const engine::SafetensorsFile file(path);
+  LoadedModel loaded;
+  loaded.metadata = file.metadata();
+  loaded.model = inspect_model(file, extra_prefixes, loaded.preprocess, loaded.classes);
+  loaded.model->store.allocate(ctx.eng);
   engine::load_state_dict(loaded.model->store, file, /*strict=*/true, extra_prefixes);
   return loaded;
 }

@@ -48,7 +48,14 @@ void save_model(const std::filesystem::path& path, const engine::Model& model,
                 const datasets::Preprocess& preprocess, const std::vector<std::string>& classes,
                 const std::map<std::string, std::string>& extra = {},
                 const std::vector<engine::TensorToWrite>& extra_tensors = {});
-// Validates the metadata against the tensors: every error names the file and the problem.
+// Validates a model file's __metadata__ (arch, config, preprocess, classes) against itself and
+// against the tensors' names, dtypes and shapes, and returns the model built but not allocated:
+// nothing is allocated before the config is known to match the file. Errors name the file.
+std::unique_ptr<engine::Model> inspect_model(const engine::SafetensorsFile& file,
+                                             const std::vector<std::string>& extra_prefixes,
+                                             datasets::Preprocess& preprocess,
+                                             std::vector<std::string>& classes);
+// The same, then allocates and reads the weights: every error names the file and the problem.
 // extra_prefixes: tensor names (such as a checkpoint's optimizer state) that are not the model's.
 LoadedModel load_model(const std::filesystem::path& path, Context& ctx,
                        const std::vector<std::string>& extra_prefixes = {});

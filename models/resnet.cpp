@@ -20,9 +20,21 @@ void ResNetConfig::validate() const {
   require(!widths.empty() && widths.size() == depths.size(),
           "a ResNet needs as many stage widths as stage depths, got " +
               std::to_string(widths.size()) + " and " + std::to_string(depths.size()));
+  // Bounds far above any real ResNet, so that a hostile model file cannot ask for a model that
+  // exhausts memory or overflows the size arithmetic before its tensors are checked.
+  auto at_most = [](int64_t v, int64_t limit, const std::string& what) {
+    require(v <= limit,
+            what + " " + std::to_string(v) + " exceeds the limit of " + std::to_string(limit));
+  };
+  at_most(img_size, 8192, "--img-size");
+  at_most(in_chans, 64, "--in-chans");
+  at_most(num_classes, 1'000'000, "num_classes");
+  at_most(static_cast<int64_t>(widths.size()), 16, "the number of stages");
   for (size_t i = 0; i < widths.size(); ++i) {
     positive(widths[i], "stage " + std::to_string(i + 1) + " width");
     positive(depths[i], "stage " + std::to_string(i + 1) + " depth");
+    at_most(widths[i], 16384, "stage " + std::to_string(i + 1) + " width");
+    at_most(depths[i], 256, "stage " + std::to_string(i + 1) + " depth");
   }
   // Each stage after the first halves the side (3×3, stride 2, padding 1: ceil(side / 2)).
   const int64_t side = img_size >> (widths.size() - 1);

@@ -87,3 +87,68 @@ TEST_CASE("safetensors rejects malformed files with a message naming the file") 
           "bytes after the last tensor");
   rejects(header_file(R"({"__metadata__":{"k":1}})", ""), "is not a string");
 }
+
+TEST_CASE("safetensors: hand-made hostile files are rejected before any size is trusted") {
+  // Each is also a regression input of the fuzzer (tests/fuzz/corpus/safetensors/).
+  auto rejects = [](const std::string& bytes, const char* why) {
+    CHECK_THROWS_WITH_AS(SafetensorsFile(bytes, "hostile"), doctest::Contains(why), Error);
+  };
+  // A header length of 2^63: no 8 EiB allocation, a message.
+  std::string huge(8, '\0');
+  huge[7] = char(0x80);
+  rejects(huge + "{}", "header length 9223372036854775808 does not fit");
+  // Just above the format's 100 MB cap, in a file claiming no more.
+  std::string capped(8, '\0');
+  const uint64_t n = 100'000'001;
+  for (int i = 0; i < 8; ++i) capped[i] = char((n >> (8 * i)) & 0xff);
+  rejects(capped, "header length 100000001");
+  rejects(header_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                      R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                      "xxxxxxxx"),
+          "overlap");
+  rejects(header_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", "xxxxxxxx"),
+          "outside the data section");
+  rejects(header_file(R"({"a":{"dtype":"U8","shape":[18446744073709551615,2],)"
+                      R"("data_offsets":[0,2]}})",
+                      "xx"),
+          "overflows");
+  rejects(header_file(R"({"a":{"dtype":"U8","shape":[9223372036854775808],)"
+                      R"("data_offsets":[0,1]}})",
+                      "x"),
+          "overflows");
+  rejects(header_file(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", "xxxx"),
+          "malformed shape");
+  rejects(header_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                      R"("a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                      "xxxx"),
+          "duplicate key 'a'");
+  rejects(header_file(R"({"a":{"dtype":"F32","dtype":"I32","shape":[1],"data_offsets":[0,4]}})",
+                      "xxxx"),
+          "duplicate key 'dtype'");
+  rejects(header_file(R"({"a":{"dtype":"F32","shape":[[[[1]]]],"data_offsets":[0,4]}})", "xxxx"),
+          "nests deeper");
+  rejects(header_file(std::string(100000, '[') + std::string(100000, ']'), ""),
+          "does not start with '{'");
+  rejects(header_file(R"({"a":)" + std::string(50000, '[') + std::string(50000, ']') + "}", ""),
+          "nests deeper");
+  rejects(header_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "xxx"),
+          "outside the data section");
+}
+
+TEST_CASE("safetensors from bytes equals from the file") {
+  TempDir dir;
+  const fs::path p = dir.path / "m.safetensors";
+  const float v[3] = {1.5f, -2.0f, 3.25f};
+  write_safetensors(p, {{"w", "F32", {3}, v}}, {{"k", "v"}});
+  std::ifstream in(p, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const SafetensorsFile f(bytes, "in memory");
+  CHECK(f.metadata().at("k") == "v");
+  float back[3] = {};
+  f.read_f32("w", {3}, back);
+  CHECK(back[0] == 1.5f);
+  CHECK(back[1] == -2.0f);
+  CHECK(back[2] == 3.25f);
+  CHECK_THROWS_WITH_AS(f.read_f32("x", {3}, back), doctest::Contains("'in memory': no tensor 'x'"),
+                       Error);
+}

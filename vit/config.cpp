@@ -17,13 +17,29 @@ void VitConfig::validate() const {
   positive(embed_dim, "embed-dim");
   positive(depth, "depth");
   positive(num_heads, "num-heads");
+  // Bounds far above any real ViT, so that a hostile model file cannot ask for a model that
+  // exhausts memory or overflows the size arithmetic before its tensors are checked.
+  auto at_most = [](int64_t v, int64_t limit, const char* flag) {
+    require(v <= limit, std::string("--") + flag + " " + std::to_string(v) +
+                            " exceeds the limit of " + std::to_string(limit));
+  };
+  at_most(img_size, 8192, "img-size");
+  at_most(in_chans, 64, "in-chans");
+  at_most(num_classes, 1'000'000, "num-classes");
+  at_most(embed_dim, 65536, "embed-dim");
+  at_most(depth, 1024, "depth");
   require(img_size % patch_size == 0, "--patch-size " + std::to_string(patch_size) +
                                           " does not divide --img-size " +
                                           std::to_string(img_size));
   require(embed_dim % num_heads == 0, "--num-heads " + std::to_string(num_heads) +
                                           " does not divide --embed-dim " +
                                           std::to_string(embed_dim));
-  require(mlp_ratio > 0 && mlp_hidden() > 0, "--mlp-ratio must be positive");
+  require(mlp_ratio > 0 && mlp_ratio <= 64 && mlp_hidden() > 0,
+          "--mlp-ratio must be in (0, 64], got " + std::to_string(mlp_ratio));
+  require(num_patches() <= 65536, "--img-size " + std::to_string(img_size) + " / --patch-size " +
+                                      std::to_string(patch_size) + " gives " +
+                                      std::to_string(num_patches()) +
+                                      " patches, more than the limit of 65536");
   for (auto [rate, flag] : {std::pair{drop_rate, "drop-rate"},
                             {attn_drop_rate, "attn-drop-rate"},
                             {drop_path_rate, "drop-path-rate"}})

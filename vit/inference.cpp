@@ -183,15 +183,14 @@ std::unique_ptr<VitInference::Plan> VitInference::build(Context& ctx, int64_t B)
       return c.qkv_bias ? over_param(eng, store_, b + "attn.qkv.bias", {1, D}, t * D)
                         : p->zero_qkv_bias;
     };
-    p->params.push_back(
-        {over_param(eng, store_, b + "norm1.weight", {D}),
-         over_param(eng, store_, b + "norm1.bias", {D}),
-         {qkv_bias(0), qkv_bias(1), qkv_bias(2)},
-         over_param(eng, store_, b + "attn.proj.bias", {1, D}),
-         over_param(eng, store_, b + "norm2.weight", {D}),
-         over_param(eng, store_, b + "norm2.bias", {D}),
-         over_param(eng, store_, b + "mlp.fc1.bias", {1, F}),
-         over_param(eng, store_, b + "mlp.fc2.bias", {1, D})});
+    p->params.push_back({over_param(eng, store_, b + "norm1.weight", {D}),
+                         over_param(eng, store_, b + "norm1.bias", {D}),
+                         {qkv_bias(0), qkv_bias(1), qkv_bias(2)},
+                         over_param(eng, store_, b + "attn.proj.bias", {1, D}),
+                         over_param(eng, store_, b + "norm2.weight", {D}),
+                         over_param(eng, store_, b + "norm2.bias", {D}),
+                         over_param(eng, store_, b + "mlp.fc1.bias", {1, F}),
+                         over_param(eng, store_, b + "mlp.fc2.bias", {1, D})});
   }
   p->norm_weight = over_param(eng, store_, "norm.weight", {D});
   p->norm_bias = over_param(eng, store_, "norm.bias", {D});
@@ -210,8 +209,8 @@ void VitInference::pack(Context& ctx, Plan& p) const {
                          int64_t row = 0, int64_t rows = 1) {
     const engine::Parameter* w = store_.find(name);
     engine::require(w != nullptr && w->value.numel() == rows * in * out,
-                    "VitInference: no weight '" + name + "' of " +
-                        std::to_string(rows * in * out) + " elements");
+                    "VitInference: no weight '" + name + "' of " + std::to_string(rows * in * out) +
+                        " elements");
     memory src(desc({in, out}, dt::f32, {1, in}), ctx.eng, w->value.data() + row * out * in);
     dnnl::reorder(src, packed).execute(ctx.strm, src, packed);
   };

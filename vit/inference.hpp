@@ -52,19 +52,19 @@ class VitInference {
     bool packed = false;
 
     // Activations, M = B·N token rows; "low" is the matmul operand type (f32 or bf16).
-    dnnl::memory input;            // f32 [B·L, C·P·P], the caller's patches
-    dnnl::memory input_low;        // low [B·L, C·P·P] (bf16 only)
-    dnnl::memory x;                // f32 [M, D]: the residual stream, updated in place
-    dnnl::memory normed;           // f32 [M, D]: LayerNorm output
-    dnnl::memory normed_low;       // low [M, D] (bf16 only; = normed in f32)
-    dnnl::memory patch_out;        // f32 [B·L, D] over normed: the patch embedding
-    dnnl::memory patch_tokens;     // the same as [B, L, D], pos_embed added in place
-    dnnl::memory x_patch_rows;     // f32 [B, L, D] view of x's rows 1..N-1 of each image
-    dnnl::memory x_cls_rows;       // f32 [B, D] view of x's row 0 of each image
-    dnnl::memory qkv;              // low [3, M, D]: q, k, v one after the other
-    dnnl::memory qkv_parts[3];     // its three [M, D] slabs
+    dnnl::memory input;         // f32 [B·L, C·P·P], the caller's patches
+    dnnl::memory input_low;     // low [B·L, C·P·P] (bf16 only)
+    dnnl::memory x;             // f32 [M, D]: the residual stream, updated in place
+    dnnl::memory normed;        // f32 [M, D]: LayerNorm output
+    dnnl::memory normed_low;    // low [M, D] (bf16 only; = normed in f32)
+    dnnl::memory patch_out;     // f32 [B·L, D] over normed: the patch embedding
+    dnnl::memory patch_tokens;  // the same as [B, L, D], pos_embed added in place
+    dnnl::memory x_patch_rows;  // f32 [B, L, D] view of x's rows 1..N-1 of each image
+    dnnl::memory x_cls_rows;    // f32 [B, D] view of x's row 0 of each image
+    dnnl::memory qkv;           // low [3, M, D]: q, k, v one after the other
+    dnnl::memory qkv_parts[3];  // its three [M, D] slabs
     // Attention runs per group of G images; per group, views of qkv:
-    std::vector<dnnl::memory> q, k_t, v;    // [G, H, N, d], [G, H, d, N], [G, H, N, d]
+    std::vector<dnnl::memory> q, k_t, v;      // [G, H, N, d], [G, H, d, N], [G, H, N, d]
     std::vector<dnnl::memory> context_heads;  // [G, H, N, d] views of context: heads in place
     dnnl::memory scores;                      // f32 [G, H, N, N]
     dnnl::memory probs;            // low [G, H, N, N] (= scores in f32: softmax in place)
