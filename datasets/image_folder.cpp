@@ -33,12 +33,31 @@ std::vector<fs::path> find_images(const fs::path& dir) {
       if (it->is_directory()) it.disable_recursion_pending();
       continue;
     }
+    // Not only regular files: a broken symlink or a symlink loop named like an image is kept,
+    // so that reading it fails with its reason and it is counted among the skipped files.
     std::error_code ec2;
-    if (it->is_regular_file(ec2) && is_image_file(it->path())) files.push_back(it->path());
+    if (is_image_file(it->path()) && !it->is_directory(ec2)) files.push_back(it->path());
   }
   if (ec) throw Error("'" + dir.string() + "': cannot list: " + ec.message());
   std::sort(files.begin(), files.end());
   return files;
+}
+
+// Class names are stored in model files as JSON, which is UTF-8.
+static bool valid_utf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const size_t n = c < 0x80           ? 1
+                     : (c >> 5) == 0x6  ? 2
+                     : (c >> 4) == 0xe  ? 3
+                     : (c >> 3) == 0x1e ? 4
+                                        : 0;
+    if (n == 0 || i + n > s.size() || (n == 2 && c < 0xc2)) return false;
+    for (size_t k = 1; k < n; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
+    i += n;
+  }
+  return true;
 }
 
 static std::vector<std::string> class_folders(const fs::path& root) {
@@ -48,7 +67,12 @@ static std::vector<std::string> class_folders(const fs::path& root) {
   std::vector<std::string> classes;
   for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
     const std::string name = e.path().filename().string();
-    if (!name.empty() && name[0] != '.' && e.is_directory(ec)) classes.push_back(name);
+    if (name.empty() || name[0] == '.' || !e.is_directory(ec)) continue;
+    if (!valid_utf8(name))
+      throw Error("'" + e.path().string() +
+                  "': class folder name is not valid UTF-8 (model files keep class names as "
+                  "UTF-8 text); rename it");
+    classes.push_back(name);
   }
   if (ec) throw Error("'" + root.string() + "': cannot list: " + ec.message());
   if (classes.empty())

@@ -1,9 +1,15 @@
 #include "datasets/preprocess.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
-#include <fstream>
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -67,10 +73,127 @@ static bool truncated(const std::vector<unsigned char>& b) {
   return false;
 }
 
+namespace {
+
+uint32_t be16(const unsigned char* p) {
+  return uint32_t(p[0]) << 8 | p[1];
+}
+uint32_t be32(const unsigned char* p) {
+  return be16(p) << 16 | be16(p + 2);
+}
+uint32_t le16(const unsigned char* p) {
+  return uint32_t(p[1]) << 8 | p[0];
+}
+uint32_t le32(const unsigned char* p) {
+  return le16(p + 2) << 16 | le16(p);
+}
+
+bool starts_with(const std::vector<unsigned char>& b, size_t at, const char* text) {
+  const size_t n = std::strlen(text);
+  return b.size() >= at + n && std::memcmp(b.data() + at, text, n) == 0;
+}
+
+// Width and height from the header of a TIFF's first image (tags 256 and 257).
+std::optional<std::pair<uint64_t, uint64_t>> tiff_size(const std::vector<unsigned char>& b) {
+  const bool le = b[0] == 'I';
+  auto u16 = [&](size_t at) { return le ? le16(&b[at]) : be16(&b[at]); };
+  auto u32 = [&](size_t at) { return le ? le32(&b[at]) : be32(&b[at]); };
+  if (b.size() < 8 || u16(2) != 42) return std::nullopt;  // 43 is BigTIFF: left to OpenCV
+  const size_t ifd = u32(4);
+  if (ifd + 2 > b.size()) return std::nullopt;
+  const size_t count = u16(ifd);
+  uint64_t w = 0, h = 0;
+  for (size_t i = 0; i < count && ifd + 2 + 12 * (i + 1) <= b.size(); ++i) {
+    const size_t e = ifd + 2 + 12 * i;
+    const uint32_t tag = u16(e), type = u16(e + 2);
+    const uint64_t v = type == 3 ? u16(e + 8) : u32(e + 8);
+    if (tag == 256) w = v;
+    if (tag == 257) h = v;
+  }
+  if (w == 0 || h == 0) return std::nullopt;
+  return std::pair{w, h};
+}
+
+// Width and height from a PNM header: magic, then whitespace-separated numbers, # comments.
+std::optional<std::pair<uint64_t, uint64_t>> pnm_size(const std::vector<unsigned char>& b) {
+  size_t at = 2;
+  uint64_t v[2] = {0, 0};
+  for (uint64_t& x : v) {
+    while (at < b.size() && (std::isspace(b[at]) || b[at] == '#')) {
+      if (b[at] == '#')
+        while (at < b.size() && b[at] != '\n') ++at;
+      else
+        ++at;
+    }
+    if (at >= b.size() || !std::isdigit(b[at])) return std::nullopt;
+    while (at < b.size() && std::isdigit(b[at]) && x < (uint64_t(1) << 40))
+      x = x * 10 + (b[at++] - '0');
+  }
+  return std::pair{v[0], v[1]};
+}
+
+}  // namespace
+
+std::optional<std::pair<uint64_t, uint64_t>> image_size_from_header(
+    const std::vector<unsigned char>& b) {
+  const size_t n = b.size();
+  if (n >= 24 && b[0] == 0x89 && starts_with(b, 1, "PNG") && starts_with(b, 12, "IHDR"))
+    return std::pair<uint64_t, uint64_t>{be32(&b[16]), be32(&b[20])};
+  if (n >= 4 && b[0] == 0xff && b[1] == 0xd8) {
+    // Walk the JPEG markers to the first start-of-frame (C0-CF but C4, C8 and CC).
+    size_t at = 2;
+    while (at + 9 < n) {
+      if (b[at] != 0xff) return std::nullopt;
+      const unsigned char marker = b[at + 1];
+      if (marker == 0xff) {  // fill byte
+        ++at;
+        continue;
+      }
+      if (marker >= 0xc0 && marker <= 0xcf && marker != 0xc4 && marker != 0xc8 && marker != 0xcc)
+        return std::pair<uint64_t, uint64_t>{be16(&b[at + 7]), be16(&b[at + 5])};
+      if (marker == 0x01 || (marker >= 0xd0 && marker <= 0xd8)) {
+        at += 2;
+        continue;
+      }
+      at += 2 + be16(&b[at + 2]);
+    }
+    return std::nullopt;
+  }
+  if (n >= 26 && starts_with(b, 0, "BM")) {
+    if (le32(&b[14]) == 12) return std::pair<uint64_t, uint64_t>{le16(&b[18]), le16(&b[20])};
+    const auto w = static_cast<int32_t>(le32(&b[18])), h = static_cast<int32_t>(le32(&b[22]));
+    return std::pair<uint64_t, uint64_t>{std::abs(int64_t(w)), std::abs(int64_t(h))};
+  }
+  if (n >= 32 && starts_with(b, 0, "RIFF") && starts_with(b, 8, "WEBP")) {
+    if (starts_with(b, 12, "VP8 "))
+      return std::pair<uint64_t, uint64_t>{le16(&b[26]) & 0x3fff, le16(&b[28]) & 0x3fff};
+    if (starts_with(b, 12, "VP8L")) {
+      const uint32_t bits = le32(&b[21]);
+      return std::pair<uint64_t, uint64_t>{(bits & 0x3fff) + 1, ((bits >> 14) & 0x3fff) + 1};
+    }
+    if (starts_with(b, 12, "VP8X"))
+      return std::pair<uint64_t, uint64_t>{(le32(&b[24]) & 0xffffff) + 1,
+                                           (le32(&b[27]) & 0xffffff) + 1};
+    return std::nullopt;
+  }
+  if (n >= 8 && (starts_with(b, 0, "II") || starts_with(b, 0, "MM"))) return tiff_size(b);
+  if (n >= 3 && b[0] == 'P' && b[1] >= '1' && b[1] <= '6') return pnm_size(b);
+  return std::nullopt;
+}
+
 cv::Mat decode_image(const std::vector<unsigned char>& bytes, int64_t in_chans,
                      const std::string& name) {
   if (bytes.empty()) throw Error("'" + name + "': empty file, not an image");
   if (truncated(bytes)) throw Error("'" + name + "': truncated image (its end is missing)");
+  // Refused from the header, before the decoder allocates: a small file can claim gigapixels.
+  if (const auto size = image_size_from_header(bytes)) {
+    const auto [w, h] = *size;
+    if (w > uint64_t(kMaxImagePixels) || h > uint64_t(kMaxImagePixels) ||
+        w * h > uint64_t(kMaxImagePixels))
+      throw Error("'" + name + "': " + std::to_string(w) + "x" + std::to_string(h) +
+                  " pixels, more than the limit of " + std::to_string(kMaxImagePixels) +
+                  " (a decompression bomb?)");
+  }
   cv::Mat raw;
   try {
     raw = cv::imdecode(bytes, cv::IMREAD_UNCHANGED);
@@ -101,12 +224,40 @@ cv::Mat decode_image(const std::vector<unsigned char>& bytes, int64_t in_chans,
 }
 
 cv::Mat load_image(const std::filesystem::path& path, int64_t in_chans) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw Error("'" + path.string() +
-                "': " + (std::filesystem::exists(path) ? "cannot read" : "no such file"));
-  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)),
-                                   std::istreambuf_iterator<char>());
+  const std::string where = "'" + path.string() + "': ";
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    // ENOENT as before; ELOOP (a symlink loop), EACCES and the rest by their own names.
+    if (errno == ENOENT) throw Error(where + "no such file");
+    throw Error(where + "cannot read: " + std::strerror(errno));
+  }
+  struct stat st {};
+  std::vector<unsigned char> bytes;
+  std::string problem;
+  if (::fstat(fd, &st) != 0) {
+    problem = std::string("cannot read: ") + std::strerror(errno);
+  } else if (!S_ISREG(st.st_mode)) {
+    problem = "not a regular file";
+  } else if (uint64_t(st.st_size) > kMaxImageFileBytes) {
+    problem = "a file of " + std::to_string(st.st_size) + " bytes, more than the limit of " +
+              std::to_string(kMaxImageFileBytes) + " for an image";
+  } else {
+    bytes.resize(static_cast<size_t>(st.st_size));
+    size_t got = 0;
+    while (got < bytes.size()) {
+      const ssize_t r = ::read(fd, bytes.data() + got, bytes.size() - got);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) {
+        problem = std::string("cannot read: ") + std::strerror(errno);
+        break;
+      }
+      if (r == 0) break;  // shrank while being read
+      got += static_cast<size_t>(r);
+    }
+    bytes.resize(got);
+  }
+  ::close(fd);
+  if (!problem.empty()) throw Error(where + problem);
   return decode_image(bytes, in_chans, path.string());
 }
 

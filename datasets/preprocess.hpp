@@ -5,7 +5,9 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -34,9 +36,21 @@ struct Preprocess {
 void to_json(nlohmann::json& j, const Preprocess& p);
 void from_json(const nlohmann::json& j, Preprocess& p);
 
+// A decoded image may have at most this many pixels (a 16k × 8k photograph; 384 MB as RGB),
+// and an image file at most this many bytes: a decompression bomb or a stray disk image named
+// .png is refused with a message instead of exhausting memory.
+inline constexpr int64_t kMaxImagePixels = int64_t(1) << 27;
+inline constexpr uint64_t kMaxImageFileBytes = uint64_t(1) << 30;
+
+// Width and height as the file's header states them, for PNG, JPEG, BMP, WebP, TIFF and PNM;
+// nothing for other formats or a header too broken to read (the decoder then decides).
+std::optional<std::pair<uint64_t, uint64_t>> image_size_from_header(
+    const std::vector<unsigned char>& bytes);
+
 // Decodes any image OpenCV reads (PNG, JPEG, BMP, TIFF, WebP, ...), 8 or 16 bits, with or
 // without alpha, into 8-bit grayscale (in_chans 1) or RGB (in_chans 3). Throws engine::Error
-// naming the file when it is missing, unreadable or not an image.
+// naming the file when it is missing, unreadable, not a regular file, larger than
+// kMaxImageFileBytes, not an image, or of more than kMaxImagePixels pixels.
 cv::Mat load_image(const std::filesystem::path& path, int64_t in_chans);
 // The same, from bytes already in memory; `name` is what errors call it.
 cv::Mat decode_image(const std::vector<unsigned char>& bytes, int64_t in_chans,

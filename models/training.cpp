@@ -121,15 +121,21 @@ Trainer::Trainer(Context& ctx, engine::Model& model, datasets::Preprocess prepro
   optimizer_.clip_grad = static_cast<float>(config_.clip_grad);
 }
 
-void Trainer::save_checkpoint(int64_t batches_per_epoch) {
+void Trainer::save_checkpoint(int64_t batches_per_epoch, const engine::Metrics* partial) {
   if (outputs_.checkpoint.empty()) return;
   std::ostringstream rng;
   rng << ctx_.rng;
-  const nlohmann::json state = {{"epoch", epoch_},
-                                {"batch", batch_},
-                                {"step", optimizer_.steps()},
-                                {"batches_per_epoch", batches_per_epoch},
-                                {"rng", rng.str()}};
+  nlohmann::json state = {{"epoch", epoch_},
+                          {"batch", batch_},
+                          {"step", optimizer_.steps()},
+                          {"batches_per_epoch", batches_per_epoch},
+                          {"rng", rng.str()}};
+  if (partial)  // doubles are written with 17 digits: the sums resume bit for bit
+    state["epoch_metrics"] = {{"count", partial->count},
+                              {"loss_sum", partial->loss_sum},
+                              {"top1", partial->top1},
+                              {"top5", partial->top5},
+                              {"confusion", partial->confusion}};
   const engine::Dims flat{model_.store.size()};
   save_model(outputs_.checkpoint, model_, preprocess_, classes_,
              {{"train_config", nlohmann::json(config_).dump()},
@@ -156,6 +162,39 @@ void Trainer::restore(const std::filesystem::path& checkpoint) {
   if (file.metadata().count("history"))
     history_ =
         nlohmann::json::parse(file.metadata().at("history")).get<std::vector<nlohmann::json>>();
+  partial_ = state.value("epoch_metrics", nlohmann::json());
+}
+
+// Makes a resumed run's log agree with its checkpoint (see TrainOutputs::log), rewritten
+// through a temporary file so that a crash now cannot lose the log either.
+static void reconcile_log(const std::filesystem::path& path,
+                          const std::vector<nlohmann::json>& history, int64_t finished) {
+  std::vector<std::string> lines;
+  {
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+  }
+  auto epoch_of = [](const std::string& line) -> int64_t {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    return j.is_object() && j.contains("epoch") && j["epoch"].is_number_integer()
+               ? j["epoch"].get<int64_t>()
+               : -1;
+  };
+  while (!lines.empty() && epoch_of(lines.back()) > finished) lines.pop_back();
+  const int64_t last = lines.empty() ? 0 : std::max<int64_t>(0, epoch_of(lines.back()));
+  for (const nlohmann::json& h : history)
+    if (h.value("epoch", int64_t{0}) > last) lines.push_back(h.dump());
+  const std::filesystem::path tmp = path.string() + ".tmp" + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    for (const std::string& line : lines) out << line << '\n';
+    out.flush();
+    if (!out) {
+      std::filesystem::remove(tmp);
+      throw Error("'" + path.string() + "': cannot write the log");
+    }
+  }
+  std::filesystem::rename(tmp, path);
 }
 
 static std::string clock_text(double seconds) {
@@ -177,6 +216,8 @@ TrainResult Trainer::fit(datasets::DataLoader& train, datasets::DataLoader* val)
   engine::SoftmaxCrossEntropy loss_fn(static_cast<float>(config_.label_smoothing));
   std::ofstream log;
   if (!outputs_.log.empty()) {
+    if ((epoch_ > 0 || batch_ > 0) && std::filesystem::exists(outputs_.log))
+      reconcile_log(outputs_.log, history_, epoch_);
     log.open(outputs_.log, std::ios::app);
     if (!log) throw Error("'" + outputs_.log.string() + "': cannot write the log");
   }
@@ -189,9 +230,19 @@ TrainResult Trainer::fit(datasets::DataLoader& train, datasets::DataLoader* val)
     model_.train(true);
     train.start_epoch(epoch_, batch_);
     engine::Metrics metrics(K);
+    if (batch_ > 0 && partial_.is_object()) {  // resumed mid-epoch: its metrics so far
+      metrics.count = partial_.at("count").get<int64_t>();
+      metrics.loss_sum = partial_.at("loss_sum").get<double>();
+      metrics.top1 = partial_.at("top1").get<int64_t>();
+      metrics.top5 = partial_.at("top5").get<int64_t>();
+      metrics.confusion = partial_.at("confusion").get<std::vector<int64_t>>();
+      require(metrics.confusion.size() == size_t(K * K), "checkpoint: malformed epoch_metrics");
+    }
+    partial_ = nlohmann::json();
     const auto start = Clock::now();
-    const int64_t first = batch_;
-    float lr = 0.0f;
+    const int64_t first = batch_, counted_before = metrics.count;
+    // The lr of the epoch's last step, also when a resumed epoch has no steps left.
+    float lr = batch_ > 0 ? schedule.at(std::max<int64_t>(0, optimizer_.steps() - 1)) : 0.0f;
     int64_t last_report = -1;
     while (auto batch = train.next()) {
       lr = schedule.at(optimizer_.steps());
@@ -199,7 +250,7 @@ TrainResult Trainer::fit(datasets::DataLoader& train, datasets::DataLoader* val)
                          batch->targets.empty() ? nullptr : &batch->targets, lr, &metrics);
       ++batch_;
       const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-      const double ips = double(metrics.count) / std::max(elapsed, 1e-9);
+      const double ips = double(metrics.count - counted_before) / std::max(elapsed, 1e-9);
       const double eta = double(per_epoch - batch_) * elapsed / double(batch_ - first);
       const int64_t tenth = batch_ * 10 / per_epoch;
       if (outputs_.progress && (live || tenth != last_report)) {
@@ -211,10 +262,10 @@ TrainResult Trainer::fit(datasets::DataLoader& train, datasets::DataLoader* val)
         last_report = tenth;
       }
       if (outputs_.checkpoint_every > 0 && optimizer_.steps() % outputs_.checkpoint_every == 0)
-        save_checkpoint(per_epoch);
+        save_checkpoint(per_epoch, &metrics);
       if (outputs_.stop && outputs_.stop->load()) {
         if (live) std::fputc('\n', stderr);
-        save_checkpoint(per_epoch);
+        save_checkpoint(per_epoch, &metrics);
         result.interrupted = true;
         result.seconds = std::chrono::duration<double>(Clock::now() - run_start).count();
         return result;
@@ -228,7 +279,7 @@ TrainResult Trainer::fit(datasets::DataLoader& train, datasets::DataLoader* val)
     r.train_acc = metrics.accuracy();
     r.lr = lr;
     r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    r.images_per_second = double(metrics.count) / std::max(r.seconds, 1e-9);
+    r.images_per_second = double(metrics.count - counted_before) / std::max(r.seconds, 1e-9);
     if (val) {
       const engine::Metrics v = evaluate(ctx_, model_, *val);
       r.validated = true;
@@ -258,7 +309,7 @@ TrainResult Trainer::fit(datasets::DataLoader& train, datasets::DataLoader* val)
     result.epochs.push_back(r);
     const int64_t done = epoch_;
     ++epoch_, batch_ = 0;  // the checkpoint resumes at the next epoch
-    save_checkpoint(per_epoch);
+    save_checkpoint(per_epoch, nullptr);
     epoch_ = done;
     if (outputs_.stop_after_epochs > 0 && epoch_ + 1 - first_epoch >= outputs_.stop_after_epochs &&
         epoch_ + 1 < config_.epochs) {

@@ -37,13 +37,16 @@ void to_json(nlohmann::json& j, const TrainConfig& c);
 void from_json(const nlohmann::json& j, TrainConfig& c);
 
 struct TrainOutputs {
-  std::filesystem::path out;                // the final model
-  std::filesystem::path checkpoint;         // resumable state, rewritten every epoch
-  int64_t checkpoint_every = 0;             // also every N optimizer steps; 0: epochs only
-  std::filesystem::path log;                // JSON lines, one per epoch; empty: none
-  bool progress = true;                     // the live progress line on stderr
-  const std::atomic<bool>* stop = nullptr;  // set by SIGINT/SIGTERM: checkpoint and return
-  int64_t stop_after_epochs = 0;  // train this many epochs in this run, checkpoint, return
+  std::filesystem::path out;         // the final model
+  std::filesystem::path checkpoint;  // resumable state, rewritten every epoch
+  int64_t checkpoint_every = 0;      // also every N optimizer steps; 0: epochs only
+  // JSON lines, one per epoch; empty: none. On resume it is first made to agree with the
+  // checkpoint: lines of epochs the checkpoint had not finished are dropped from its end, and
+  // finished epochs it lacks are added from the checkpoint's history.
+  std::filesystem::path log;
+  bool progress = true;                    // the live progress line on stderr
+  const std::atomic<int>* stop = nullptr;  // non-zero (SIGINT/SIGTERM): checkpoint and return
+  int64_t stop_after_epochs = 0;           // train this many epochs in this run, checkpoint, return
 };
 
 struct EpochResult {
@@ -75,7 +78,9 @@ class Trainer {
   TrainResult fit(datasets::DataLoader& train, datasets::DataLoader* val);
 
  private:
-  void save_checkpoint(int64_t batches_per_epoch);
+  // `partial`: the metrics of the epoch in progress, so that a resumed epoch reports the same
+  // loss and accuracy as one never interrupted; null at the end of an epoch.
+  void save_checkpoint(int64_t batches_per_epoch, const engine::Metrics* partial);
   Context& ctx_;
   engine::Model& model_;
   datasets::Preprocess preprocess_;
@@ -85,6 +90,7 @@ class Trainer {
   engine::Optimizer optimizer_;
   int64_t epoch_ = 0, batch_ = 0;  // where training continues
   std::vector<nlohmann::json> history_;
+  nlohmann::json partial_;  // restored metrics of the epoch in progress, if any
 };
 
 }  // namespace models

@@ -71,7 +71,7 @@ int run_eval(const std::vector<std::string>& args) {
     for (int64_t c = 0; c < K; ++c)
       confusion[c].assign(m.confusion.begin() + c * K, m.confusion.begin() + (c + 1) * K);
     j["confusion"] = confusion;
-    std::cout << j.dump() << "\n";
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::printf("%lld images, loss %.4f, top-1 %.2f%%", (long long)m.count, m.loss(),
                 100 * m.accuracy());
@@ -184,7 +184,9 @@ int run_classify(const std::vector<std::string>& args) {
       }
     }
   }
-  if (vm.count("json")) std::cout << results.dump(2) << "\n";
+  // A file name need not be UTF-8; JSON must be: invalid bytes print as U+FFFD.
+  if (vm.count("json"))
+    std::cout << results.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   return failures ? 1 : 0;
 }
 

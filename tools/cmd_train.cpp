@@ -19,9 +19,9 @@ namespace cli {
 
 namespace {
 
-std::atomic<bool> g_stop{false};  // the one thing a signal handler may touch
-extern "C" void on_signal(int) {
-  g_stop.store(true);
+std::atomic<int> g_stop{0};  // the signal received: the one thing a handler may touch
+extern "C" void on_signal(int signo) {
+  g_stop.store(signo);
 }
 
 void print_skipped(const datasets::ImageSource& source, const char* what) {
@@ -263,10 +263,13 @@ int run_train(const std::vector<std::string>& args) {
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   if (result.interrupted) {
-    const bool signalled = g_stop.load();
+    const int signo = g_stop.load();
     std::fprintf(stderr, "vit: %s; resume with --resume %s\n",
-                 signalled ? "interrupted" : "stopped as asked", outputs.checkpoint.c_str());
-    return signalled ? 130 : 0;
+                 signo ? (signo == SIGTERM ? "terminated (SIGTERM), checkpoint saved"
+                                           : "interrupted (SIGINT), checkpoint saved")
+                       : "stopped as asked",
+                 outputs.checkpoint.c_str());
+    return signo ? 128 + signo : 0;  // the shell's convention for a death by that signal
   }
   std::printf("saved %s after %.1fs of training", outputs.out.c_str(), result.seconds);
   if (!result.epochs.empty() && result.epochs.back().validated)

@@ -1,6 +1,7 @@
 // vit: the command-line front end. Parses options with Boost.Program_options and hands each
 // sub-command to the libraries; it computes nothing itself. Exit codes: 0 success, 1 a
 // runtime error (bad file, bad data), 2 a usage error (unknown command or flag).
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -79,6 +80,9 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Past a file-size limit (ulimit -f) a write then fails with EFBIG, reported like a full
+  // disk, instead of the signal killing the process mid-save.
+  std::signal(SIGXFSZ, SIG_IGN);
   try {
     return run(argc, argv);
   } catch (const UsageError& e) {
