@@ -15,6 +15,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include "engine/error.hpp"
+#include "engine/json_read.hpp"
 
 namespace datasets {
 
@@ -49,12 +50,13 @@ void to_json(nlohmann::json& j, const Preprocess& p) {
 }
 
 void from_json(const nlohmann::json& j, Preprocess& p) {
-  j.at("img_size").get_to(p.img_size);
-  j.at("in_chans").get_to(p.in_chans);
-  j.at("patch_size").get_to(p.patch_size);
-  j.at("mean").get_to(p.mean);
-  j.at("std").get_to(p.std);
-  p.crop_pct = j.value("crop_pct", 1.0);
+  using engine::field_int, engine::json_field, engine::json_floats;
+  p.img_size = field_int(j, "img_size");
+  p.in_chans = field_int(j, "in_chans");
+  p.patch_size = field_int(j, "patch_size");
+  p.mean = json_floats(json_field(j, "mean"), "mean");
+  p.std = json_floats(json_field(j, "std"), "std");
+  p.crop_pct = engine::json_double(j, "crop_pct", 1.0);
 }
 
 // A PNG must end with its IEND chunk and a JPEG with its EOI marker. Checked here because
@@ -186,7 +188,11 @@ cv::Mat decode_image(const std::vector<unsigned char>& bytes, int64_t in_chans,
   if (bytes.empty()) throw Error("'" + name + "': empty file, not an image");
   if (truncated(bytes)) throw Error("'" + name + "': truncated image (its end is missing)");
   // Refused from the header, before the decoder allocates: a small file can claim gigapixels.
-  if (const auto size = image_size_from_header(bytes)) {
+  // Only formats whose size we can read are decoded, so no decoder ever sees an unchecked one.
+  const auto size = image_size_from_header(bytes);
+  if (!size)
+    throw Error("'" + name + "': not an image vit reads (PNG, JPEG, BMP, WebP, TIFF or PNM)");
+  {
     const auto [w, h] = *size;
     if (w > uint64_t(kMaxImagePixels) || h > uint64_t(kMaxImagePixels) ||
         w * h > uint64_t(kMaxImagePixels))

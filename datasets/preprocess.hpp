@@ -43,7 +43,7 @@ inline constexpr int64_t kMaxImagePixels = int64_t(1) << 27;
 inline constexpr uint64_t kMaxImageFileBytes = uint64_t(1) << 30;
 
 // Width and height as the file's header states them, for PNG, JPEG, BMP, WebP, TIFF and PNM;
-// nothing for other formats or a header too broken to read (the decoder then decides).
+// nothing for other formats or a header too broken to read (decode_image then refuses it).
 std::optional<std::pair<uint64_t, uint64_t>> image_size_from_header(
     const std::vector<unsigned char>& bytes);
 

@@ -98,6 +98,14 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
     ::unlink(tmp.c_str());
     throw Error("cannot write '" + where + "': " + why);
   }
+  // The rename itself reaches the disk only with its folder: after a power cut the name could
+  // otherwise still point at the old file (harmless) or, on some file systems, at nothing.
+  const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : ".";
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);  // best effort: some file systems refuse fsync on a folder
+    ::close(dfd);
+  }
 }
 
 SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path) {

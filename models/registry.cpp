@@ -93,6 +93,8 @@ std::unique_ptr<engine::Model> inspect_model(const engine::SafetensorsFile& file
     classes = nlohmann::json::parse(meta.at("classes")).get<std::vector<std::string>>();
   } catch (const nlohmann::json::exception& e) {
     throw Error(where + ": malformed __metadata__: " + e.what());
+  } catch (const Error& e) {
+    throw Error(where + ": malformed __metadata__: " + e.what());
   }
   std::unique_ptr<engine::Model> model;
   try {

@@ -4,6 +4,7 @@
 
 #include "engine/error.hpp"
 #include "engine/init.hpp"
+#include "engine/json_read.hpp"
 
 namespace models {
 
@@ -69,11 +70,12 @@ void to_json(nlohmann::json& j, const ResNetConfig& c) {
 }
 
 void from_json(const nlohmann::json& j, ResNetConfig& c) {
-  j.at("img_size").get_to(c.img_size);
-  j.at("in_chans").get_to(c.in_chans);
-  j.at("num_classes").get_to(c.num_classes);
-  j.at("widths").get_to(c.widths);
-  j.at("depths").get_to(c.depths);
+  using engine::field_int, engine::json_field, engine::json_ints;
+  c.img_size = field_int(j, "img_size");
+  c.in_chans = field_int(j, "in_chans");
+  c.num_classes = field_int(j, "num_classes");
+  c.widths = json_ints(json_field(j, "widths"), "widths");
+  c.depths = json_ints(json_field(j, "depths"), "depths");
   require(j.value("block", std::string("basic")) == "basic", "only 'basic' ResNet blocks exist");
   require(j.value("stem", std::string("conv3x3")) == "conv3x3", "only the 'conv3x3' stem exists");
   for (const auto& [key, value] : j.items())

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "engine/error.hpp"
+#include "engine/json_read.hpp"
 #include "engine/safetensors.hpp"
 #include "engine/schedule.hpp"
 #include "models/registry.hpp"
@@ -65,31 +66,35 @@ void to_json(nlohmann::json& j, const TrainConfig& c) {
 }
 
 void from_json(const nlohmann::json& j, TrainConfig& c) {
-  j.at("epochs").get_to(c.epochs);
-  j.at("batch_size").get_to(c.batch_size);
-  j.at("lr").get_to(c.lr);
-  j.at("min_lr").get_to(c.min_lr);
-  j.at("warmup_lr").get_to(c.warmup_lr);
-  j.at("warmup_epochs").get_to(c.warmup_epochs);
-  j.at("weight_decay").get_to(c.weight_decay);
-  j.at("label_smoothing").get_to(c.label_smoothing);
-  j.at("clip_grad").get_to(c.clip_grad);
-  j.at("momentum").get_to(c.momentum);
+  using engine::field_int, engine::json_field;
+  const auto number = engine::field_double;
+  c.epochs = field_int(j, "epochs");
+  c.batch_size = field_int(j, "batch_size");
+  c.lr = number(j, "lr");
+  c.min_lr = number(j, "min_lr");
+  c.warmup_lr = number(j, "warmup_lr");
+  c.warmup_epochs = number(j, "warmup_epochs");
+  c.weight_decay = number(j, "weight_decay");
+  c.label_smoothing = number(j, "label_smoothing");
+  c.clip_grad = number(j, "clip_grad");
+  c.momentum = number(j, "momentum");
   j.at("opt").get_to(c.opt);
   c.precision = j.value("precision", std::string("f32"));  // absent in older checkpoints
-  j.at("seed").get_to(c.seed);
-  j.at("subset").get_to(c.subset);
-  j.at("val_split").get_to(c.val_split);
-  const nlohmann::json& a = j.at("augment");
+  const nlohmann::json& seed = json_field(j, "seed");
+  if (!seed.is_number_unsigned()) throw Error("'seed' must be a non-negative integer");
+  c.seed = seed.get<uint64_t>();
+  c.subset = field_int(j, "subset");
+  c.val_split = number(j, "val_split");
+  const nlohmann::json& a = json_field(j, "augment");
   a.at("crop").get_to(c.augment.crop);
-  a.at("pad").get_to(c.augment.pad);
-  a.at("rrc_scale_min").get_to(c.augment.rrc_scale_min);
-  a.at("hflip").get_to(c.augment.hflip);
-  a.at("random_erase").get_to(c.augment.random_erase);
-  a.at("mixup_alpha").get_to(c.augment.mixup_alpha);
-  a.at("cutmix_alpha").get_to(c.augment.cutmix_alpha);
-  a.at("mix_prob").get_to(c.augment.mix_prob);
-  a.at("switch_prob").get_to(c.augment.switch_prob);
+  c.augment.pad = field_int(a, "pad");
+  c.augment.rrc_scale_min = number(a, "rrc_scale_min");
+  c.augment.hflip = number(a, "hflip");
+  c.augment.random_erase = number(a, "random_erase");
+  c.augment.mixup_alpha = number(a, "mixup_alpha");
+  c.augment.cutmix_alpha = number(a, "cutmix_alpha");
+  c.augment.mix_prob = number(a, "mix_prob");
+  c.augment.switch_prob = number(a, "switch_prob");
 }
 
 engine::Metrics evaluate(Context& ctx, engine::Model& model, datasets::DataLoader& loader) {

@@ -188,9 +188,11 @@ run "heads not dividing" 1 "--num-heads 3 does not divide --embed-dim 32" -- tra
 run "val-data and val-split" 2 "contradict" -- train --data "$data/train" --val-data "$data/val" --val-split 0.2
 run "unknown preset" 1 "unknown model 'vit_giant'" -- train --data "$data/train" --model vit_giant
 echo "old model" >"$tmp/keep.safetensors"
+echo "old checkpoint" >"$tmp/keep.ckpt.safetensors"
 run "NaN loss" 1 "step [0-9]+: the (loss is (NaN|infinite)|gradients are not finite)" -- train --data "$data/train" \
   "${base[@]}" --patch-size 4 --num-heads 2 --lr 1e30 --warmup-epochs 0 --epochs 2 --out "$tmp/keep.safetensors"
 [ "$(cat "$tmp/keep.safetensors")" = "old model" ] && ok || fail "a failed run touched the existing model"
+[ "$(cat "$tmp/keep.ckpt.safetensors")" = "old checkpoint" ] && ok || fail "a failed run touched the last checkpoint"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

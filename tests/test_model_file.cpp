@@ -81,3 +81,18 @@ TEST_CASE("model file: the metadata must agree with itself") {
   config["num_heads"] = 3;
   check_rejected(model_bytes(config, tiny_preprocess(), 2), "--num-heads 3 does not divide");
 }
+
+TEST_CASE("model file: numbers out of their type's range are refused, not converted") {
+  // Found by tests/fuzz/fuzz_model_config: nlohmann's get<int64_t> of 3e38 is undefined.
+  nlohmann::json config = tiny_config();
+  config["img_size"] = 3.3e38;
+  check_rejected(model_bytes(config, tiny_preprocess(), 2),
+                 "'img_size' must be an integer of at most 64 bits");
+  config = tiny_config();
+  config["depth"] = uint64_t(1) << 63;
+  check_rejected(model_bytes(config, tiny_preprocess(), 2), "'depth' must be an integer");
+  nlohmann::json preprocess = tiny_preprocess();
+  preprocess["mean"] = {1e300};
+  check_rejected(model_bytes(tiny_config(), preprocess, 2),
+                 "malformed __metadata__: 'mean' is out of the range of a float");
+}

@@ -38,7 +38,9 @@ int run_eval(const std::vector<std::string>& args) {
   if (!vm.count("data")) throw UsageError("vit eval: --data is required");
   const engine::Precision precision = parse_precision_flag(vm, "vit eval");
   engine::Context ctx(0, vm["threads"].as<int>());
-  models::LoadedModel loaded = models::load_model(vm["model"].as<std::string>(), ctx);
+  // A training checkpoint is a model file plus optimizer state: it evaluates as one.
+  models::LoadedModel loaded =
+      models::load_model(vm["model"].as<std::string>(), ctx, {"optimizer."});
   loaded.model->set_precision(precision);
   const datasets::ImageFolder folder(vm["data"].as<std::string>(), loaded.classes);
   std::vector<size_t> all(folder.samples().size());
@@ -132,7 +134,9 @@ int run_classify(const std::vector<std::string>& args) {
 
   const engine::Precision precision = parse_precision_flag(vm, "vit classify");
   engine::Context ctx(0, vm["threads"].as<int>());
-  models::LoadedModel loaded = models::load_model(vm["model"].as<std::string>(), ctx);
+  // A training checkpoint is a model file plus optimizer state: it evaluates as one.
+  models::LoadedModel loaded =
+      models::load_model(vm["model"].as<std::string>(), ctx, {"optimizer."});
   loaded.model->set_precision(precision);
   loaded.model->train(false);
   const datasets::Preprocess& p = loaded.preprocess;

@@ -134,7 +134,12 @@ int run_train(const std::vector<std::string>& args) {
       throw engine::Error("'" + resume + "': its classes differ from those of --data");
     if (!loaded.metadata.count("train_config"))
       throw engine::Error("'" + resume + "': a model file, not a training checkpoint");
-    recipe = nlohmann::json::parse(loaded.metadata.at("train_config")).get<models::TrainConfig>();
+    try {
+      recipe = nlohmann::json::parse(loaded.metadata.at("train_config")).get<models::TrainConfig>();
+      recipe.validate();
+    } catch (const std::exception& e) {  // nlohmann's or ours: either way a bad checkpoint
+      throw engine::Error("'" + resume + "': malformed train_config: " + e.what());
+    }
     net = std::move(loaded.model);
     preprocess = loaded.preprocess;
   } else {

@@ -15,6 +15,7 @@ done
 
 packages=(
   cmake ninja-build g++ pkg-config
+  clang-14 libclang-rt-14-dev                     # the fuzzers: libFuzzer and clang's sanitizers
   libdnnl-dev ocl-icd-opencl-dev opencl-c-headers # oneDNN 2.6.3; its CMake config needs OpenCL
   libopencv-dev                                   # the only package that ships OpenCV's CMake config
   libboost-program-options-dev

@@ -1,6 +1,7 @@
 #include "vit/config.hpp"
 
 #include "engine/error.hpp"
+#include "engine/json_read.hpp"
 
 namespace vit {
 
@@ -74,18 +75,19 @@ void to_json(nlohmann::json& j, const VitConfig& c) {
 
 void from_json(const nlohmann::json& j, VitConfig& c) {
   // Every size is required: a model file that omits one is not ours to guess.
-  j.at("img_size").get_to(c.img_size);
-  j.at("patch_size").get_to(c.patch_size);
-  j.at("in_chans").get_to(c.in_chans);
-  j.at("num_classes").get_to(c.num_classes);
-  j.at("embed_dim").get_to(c.embed_dim);
-  j.at("depth").get_to(c.depth);
-  j.at("num_heads").get_to(c.num_heads);
-  j.at("mlp_ratio").get_to(c.mlp_ratio);
+  using engine::field_double, engine::field_int, engine::json_double;
+  c.img_size = field_int(j, "img_size");
+  c.patch_size = field_int(j, "patch_size");
+  c.in_chans = field_int(j, "in_chans");
+  c.num_classes = field_int(j, "num_classes");
+  c.embed_dim = field_int(j, "embed_dim");
+  c.depth = field_int(j, "depth");
+  c.num_heads = field_int(j, "num_heads");
+  c.mlp_ratio = field_double(j, "mlp_ratio");
   c.qkv_bias = j.value("qkv_bias", true);
-  c.drop_rate = j.value("drop_rate", 0.0);
-  c.attn_drop_rate = j.value("attn_drop_rate", 0.0);
-  c.drop_path_rate = j.value("drop_path_rate", 0.0);
+  c.drop_rate = json_double(j, "drop_rate", 0.0);
+  c.attn_drop_rate = json_double(j, "attn_drop_rate", 0.0);
+  c.drop_path_rate = json_double(j, "drop_path_rate", 0.0);
   require(j.value("global_pool", std::string("token")) == "token",
           "only global_pool 'token' (the cls token) is supported");
 }
