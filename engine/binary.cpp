@@ -25,8 +25,9 @@ void Binary::operator()(Context& ctx, const Tensor& src0, const Tensor& src1, co
 }
 
 const Tensor& Add::forward(Context& ctx, const Tensor& a, const Tensor& b) {
-  const Tensor& dst =
-      dst_.get(a.dims(), [&] { return std::make_unique<Tensor>(ctx.eng, a.dims()); });
+  const Tensor& dst = dst_.get(a.dims(), [&] {
+    return std::make_unique<Tensor>(gradient_buffer(ctx, grad_slot, a.dims()));
+  });
   add_(ctx, a, b, dst);
   return dst;
 }
@@ -77,7 +78,7 @@ const Tensor& Dropout::forward(Context& ctx, const Tensor& src) {
     auto pl = std::make_unique<Plan>();
     pl->mask = Tensor(ctx.eng, src.dims());
     pl->dst = Tensor(ctx.eng, src.dims());
-    pl->diff_src = Tensor(ctx.eng, src.dims());
+    pl->diff_src = gradient_buffer(ctx, grad_slot, src.dims());
     return pl;
   });
   std::bernoulli_distribution keep(1.0 - p);
@@ -112,7 +113,7 @@ const Tensor& DropPath::forward(Context& ctx, const Tensor& src) {
     pl->mul = dnnl::binary({{dnnl::algorithm::binary_mul, src_md, mask_md, src_md}, ctx.eng});
     pl->mask_tensor = Tensor(ctx.eng, {B, 1});
     pl->dst_tensor = Tensor(ctx.eng, src.dims());
-    pl->diff_src_tensor = Tensor(ctx.eng, src.dims());
+    pl->diff_src_tensor = gradient_buffer(ctx, grad_slot, src.dims());
     pl->src = memory_over(ctx, src_md);
     pl->mask = memory_over(ctx, mask_md, pl->mask_tensor.data());
     pl->dst = memory_over(ctx, src_md);

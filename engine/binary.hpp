@@ -27,6 +27,9 @@ class Add {
   const Tensor& forward(Context& ctx, const Tensor& a, const Tensor& b);
   const Tensor& backward(const Tensor& diff_dst) const { return diff_dst; }
 
+  // non-empty: the output is shared through Context::shared_buffer (an Add that sums gradients)
+  std::string grad_slot;
+
  private:
   Binary add_{dnnl::algorithm::binary_add};
   PlanCache<Tensor> dst_;
@@ -70,6 +73,7 @@ class Dropout {
 
   float p;
   bool training = true;
+  std::string grad_slot;  // non-empty: diff_src shared through Context::shared_buffer
 
  private:
   struct Plan {
@@ -90,6 +94,7 @@ class DropPath {
 
   float p;
   bool training = true;
+  std::string grad_slot;  // non-empty: diff_src shared through Context::shared_buffer
 
  private:
   struct Plan {

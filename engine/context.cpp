@@ -11,6 +11,16 @@ Context::Context(uint64_t seed, int num_threads)
   threads = omp_get_max_threads();
 }
 
+Tensor Context::shared_buffer(const std::string& slot, const Dims& dims) {
+  Tensor& owned = shared_[slot + to_string(dims)];
+  if (owned.empty()) owned = Tensor(eng, dims);
+  return Tensor::view(eng, owned.data(), dims);
+}
+
+Tensor gradient_buffer(Context& ctx, const std::string& slot, const Dims& dims) {
+  return slot.empty() ? Tensor(ctx.eng, dims) : ctx.shared_buffer(slot, dims);
+}
+
 std::string onednn_version() {
   const dnnl_version_t* v = dnnl_version();
   std::string s = "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +

@@ -11,7 +11,7 @@ const Tensor& Eltwise::forward(Context& ctx, const Tensor& src) {
     plan->fwd = dnnl::eltwise_forward(fwd_pd);
     plan->bwd = dnnl::eltwise_backward({{algorithm_, md, md, 0.f, 0.f}, ctx.eng, fwd_pd});
     plan->dst_tensor = Tensor(ctx.eng, src.dims());
-    plan->diff_src_tensor = Tensor(ctx.eng, src.dims());
+    plan->diff_src_tensor = gradient_buffer(ctx, grad_slot, src.dims());
     plan->src = memory_over(ctx, md);
     plan->dst = memory_over(ctx, md, plan->dst_tensor.data());
     plan->diff_dst = memory_over(ctx, md);

@@ -12,6 +12,8 @@ class Eltwise {
   const Tensor& forward(Context& ctx, const Tensor& src);
   const Tensor& backward(Context& ctx, const Tensor& diff_dst);
 
+  std::string grad_slot;  // non-empty: diff_src shared through Context::shared_buffer
+
  private:
   struct Plan {
     dnnl::eltwise_forward fwd;

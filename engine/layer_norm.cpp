@@ -23,7 +23,7 @@ std::unique_ptr<LayerNorm::Plan> LayerNorm::build(Context& ctx, const Dims& src_
   const int64_t M = product(src_dims) / dim;
   auto p = std::make_unique<Plan>();
   p->dst_tensor = Tensor(ctx.eng, src_dims);
-  p->diff_src_tensor = Tensor(ctx.eng, src_dims);
+  p->diff_src_tensor = gradient_buffer(ctx, grad_slot, src_dims);
   const memory::desc data_md = plain_desc({M, dim});
   const auto flags = normalization_flags::use_scale | normalization_flags::use_shift;
 

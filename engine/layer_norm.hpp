@@ -20,8 +20,9 @@ struct LayerNorm {
 
   int64_t dim;
   float eps;
-  Parameter* weight;  // [D], the scale (gamma)
-  Parameter* bias;    // [D], the shift (beta)
+  Parameter* weight;      // [D], the scale (gamma)
+  Parameter* bias;        // [D], the shift (beta)
+  std::string grad_slot;  // non-empty: diff_src shared through Context::shared_buffer
 
  private:
   struct Plan {

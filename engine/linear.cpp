@@ -42,7 +42,7 @@ std::unique_ptr<Linear::Plan> Linear::build(Context& ctx, const Dims& src_dims) 
   Dims dst_dims = src_dims;
   dst_dims.back() = O;
   p->dst_tensor = Tensor(ctx.eng, dst_dims);
-  p->diff_src_tensor = Tensor(ctx.eng, src_dims);
+  p->diff_src_tensor = gradient_buffer(ctx, grad_slot, src_dims);
 
   // Operand descriptors in the matmul type; results and bias are f32.
   const memory::desc src_md({M, I}, low, Dims{I, 1}), dst_md = plain_desc({M, O});

@@ -28,6 +28,7 @@ struct Linear {
 
   int64_t in_features, out_features;
   bool input_gradient = true;  // false: backward skips diff_src (the network's first layer)
+  std::string grad_slot;       // non-empty: diff_src shared through Context::shared_buffer
   Parameter* weight;           // [out, in]
   Parameter* bias;             // [out], or nullptr
   Precision precision = Precision::f32;

@@ -12,7 +12,7 @@ const Tensor& Softmax::forward(Context& ctx, const Tensor& src) {
     plan->fwd = dnnl::softmax_forward(fwd_pd);
     plan->bwd = dnnl::softmax_backward({{md, md, axis}, ctx.eng, fwd_pd});
     plan->dst_tensor = Tensor(ctx.eng, src.dims());
-    plan->diff_src_tensor = Tensor(ctx.eng, src.dims());
+    plan->diff_src_tensor = gradient_buffer(ctx, grad_slot, src.dims());
     plan->src = memory_over(ctx, md);
     plan->dst = memory_over(ctx, md, plan->dst_tensor.data());
     plan->diff_dst = memory_over(ctx, md);

@@ -11,6 +11,8 @@ class Softmax {
   // Uses the saved output, not the input: src may be reused after forward.
   const Tensor& backward(Context& ctx, const Tensor& diff_dst);
 
+  std::string grad_slot;  // non-empty: diff_src shared through Context::shared_buffer
+
  private:
   struct Plan {
     dnnl::softmax_forward fwd;

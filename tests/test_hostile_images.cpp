@@ -120,24 +120,28 @@ TEST_CASE("hostile images: a folder of odd files is read, the bad ones skipped w
   write_file(dir.path / "dogs" / "zero.png", {});
   write_file(dir.path / "dogs" / "text.png", {'h', 'i', '\n'});
   write_file(dir.path / "dogs" / "bomb.png", png_claiming(20000, 20000));
+  std::vector<unsigned char> jpeg = encode(cv::Mat(16, 16, CV_8UC3, cv::Scalar(1, 2, 3)), ".jpg");
+  jpeg.resize(jpeg.size() / 2);
+  write_file(dir.path / "dogs" / "truncated.jpg", jpeg);
   fs::create_symlink("loop.png", dir.path / "dogs" / "loop.png");       // a symlink loop
   fs::create_symlink("missing.png", dir.path / "dogs" / "broken.png");  // points nowhere
   fs::create_directory_symlink("..", dir.path / "dogs" / "up");         // a folder loop
   const ImageFolder folder(dir.path);
   REQUIRE(folder.classes() == std::vector<std::string>{"cats", "dogs"});
-  CHECK(folder.samples().size() == 8);  // the loops are listed once, never followed
+  CHECK(folder.samples().size() == 9);  // the loops are listed once, never followed
   std::vector<size_t> all(folder.samples().size());
   std::iota(all.begin(), all.end(), size_t{0});
   Preprocess p;
   p.img_size = 4, p.in_chans = 1, p.patch_size = 2, p.mean = {0.5f}, p.std = {0.5f};
   const ImageSource source(folder, all, p, SourceOptions{});
   CHECK(source.size() == 3);
-  REQUIRE(source.skipped().size() == 5);
+  REQUIRE(source.skipped().size() == 6);
   std::string reasons;
   for (const std::string& s : source.skipped()) reasons += s + "\n";
   CHECK(reasons.find("zero.png': empty file") != std::string::npos);
   CHECK(reasons.find("text.png': not an image") != std::string::npos);
   CHECK(reasons.find("bomb.png': 20000x20000 pixels") != std::string::npos);
+  CHECK(reasons.find("truncated.jpg': truncated image") != std::string::npos);
   CHECK(reasons.find("loop.png': cannot read: Too many levels of symbolic links") !=
         std::string::npos);
   CHECK(reasons.find("broken.png': no such file") != std::string::npos);

@@ -62,8 +62,11 @@ struct Attention {
   const Tensor& forward(Context& ctx, const Tensor& x);  // [B, N, D] -> [B, N, D]
   const Tensor& backward(Context& ctx, const Tensor& diff_dst);
   void train(bool on) { attn_drop.training = proj_drop.training = on; }
+  // Takes every gradient buffer of its backward from Context::shared_buffer under `slot`.
+  void share_gradients(const std::string& slot);
 
   int64_t num_heads, head_dim;
+  std::string grad_slot;            // non-empty: see share_gradients
   engine::Linear qkv;               // [B, N, 3·D], laid out [B, N, 3, H, d]
   engine::BatchedMatmul scores_mm;  // q·kᵀ/√d  [B, H, N, N]
   engine::Softmax softmax;
