@@ -33,6 +33,7 @@ std::unique_ptr<BatchNorm2d::Plan> BatchNorm2d::build(Context& ctx, const Dims& 
                      param_md = plain_desc({num_features});
   auto flags = normalization_flags::use_scale | normalization_flags::use_shift;
   if (!train) flags |= normalization_flags::use_global_stats;
+  if (fuse_relu) flags |= normalization_flags::fuse_norm_relu;
 
   dnnl::batch_normalization_forward::primitive_desc fwd_pd(
       {dnnl::prop_kind::forward_training, data_md, eps, flags}, ctx.eng);

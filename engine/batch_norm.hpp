@@ -24,6 +24,10 @@ struct BatchNorm2d {
   float eps, momentum;
   Layout layout;
   bool training = true;
+  // relu(bn(x)) in the one primitive (oneDNN's fuse_norm_relu; backward masks through its
+  // workspace): torch's BatchNorm2d then ReLU, one pass over the activations instead of two
+  // forward and two backward. Set before the first forward.
+  bool fuse_relu = false;
   int64_t num_batches_tracked = 0;
   Parameter* weight;        // [C]
   Parameter* bias;          // [C]

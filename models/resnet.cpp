@@ -115,6 +115,7 @@ BasicBlock::BasicBlock(ParameterStore& store, const std::string& name, int64_t i
       bn1(store, name + ".bn1", out, 1e-5f, 0.1f, Layout::nhwc),
       conv2(store, name + ".conv2", out, out, 3, 1, 1, /*bias=*/false, Layout::nhwc),
       bn2(store, name + ".bn2", out, 1e-5f, 0.1f, Layout::nhwc) {
+  bn1.fuse_relu = true;
   if (stride != 1 || in != out) {
     downsample_conv = std::make_unique<engine::Conv2d>(store, name + ".downsample.0", in, out, 1,
                                                        stride, 0, /*bias=*/false, Layout::nhwc);
@@ -140,7 +141,7 @@ void BasicBlock::reset_parameters(Context& ctx) {
 }
 
 const Tensor& BasicBlock::forward(Context& ctx, const Tensor& x) {
-  const Tensor& h = relu1.forward(ctx, bn1.forward(ctx, conv1.forward(ctx, x)));
+  const Tensor& h = bn1.forward(ctx, conv1.forward(ctx, x));  // ReLU fused
   const Tensor& residual = bn2.forward(ctx, conv2.forward(ctx, h));
   const Tensor& shortcut =
       downsample_conv ? downsample_bn->forward(ctx, downsample_conv->forward(ctx, x)) : x;
@@ -149,8 +150,8 @@ const Tensor& BasicBlock::forward(Context& ctx, const Tensor& x) {
 
 const Tensor& BasicBlock::backward(Context& ctx, const Tensor& diff_dst) {
   const Tensor& d_sum = add.backward(relu2.backward(ctx, diff_dst));
-  const Tensor& d_x = conv1.backward(
-      ctx, bn1.backward(ctx, relu1.backward(ctx, conv2.backward(ctx, bn2.backward(ctx, d_sum)))));
+  const Tensor& d_x =
+      conv1.backward(ctx, bn1.backward(ctx, conv2.backward(ctx, bn2.backward(ctx, d_sum))));
   // x fans out to the residual branch and the shortcut: their gradients add up. d_x is conv1's
   // own buffer, free to take the sum until conv1's next backward.
   if (downsample_conv)
@@ -182,6 +183,7 @@ ResNet::ResNet(const ResNetConfig& c)
       blocks_(make_blocks(store, c)),
       fc_(store, "fc", c.widths.back(), c.num_classes) {
   conv1_.input_gradient = false;  // nothing upstream of the image
+  bn1_.fuse_relu = true;
 }
 
 void ResNet::train(bool on) {
@@ -208,7 +210,7 @@ const Tensor& ResNet::forward(Context& ctx, const Tensor& input) {
   if (C > 1)
     to_nhwc_(ctx, engine::View{input.data(), {B, S, S, C}, {C * S * S, S, 1, S * S}},
              x_nhwc.as_view());
-  const Tensor* x = &relu_.forward(ctx, bn1_.forward(ctx, conv1_.forward(ctx, x_view)));
+  const Tensor* x = &bn1_.forward(ctx, conv1_.forward(ctx, x_view));  // ReLU fused
   for (auto& block : blocks_) x = &block->forward(ctx, *x);
   const Tensor& pooled = avgpool_.forward(ctx, *x);  // [B, 1, 1, C]
   return fc_.forward(ctx, pooled.reshaped({B, config_.widths.back()}));
@@ -218,7 +220,7 @@ void ResNet::backward(Context& ctx, const Tensor& diff_logits) {
   const int64_t B = diff_logits.dim(0), C = config_.widths.back();
   const Tensor* d = &avgpool_.backward(ctx, fc_.backward(ctx, diff_logits).reshaped({B, 1, 1, C}));
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) d = &(*it)->backward(ctx, *d);
-  conv1_.backward(ctx, bn1_.backward(ctx, relu_.backward(ctx, *d)));
+  conv1_.backward(ctx, bn1_.backward(ctx, *d));
 }
 
 }  // namespace models

@@ -62,8 +62,7 @@ struct BasicBlock {
   void reset_parameters(Context& ctx);  // torchvision: He normal (fan_out), BN weight 1 bias 0
 
   engine::Conv2d conv1;
-  engine::BatchNorm2d bn1;
-  engine::Relu relu1;
+  engine::BatchNorm2d bn1;  // with the ReLU fused: relu(bn1(x))
   engine::Conv2d conv2;
   engine::BatchNorm2d bn2;
   std::unique_ptr<engine::Conv2d> downsample_conv;     // downsample.0
@@ -92,8 +91,7 @@ class ResNet : public engine::Model {
  private:
   ResNetConfig config_;
   engine::Conv2d conv1_;
-  engine::BatchNorm2d bn1_;
-  engine::Relu relu_;
+  engine::BatchNorm2d bn1_;                          // with the ReLU fused
   std::vector<std::unique_ptr<BasicBlock>> blocks_;  // layer1.0, layer1.1, ..., in order
   engine::GlobalAvgPool2d avgpool_{engine::Layout::nhwc};
   engine::Linear fc_;

@@ -1,4 +1,5 @@
 // Conv2d, BatchNorm2d and pooling: naive loops, hand cases, finite differences, NHWC = NCHW.
+#include <algorithm>
 #include <cmath>
 
 #include <doctest/doctest.h>
@@ -6,6 +7,7 @@
 #include "check.hpp"
 #include "engine/batch_norm.hpp"
 #include "engine/conv2d.hpp"
+#include "engine/eltwise.hpp"
 #include "engine/pooling.hpp"
 
 using namespace engine;
@@ -213,6 +215,44 @@ TEST_CASE("BatchNorm2d backward matches finite differences, training and evaluat
                             {"bias", bn.bias->value.data(), 2, bn.bias->grad.data()}});
     check::check_backward_overwrites(
         ctx, forward, [&]() -> const Tensor& { return bn.backward(ctx, r); }, store);
+  }
+}
+
+TEST_CASE("BatchNorm2d with fuse_relu equals BatchNorm2d then ReLU, forward and backward") {
+  Context ctx(2);
+  std::mt19937_64 rng(83);
+  ParameterStore store_a, store_b;
+  BatchNorm2d fused(store_a, "bn", 4, 1e-5f, 0.1f, Layout::nhwc);
+  BatchNorm2d plain(store_b, "bn", 4, 1e-5f, 0.1f, Layout::nhwc);
+  fused.fuse_relu = true;
+  Relu relu;
+  store_a.allocate(ctx.eng);
+  store_b.allocate(ctx.eng);
+  fused.reset_parameters();
+  check::randomize(fused.weight->value, rng, 0.5f, 1.5f);
+  check::randomize(fused.bias->value, rng);
+  check::randomize(fused.running_var->value, rng, 0.5f, 2.0f);
+  plain.reset_parameters();
+  std::copy_n(store_a.values(), store_a.size(), store_b.values());
+  Tensor x = check::random_tensor(ctx, {3, 5, 5, 4}, rng);  // NHWC
+  for (bool training : {true, false}) {
+    CAPTURE(training);
+    fused.training = plain.training = training;
+    const Tensor& y_fused = fused.forward(ctx, x);
+    const Tensor& y_plain = relu.forward(ctx, plain.forward(ctx, x));
+    Tensor r = check::random_tensor(ctx, x.dims(), rng);
+    const Tensor& dx_fused = fused.backward(ctx, r);
+    const Tensor& dx_plain = plain.backward(ctx, relu.backward(ctx, r));
+    ctx.wait();
+    auto wide = [](const Tensor& t) {
+      const std::vector<float> v = check::copy_of(t);
+      return std::vector<double>(v.begin(), v.end());
+    };
+    check::check_close("fused forward", y_fused, wide(y_plain), 1e-6, 1e-6);
+    check::check_close("fused diff_src", dx_fused, wide(dx_plain), 1e-5, 1e-6);
+    check::check_close("fused diff_weight", fused.weight->grad, wide(plain.weight->grad), 1e-5,
+                       1e-6);
+    check::check_close("fused diff_bias", fused.bias->grad, wide(plain.bias->grad), 1e-5, 1e-6);
   }
 }
 
