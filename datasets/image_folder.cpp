@@ -6,6 +6,8 @@
 #include <random>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
 #include "engine/error.hpp"
 
 namespace datasets {
@@ -43,21 +45,15 @@ std::vector<fs::path> find_images(const fs::path& dir) {
   return files;
 }
 
-// Class names are stored in model files as JSON, which is UTF-8.
+// Class names are stored in model files as JSON, which must be UTF-8: checked by the JSON
+// writer itself, so that what passes here is exactly what a model file can hold.
 static bool valid_utf8(const std::string& s) {
-  for (size_t i = 0; i < s.size();) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    const size_t n = c < 0x80           ? 1
-                     : (c >> 5) == 0x6  ? 2
-                     : (c >> 4) == 0xe  ? 3
-                     : (c >> 3) == 0x1e ? 4
-                                        : 0;
-    if (n == 0 || i + n > s.size() || (n == 2 && c < 0xc2)) return false;
-    for (size_t k = 1; k < n; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
-    i += n;
+  try {
+    (void)nlohmann::json(s).dump();
+    return true;
+  } catch (const nlohmann::json::type_error&) {
+    return false;
   }
-  return true;
 }
 
 static std::vector<std::string> class_folders(const fs::path& root) {

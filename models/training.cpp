@@ -159,9 +159,11 @@ void Trainer::restore(const std::filesystem::path& checkpoint) {
   const engine::Dims flat{model_.store.size()};
   file.read_f32("optimizer.exp_avg", flat, model_.store.adam_m());
   file.read_f32("optimizer.exp_avg_sq", flat, model_.store.adam_v());
-  epoch_ = state.at("epoch").get<int64_t>();
-  batch_ = state.at("batch").get<int64_t>();
-  optimizer_.adamw.step = state.at("step").get<int64_t>();
+  epoch_ = engine::field_int(state, "epoch");
+  batch_ = engine::field_int(state, "batch");
+  optimizer_.adamw.step = engine::field_int(state, "step");
+  require(epoch_ >= 0 && batch_ >= 0 && optimizer_.adamw.step >= 0,
+          where + ": train_state holds a negative epoch, batch or step");
   std::istringstream rng(state.at("rng").get<std::string>());
   rng >> ctx_.rng;
   if (file.metadata().count("history"))
@@ -236,11 +238,11 @@ TrainResult Trainer::fit(datasets::DataLoader& train, datasets::DataLoader* val)
     train.start_epoch(epoch_, batch_);
     engine::Metrics metrics(K);
     if (batch_ > 0 && partial_.is_object()) {  // resumed mid-epoch: its metrics so far
-      metrics.count = partial_.at("count").get<int64_t>();
-      metrics.loss_sum = partial_.at("loss_sum").get<double>();
-      metrics.top1 = partial_.at("top1").get<int64_t>();
-      metrics.top5 = partial_.at("top5").get<int64_t>();
-      metrics.confusion = partial_.at("confusion").get<std::vector<int64_t>>();
+      metrics.count = engine::field_int(partial_, "count");
+      metrics.loss_sum = engine::field_double(partial_, "loss_sum");
+      metrics.top1 = engine::field_int(partial_, "top1");
+      metrics.top5 = engine::field_int(partial_, "top5");
+      metrics.confusion = engine::json_ints(engine::json_field(partial_, "confusion"), "confusion");
       require(metrics.confusion.size() == size_t(K * K), "checkpoint: malformed epoch_metrics");
     }
     partial_ = nlohmann::json();

@@ -150,6 +150,14 @@ TEST_CASE("hostile images: a folder of odd files is read, the bad ones skipped w
   CHECK_THROWS_AS(ImageSource(folder, all, p, strict), engine::Error);
 }
 
+TEST_CASE("hostile images: a class folder whose name is not UTF-8 is refused with one line") {
+  TempDir dir;
+  write_file(dir.path / "cats" / "a.png", encode(cv::Mat(4, 4, CV_8UC1, cv::Scalar(1))));
+  write_file(dir.path / "caf\xe9" / "a.png", encode(cv::Mat(4, 4, CV_8UC1, cv::Scalar(1))));
+  CHECK_THROWS_WITH_AS(ImageFolder{dir.path},
+                       doctest::Contains("class folder name is not valid UTF-8"), engine::Error);
+}
+
 TEST_CASE("hostile images: an unreadable file is skipped with its reason") {
   if (::geteuid() == 0) {
     // Root reads any file; tests/test_cli_model.sh covers this as an unprivileged user.
