@@ -231,7 +231,9 @@ cv::Mat decode_image(const std::vector<unsigned char>& bytes, int64_t in_chans,
 
 cv::Mat load_image(const std::filesystem::path& path, int64_t in_chans) {
   const std::string where = "'" + path.string() + "': ";
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO named like an image would otherwise block the open until a writer came;
+  // regular files read the same with it.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     // ENOENT as before; ELOOP (a symlink loop), EACCES and the rest by their own names.
     if (errno == ENOENT) throw Error(where + "no such file");

@@ -1,5 +1,6 @@
 // Hostile image folders: every odd file is either read correctly or skipped with its reason,
 // and a small file claiming gigapixels is refused before it is decoded.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <doctest/doctest.h>
@@ -123,19 +124,20 @@ TEST_CASE("hostile images: a folder of odd files is read, the bad ones skipped w
   std::vector<unsigned char> jpeg = encode(cv::Mat(16, 16, CV_8UC3, cv::Scalar(1, 2, 3)), ".jpg");
   jpeg.resize(jpeg.size() / 2);
   write_file(dir.path / "dogs" / "truncated.jpg", jpeg);
-  fs::create_symlink("loop.png", dir.path / "dogs" / "loop.png");       // a symlink loop
-  fs::create_symlink("missing.png", dir.path / "dogs" / "broken.png");  // points nowhere
-  fs::create_directory_symlink("..", dir.path / "dogs" / "up");         // a folder loop
+  fs::create_symlink("loop.png", dir.path / "dogs" / "loop.png");          // a symlink loop
+  fs::create_symlink("missing.png", dir.path / "dogs" / "broken.png");     // points nowhere
+  fs::create_directory_symlink("..", dir.path / "dogs" / "up");            // a folder loop
+  REQUIRE(::mkfifo((dir.path / "dogs" / "pipe.png").c_str(), 0644) == 0);  // blocks a plain open
   const ImageFolder folder(dir.path);
   REQUIRE(folder.classes() == std::vector<std::string>{"cats", "dogs"});
-  CHECK(folder.samples().size() == 9);  // the loops are listed once, never followed
+  CHECK(folder.samples().size() == 10);  // the loops are listed once, never followed
   std::vector<size_t> all(folder.samples().size());
   std::iota(all.begin(), all.end(), size_t{0});
   Preprocess p;
   p.img_size = 4, p.in_chans = 1, p.patch_size = 2, p.mean = {0.5f}, p.std = {0.5f};
   const ImageSource source(folder, all, p, SourceOptions{});
   CHECK(source.size() == 3);
-  REQUIRE(source.skipped().size() == 6);
+  REQUIRE(source.skipped().size() == 7);
   std::string reasons;
   for (const std::string& s : source.skipped()) reasons += s + "\n";
   CHECK(reasons.find("zero.png': empty file") != std::string::npos);
@@ -145,6 +147,7 @@ TEST_CASE("hostile images: a folder of odd files is read, the bad ones skipped w
   CHECK(reasons.find("loop.png': cannot read: Too many levels of symbolic links") !=
         std::string::npos);
   CHECK(reasons.find("broken.png': no such file") != std::string::npos);
+  CHECK(reasons.find("pipe.png': not a regular file") != std::string::npos);
   SourceOptions strict;
   strict.strict = true;
   CHECK_THROWS_AS(ImageSource(folder, all, p, strict), engine::Error);
