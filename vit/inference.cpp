@@ -102,13 +102,13 @@ std::unique_ptr<VitInference::Plan> VitInference::build(Context& ctx, int64_t B)
   const Dims heads = {G, H, N, d}, heads_t = {G, H, d, N};
   // q, k and v each dense [B, N, D]: their head views are the acbd/adbc layouts that the brgemm
   // kernel accepts (1.5× faster than the generic gemm on a strided [B, N, 3·D] view in bf16).
-  const memory::desc q_md = desc(heads, low, {N * D, d, D, 1});
+  const memory::desc heads_md = desc(heads, low, {N * D, d, D, 1});
   const memory::desc k_t_md = desc(heads_t, low, {N * D, d, 1, D});
   const memory::desc context_md = desc(heads, low, {N * D, d, D, 1});
   for (int64_t g = 0; g < B; g += G) {
-    p->q.push_back(view(eng, q_md, p->qkv, g * N * D));
+    p->q.push_back(view(eng, heads_md, p->qkv, g * N * D));
     p->k_t.push_back(view(eng, k_t_md, p->qkv, M * D + g * N * D));
-    p->v.push_back(view(eng, q_md, p->qkv, 2 * M * D + g * N * D));
+    p->v.push_back(view(eng, heads_md, p->qkv, 2 * M * D + g * N * D));
     p->context_heads.push_back(view(eng, context_md, p->context, g * N * D));
   }
   p->scores = memory(desc({G, H, N, N}, dt::f32), eng);
@@ -138,12 +138,12 @@ std::unique_ptr<VitInference::Plan> VitInference::build(Context& ctx, int64_t B)
   p->qkv_mm = dnnl::matmul(qkv_pd);
   dnnl::primitive_attr scale;  // 1/√d folded into the matmul
   scale.set_output_scales(0, {1.0f / std::sqrt(float(d))});
-  p->scores_mm = dnnl::matmul({{q_md, k_t_md, p->scores.get_desc()}, scale, eng});
+  p->scores_mm = dnnl::matmul({{heads_md, k_t_md, p->scores.get_desc()}, scale, eng});
   p->softmax = dnnl::softmax_v2_forward(
       {{dnnl::prop_kind::forward_inference, dnnl::algorithm::softmax_accurate, p->scores.get_desc(),
         p->probs.get_desc(), 3},
        eng});
-  p->context_mm = dnnl::matmul({{p->probs.get_desc(), q_md, context_md}, eng});
+  p->context_mm = dnnl::matmul({{p->probs.get_desc(), heads_md, context_md}, eng});
   // x += proj(...) and x += fc2(...) in place: the sum post-op reads the residual from dst,
   // cheaper than a binary add from a second buffer (about 10 % faster fc2 here).
   dnnl::post_ops add_residual;

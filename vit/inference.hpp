@@ -6,9 +6,10 @@
 //  - matmul weights are packed into the layout the kernel asks for (format_tag::any) and
 //    repacked only when the store's version changes; the training path must read them through
 //    a transposed view, which costs the kernel a copy on every call (2× at batch 1);
+//  - q, k and v go to three dense slabs, so attention reads the heads as views in the layouts
+//    of oneDNN's brgemm kernel, a few images at a time (their scores stay in L2);
 //  - all blocks share one set of primitives and one set of activation buffers: about 70 MB for
-//    ViT-Ti/16 at batch 32, where the layer path keeps every block's activations and gradient
-//    buffers;
+//    ViT-Ti/16 at batch 32, where the layer path keeps every block's activations;
 //  - with Precision::bf16 the matmul operands are bf16 (AVX512_BF16) while the residual
 //    stream, LayerNorm, the softmax input and the head stay f32, as under torch.autocast.
 #pragma once
