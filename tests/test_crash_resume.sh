@@ -96,6 +96,20 @@ else
   fail "SIGTERM: no checkpoint appeared before the run ended"
 fi
 
+# --- SIGINT (Ctrl-C): the same clean stop, exit 128+2 ------------------------------------------
+"$vit" train "${recipe[@]}" --log "$tmp/i.log" --out "$tmp/i.safetensors" >"$tmp/i.out" 2>"$tmp/i.err" &
+pid=$!
+if wait_for "$pid" "$tmp/i.ckpt.safetensors" "$tmp/i.log" 1; then
+  kill -INT "$pid"
+  wait "$pid"
+  code=$?
+  [ "$code" -eq 130 ] && ok || fail "SIGINT: exit $code, want 130"
+  grep -q "^vit: interrupted (SIGINT), checkpoint saved; resume with --resume" "$tmp/i.err" && ok \
+    || fail "SIGINT message: $(cat "$tmp/i.err")"
+else
+  fail "SIGINT: no checkpoint appeared before the run ended"
+fi
+
 # --- a file-size limit hit while saving: the old checkpoint and model survive ------------------
 echo "old model" >"$tmp/d.safetensors"
 echo "old checkpoint" >"$tmp/d.ckpt.safetensors"
