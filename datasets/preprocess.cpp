@@ -95,41 +95,58 @@ bool starts_with(const std::vector<unsigned char>& b, size_t at, const char* tex
   return b.size() >= at + n && std::memcmp(b.data() + at, text, n) == 0;
 }
 
-// Width and height from the header of a TIFF's first image (tags 256 and 257).
+// Width and height from the header of a TIFF's first image (tags 256 and 257). Only the plain
+// form is accepted, each tag once as one SHORT or LONG: a file that states its size twice could
+// show us one size and libtiff another (a fuzzer found one that allocated 2.5 GB).
 std::optional<std::pair<uint64_t, uint64_t>> tiff_size(const std::vector<unsigned char>& b) {
   const bool le = b[0] == 'I';
   auto u16 = [&](size_t at) { return le ? le16(&b[at]) : be16(&b[at]); };
   auto u32 = [&](size_t at) { return le ? le32(&b[at]) : be32(&b[at]); };
-  if (b.size() < 8 || u16(2) != 42) return std::nullopt;  // 43 is BigTIFF: left to OpenCV
+  if (b.size() < 8 || u16(2) != 42) return std::nullopt;  // 43 is BigTIFF: not read
   const size_t ifd = u32(4);
   if (ifd + 2 > b.size()) return std::nullopt;
   const size_t count = u16(ifd);
+  if (ifd + 2 + 12 * count > b.size()) return std::nullopt;  // a truncated directory
   uint64_t w = 0, h = 0;
-  for (size_t i = 0; i < count && ifd + 2 + 12 * (i + 1) <= b.size(); ++i) {
+  for (size_t i = 0; i < count; ++i) {
     const size_t e = ifd + 2 + 12 * i;
     const uint32_t tag = u16(e), type = u16(e + 2);
-    const uint64_t v = type == 3 ? u16(e + 8) : u32(e + 8);
-    if (tag == 256) w = v;
-    if (tag == 257) h = v;
+    if (tag != 256 && tag != 257) continue;
+    uint64_t& v = tag == 256 ? w : h;
+    if (v != 0 || u32(e + 4) != 1 || (type != 3 && type != 4)) return std::nullopt;
+    v = type == 3 ? u16(e + 8) : u32(e + 8);
+    if (v == 0) return std::nullopt;
   }
   if (w == 0 || h == 0) return std::nullopt;
   return std::pair{w, h};
 }
 
-// Width and height from a PNM header: magic, then whitespace-separated numbers, # comments.
+// Width and height from a PNM header, read as OpenCV's reader does (a fuzzer found a header
+// that two readers disagreed on): before a number, whitespace and # comments up to the end of
+// the line; after it, one delimiter byte, whatever it is, consumed.
 std::optional<std::pair<uint64_t, uint64_t>> pnm_size(const std::vector<unsigned char>& b) {
   size_t at = 2;
   uint64_t v[2] = {0, 0};
   for (uint64_t& x : v) {
-    while (at < b.size() && (std::isspace(b[at]) || b[at] == '#')) {
-      if (b[at] == '#')
-        while (at < b.size() && b[at] != '\n') ++at;
-      else
-        ++at;
+    if (at >= b.size()) return std::nullopt;
+    int code = b[at++];
+    while (!std::isdigit(code)) {
+      if (code == '#') {
+        while (at < b.size() && b[at] != '\n' && b[at] != '\r') ++at;
+        if (at + 1 >= b.size()) return std::nullopt;
+        code = b[at + 1], at += 2;
+      } else if (std::isspace(code)) {
+        if (at >= b.size()) return std::nullopt;
+        code = b[at++];
+      } else {
+        return std::nullopt;
+      }
     }
-    if (at >= b.size() || !std::isdigit(b[at])) return std::nullopt;
-    while (at < b.size() && std::isdigit(b[at]) && x < (uint64_t(1) << 40))
-      x = x * 10 + (b[at++] - '0');
+    while (std::isdigit(code) && x < (uint64_t(1) << 40)) {
+      x = x * 10 + uint64_t(code - '0');
+      if (at >= b.size()) break;
+      code = b[at++];
+    }
   }
   return std::pair{v[0], v[1]};
 }

@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 
+#include <array>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -84,6 +85,62 @@ TEST_CASE("hostile images: a header claiming too many pixels is refused before d
     CHECK_MESSAGE(size->first == 53, ext);
     CHECK_MESSAGE(size->second == 37, ext);
   }
+}
+
+// A little-endian TIFF header and first directory with the given (tag, type, count, value)
+// entries; no image data follows.
+std::vector<unsigned char> tiff_with(std::initializer_list<std::array<uint32_t, 4>> entries) {
+  std::vector<unsigned char> b;
+  auto put = [&](uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i) b.push_back(static_cast<unsigned char>(v >> (8 * i)));
+  };
+  append(b, {'I', 'I', 42, 0, 8, 0, 0, 0});
+  put(entries.size(), 2);
+  for (const auto& [tag, type, count, value] : entries) {
+    put(tag, 2), put(type, 2), put(count, 4), put(value, 4);
+  }
+  put(0, 4);
+  return b;
+}
+
+TEST_CASE("hostile images: a TIFF that states its size twice or oddly is refused") {
+  // Found by fuzz_image: our parse took the last width, libtiff the first, and OpenCV then
+  // allocated 2.5 GB. Duplicates, counts other than 1 and types other than SHORT or LONG are
+  // all refused before decoding.
+  CHECK(image_size_from_header(tiff_with({{256, 4, 1, 16}, {257, 4, 1, 8}})) ==
+        std::pair<uint64_t, uint64_t>{16, 8});
+  CHECK(image_size_from_header(tiff_with({{256, 3, 1, 16}, {257, 3, 1, 8}})).has_value());
+  for (const auto& bad :
+       {tiff_with({{256, 4, 1, 655360}, {256, 4, 1, 5}, {257, 4, 1, 8}}),
+        tiff_with({{256, 4, 1, 16}, {257, 4, 2, 8}}), tiff_with({{256, 1, 1, 16}, {257, 4, 1, 8}}),
+        tiff_with({{256, 16, 1, 16}, {257, 4, 1, 8}}),
+        tiff_with({{256, 4, 1, 0}, {256, 4, 1, 16}, {257, 4, 1, 8}})}) {
+    CHECK_FALSE(image_size_from_header(bad).has_value());
+    CHECK_THROWS_WITH_AS(decode_image(bad, 3, "twice.tiff"),
+                         doctest::Contains("'twice.tiff': not an image vit reads"), engine::Error);
+  }
+  // A directory that runs past the end of the file.
+  auto cut = tiff_with({{256, 4, 1, 16}, {257, 4, 1, 8}});
+  cut.resize(cut.size() - 8);
+  CHECK_FALSE(image_size_from_header(cut).has_value());
+}
+
+TEST_CASE("hostile images: a PNM header is read as OpenCV reads it") {
+  // Found by fuzz_image: OpenCV takes the byte after a number as its delimiter, even a '#', so
+  // "5356#166678" is two numbers to it (and a 2.7 GB image), not a number and a comment.
+  auto pnm = [](const std::string& text) {
+    return std::vector<unsigned char>(text.begin(), text.end());
+  };
+  CHECK(image_size_from_header(pnm("P3\n5356#166678\n2 ")) ==
+        std::pair<uint64_t, uint64_t>{5356, 166678});
+  CHECK_THROWS_WITH_AS(decode_image(pnm("P3\n5356#166678\n2 "), 3, "bomb.ppm"),
+                       doctest::Contains("5356x166678 pixels, more than the limit"), engine::Error);
+  CHECK(image_size_from_header(pnm("P5\n# a comment\n 7\t3\n255\n")) ==
+        std::pair<uint64_t, uint64_t>{7, 3});
+  CHECK(image_size_from_header(pnm("P5 7 # three\n3\n255\n")) ==
+        std::pair<uint64_t, uint64_t>{7, 3});
+  CHECK(image_size_from_header(pnm("P5 7x3\n255\n")) == std::pair<uint64_t, uint64_t>{7, 3});
+  CHECK_FALSE(image_size_from_header(pnm("P5 x7 3\n255\n")).has_value());
 }
 
 TEST_CASE("hostile images: 1x1, 16-bit and alpha images decode to the model's input") {
