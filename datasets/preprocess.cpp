@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <webp/decode.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
@@ -153,12 +154,18 @@ std::optional<std::pair<uint64_t, uint64_t>> pnm_size(const std::vector<unsigned
 
 }  // namespace
 
+// cv::imdecode gives the bytes to the first of its decoders whose signature check accepts them,
+// and Debian's OpenCV also has DICOM (GDCM) and GDAL decoders that look past the first bytes
+// (GDCM aborts the process on some malformed files). So each format here is recognised by
+// exactly the check of OpenCV's decoder for it, which comes before those in OpenCV's list: a
+// file we accept always reaches the decoder whose header we read.
 std::optional<std::pair<uint64_t, uint64_t>> image_size_from_header(
     const std::vector<unsigned char>& b) {
   const size_t n = b.size();
-  if (n >= 24 && b[0] == 0x89 && starts_with(b, 1, "PNG") && starts_with(b, 12, "IHDR"))
+  static const char png_signature[] = "\x89PNG\r\n\x1a\n";
+  if (n >= 24 && starts_with(b, 0, png_signature) && starts_with(b, 12, "IHDR"))
     return std::pair<uint64_t, uint64_t>{be32(&b[16]), be32(&b[20])};
-  if (n >= 4 && b[0] == 0xff && b[1] == 0xd8) {
+  if (n >= 4 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff) {
     // Walk the JPEG markers to the first start-of-frame (C0-CF but C4, C8 and CC).
     size_t at = 2;
     while (at + 9 < n) {
@@ -184,19 +191,13 @@ std::optional<std::pair<uint64_t, uint64_t>> image_size_from_header(
     return std::pair<uint64_t, uint64_t>{std::abs(int64_t(w)), std::abs(int64_t(h))};
   }
   if (n >= 32 && starts_with(b, 0, "RIFF") && starts_with(b, 8, "WEBP")) {
-    if (starts_with(b, 12, "VP8 "))
-      return std::pair<uint64_t, uint64_t>{le16(&b[26]) & 0x3fff, le16(&b[28]) & 0x3fff};
-    if (starts_with(b, 12, "VP8L")) {
-      const uint32_t bits = le32(&b[21]);
-      return std::pair<uint64_t, uint64_t>{(bits & 0x3fff) + 1, ((bits >> 14) & 0x3fff) + 1};
-    }
-    if (starts_with(b, 12, "VP8X"))
-      return std::pair<uint64_t, uint64_t>{(le32(&b[24]) & 0xffffff) + 1,
-                                           (le32(&b[27]) & 0xffffff) + 1};
-    return std::nullopt;
+    // OpenCV's check and its size: libwebp's own reading of the first 32 bytes.
+    WebPBitstreamFeatures features;
+    if (WebPGetFeatures(b.data(), 32, &features) != VP8_STATUS_OK) return std::nullopt;
+    return std::pair<uint64_t, uint64_t>{uint64_t(features.width), uint64_t(features.height)};
   }
   if (n >= 8 && (starts_with(b, 0, "II") || starts_with(b, 0, "MM"))) return tiff_size(b);
-  if (n >= 3 && b[0] == 'P' && b[1] >= '1' && b[1] <= '6') return pnm_size(b);
+  if (n >= 3 && b[0] == 'P' && b[1] >= '1' && b[1] <= '6' && std::isspace(b[2])) return pnm_size(b);
   return std::nullopt;
 }
 

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <array>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -141,6 +142,31 @@ TEST_CASE("hostile images: a PNM header is read as OpenCV reads it") {
         std::pair<uint64_t, uint64_t>{7, 3});
   CHECK(image_size_from_header(pnm("P5 7x3\n255\n")) == std::pair<uint64_t, uint64_t>{7, 3});
   CHECK_FALSE(image_size_from_header(pnm("P5 x7 3\n255\n")).has_value());
+}
+
+TEST_CASE("hostile images: only files OpenCV gives to the decoder we checked are decoded") {
+  // Found by fuzz_image: "P3" not followed by whitespace is no PNM to OpenCV, which then tried
+  // its later decoders; with "DICM" at byte 128 GDCM took the file and aborted the process.
+  std::vector<unsigned char> dicom(160, '0');
+  dicom[0] = 'P', dicom[1] = '3';
+  std::memcpy(&dicom[128], "DICM", 4);
+  CHECK_THROWS_WITH_AS(decode_image(dicom, 3, "x.ppm"),
+                       doctest::Contains("'x.ppm': not an image vit reads"), engine::Error);
+  // Each format's signature exactly as OpenCV checks it.
+  auto png = encode(cv::Mat(5, 7, CV_8UC1, cv::Scalar(3)), ".png");
+  REQUIRE(image_size_from_header(png).has_value());
+  png[6] = 'x';  // inside "\r\n\x1a\n"
+  CHECK_FALSE(image_size_from_header(png).has_value());
+  auto jpeg = encode(cv::Mat(5, 7, CV_8UC1, cv::Scalar(3)), ".jpg");
+  REQUIRE(image_size_from_header(jpeg).has_value());
+  jpeg[2] = 0;
+  CHECK_FALSE(image_size_from_header(jpeg).has_value());
+  auto webp = encode(cv::Mat(5, 7, CV_8UC3, cv::Scalar(3)), ".webp");
+  REQUIRE(image_size_from_header(webp) == std::pair<uint64_t, uint64_t>{7, 5});
+  webp[12] = 'Q';  // the first chunk is no longer VP8/VP8L/VP8X: libwebp refuses it
+  CHECK_FALSE(image_size_from_header(webp).has_value());
+  CHECK_THROWS_WITH_AS(decode_image(webp, 3, "x.webp"), doctest::Contains("not an image vit reads"),
+                       engine::Error);
 }
 
 TEST_CASE("hostile images: 1x1, 16-bit and alpha images decode to the model's input") {

@@ -18,6 +18,7 @@ packages=(
   clang-14 libclang-rt-14-dev                     # the fuzzers: libFuzzer and clang's sanitizers
   libdnnl-dev ocl-icd-opencl-dev opencl-c-headers # oneDNN 2.6.3; its CMake config needs OpenCL
   libopencv-dev                                   # the only package that ships OpenCV's CMake config
+  libwebp-dev                                     # WebP headers read as OpenCV's decoder reads them
   libboost-program-options-dev
   doctest-dev
   nlohmann-json3-dev
