@@ -274,6 +274,37 @@ TEST_CASE("VitInference: the fused path equals the layers in evaluation mode, we
   }
 }
 
+TEST_CASE("VitInference: a batch larger than a chunk runs in chunks, same logits") {
+  Context ctx(7);
+  std::mt19937_64 rng(158);
+  VitConfig c = tiny_config();
+  c.img_size = 64, c.in_chans = 1, c.embed_dim = 64, c.num_heads = 4, c.depth = 1;
+  ParameterStore store;
+  VisionTransformer model(store, c);
+  store.allocate(ctx.eng);
+  randomize_parameters(store, rng, 0.2f);
+  model.train(false);
+  const int64_t batch = 19;  // chunks of 8 (f32) or 16 (bf16), and a last one of 3
+  Tensor patches = check::random_tensor(ctx, {batch, c.num_patches(), c.patch_dim()}, rng);
+  Tensor want(ctx.eng, {batch, c.num_classes});
+  want.copy_from(model.forward(ctx, patches));
+  ctx.wait();
+  for (auto precision : {engine::Precision::f32, engine::Precision::bf16}) {
+    if (!engine::precision_supported(precision)) continue;
+    VitInference fused(c, store, precision);
+    CAPTURE(fused.chunk_images());
+    REQUIRE(fused.chunk_images() < batch);
+    REQUIRE(batch % fused.chunk_images() != 0);
+    const Tensor& got = fused.forward(ctx, patches);
+    ctx.wait();
+    REQUIRE(got.dims() == want.dims());
+    double worst = 0;
+    for (int64_t i = 0; i < got.numel(); ++i)
+      worst = std::max(worst, double(std::abs(got[i] - want[i])));
+    CHECK(worst < (precision == engine::Precision::f32 ? 1e-5 : 3e-2));
+  }
+}
+
 TEST_CASE("VitConfig: contradictory sizes name the flag") {
   VitConfig c = tiny_config();
   c.patch_size = 3;

@@ -235,16 +235,45 @@ void VitInference::pack(Context& ctx, Plan& p) const {
   p.packed = true;
 }
 
+// Activations of one chunk: at most 8 MB, a quarter of the L3 here. ViT-Ti/16 at batch 32 ran
+// 8-10 % faster in chunks of 4 (f32) or 8 (bf16) images than all 32 at once, whose 30-50 MB
+// of activations cannot stay in the L3 from one matmul to the next; ViT-S/16, whose matmuls
+// are bigger, gained 1-2 %.
+int64_t VitInference::chunk_images() const {
+  const VitConfig& c = config_;
+  const bool bf16 = precision == engine::Precision::bf16;
+  const int64_t low = bf16 ? 2 : 4, D = c.embed_dim;
+  // x and normed (f32), normed_low (bf16 only), q, k, v, context and hidden (low), per token.
+  const int64_t per_token = 8 * D + (bf16 ? 2 * D : 0) + low * (4 * D + c.mlp_hidden());
+  const int64_t fit = (int64_t(8) << 20) / (per_token * c.num_tokens());
+  int64_t chunk = 1;  // a power of two: 4 or 8 divide the usual batch sizes
+  while (chunk * 2 <= fit) chunk *= 2;
+  return chunk;
+}
+
 const Tensor& VitInference::forward(Context& ctx, const Tensor& patches) {
   engine::check_same_dims(patches.dims(),
                           {patches.dim(0), config_.num_patches(), config_.patch_dim()},
                           "VitInference", "patches");
-  Plan& p = plans_.get(patches.dims(), [&] { return build(ctx, patches.dim(0)); });
-  if (!p.packed || p.packed_version != store_.version()) pack(ctx, p);
+  const int64_t B = patches.dim(0), K = config_.num_classes, per_image = patches.numel() / B;
+  if (logits_.empty() || logits_.dim(0) != B) logits_ = Tensor(ctx.eng, {B, K});
+  const int64_t chunk = chunk_images();
+  for (int64_t b = 0; b < B; b += chunk) {
+    const int64_t n = std::min(chunk, B - b);
+    Plan& p = plans_.get({n}, [&] { return build(ctx, n); });
+    if (!p.packed || p.packed_version != store_.version()) pack(ctx, p);
+    run(ctx, p, patches.data() + b * per_image);
+    ctx.wait();
+    std::copy_n(p.logits.data(), n * K, logits_.data() + b * K);
+  }
+  return logits_;
+}
+
+void VitInference::run(Context& ctx, Plan& p, float* patches) {
   dnnl::stream& s = ctx.strm;
   const bool bf16 = precision == engine::Precision::bf16;
 
-  p.input.set_data_handle(patches.data());
+  p.input.set_data_handle(patches);
   if (bf16) p.input_to_low.execute(s, p.input, p.input_low);
   p.patch_embed.execute(s, {{DNNL_ARG_SRC, p.input_low},
                             {DNNL_ARG_WEIGHTS, p.patch_weight},
@@ -307,7 +336,6 @@ const Tensor& VitInference::forward(Context& ctx, const Tensor& patches) {
                         {DNNL_ARG_WEIGHTS, p.head_weight},
                         {DNNL_ARG_BIAS, p.head_bias},
                         {DNNL_ARG_DST, p.logits.mem()}});
-  return p.logits;
 }
 
 }  // namespace vit
