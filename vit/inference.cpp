@@ -136,9 +136,9 @@ std::unique_ptr<VitInference::Plan> VitInference::build(Context& ctx, int64_t B)
   // One D -> D primitive run three times (q, k, v) with the thirds of the qkv weight.
   const auto qkv_pd = dense(eng, p->normed_low.get_desc(), D, D, low, desc({M, D}, low));
   p->qkv_mm = dnnl::matmul(qkv_pd);
-  dnnl::primitive_attr scale;  // 1/√d folded into the matmul
-  scale.set_output_scales(0, {1.0f / std::sqrt(float(d))});
-  p->scores_mm = dnnl::matmul({{heads_md, k_t_md, p->scores.get_desc()}, scale, eng});
+  // No 1/√d here: pack() folds it into q's weight and bias (a scale attribute cost this
+  // matmul 20 %).
+  p->scores_mm = dnnl::matmul({{heads_md, k_t_md, p->scores.get_desc()}, eng});
   p->softmax = dnnl::softmax_v2_forward(
       {{dnnl::prop_kind::forward_inference, dnnl::algorithm::softmax_accurate, p->scores.get_desc(),
         p->probs.get_desc(), 3},
@@ -180,6 +180,7 @@ std::unique_ptr<VitInference::Plan> VitInference::build(Context& ctx, int64_t B)
                           memory(fc1_pd.weights_desc(), eng),
                           memory(fc2_pd.weights_desc(), eng)});
     const auto qkv_bias = [&](int64_t t) {
+      if (t == 0) return memory(desc({1, D}, dt::f32), eng);  // q's, scaled by pack()
       return c.qkv_bias ? over_param(eng, store_, b + "attn.qkv.bias", {1, D}, t * D)
                         : p->zero_qkv_bias;
     };
@@ -204,21 +205,31 @@ void VitInference::pack(Context& ctx, Plan& p) const {
   const int64_t D = c.embed_dim, F = c.mlp_hidden(), K = c.num_classes, B = p.batch;
   // torch's Linear weight [out, in] is Wᵀ [in, out] with swapped strides; a reorder converts
   // it to the packed layout (and to bf16).
-  // `rows` > 1 packs rows [row·out, (row+1)·out) of a weight with rows·out output features.
+  // `rows` > 1 packs rows [row·out, (row+1)·out) of a weight with rows·out output features;
+  // the values are multiplied by `scale` on the way.
   auto pack_linear = [&](const std::string& name, int64_t in, int64_t out, memory& packed,
-                         int64_t row = 0, int64_t rows = 1) {
+                         int64_t row = 0, int64_t rows = 1, float scale = 1.0f) {
     const engine::Parameter* w = store_.find(name);
     engine::require(w != nullptr && w->value.numel() == rows * in * out,
                     "VitInference: no weight '" + name + "' of " + std::to_string(rows * in * out) +
                         " elements");
     memory src(desc({in, out}, dt::f32, {1, in}), ctx.eng, w->value.data() + row * out * in);
-    dnnl::reorder(src, packed).execute(ctx.strm, src, packed);
+    dnnl::primitive_attr attr;
+    attr.set_output_scales(0, {scale});
+    dnnl::reorder(dnnl::reorder::primitive_desc(src, packed, attr)).execute(ctx.strm, src, packed);
   };
+  // Attention's 1/√d, applied to q once here instead of to the scores on every call:
+  // (x·W_q + b_q)/√d = x·(W_q/√d) + b_q/√d, exact when √d is a power of two (d = 64).
+  const float q_scale = 1.0f / std::sqrt(float(c.head_dim()));
   pack_linear("patch_embed.proj.weight", c.patch_dim(), D, p.patch_weight);
   for (int64_t i = 0; i < c.depth; ++i) {
     const std::string b = "blocks." + std::to_string(i) + ".";
     for (int64_t t = 0; t < 3; ++t)
-      pack_linear(b + "attn.qkv.weight", D, D, p.weights[i].qkv[t], t, 3);
+      pack_linear(b + "attn.qkv.weight", D, D, p.weights[i].qkv[t], t, 3, t == 0 ? q_scale : 1.0f);
+    float* q_bias = static_cast<float*>(p.params[i].qkv_bias[0].get_data_handle());
+    const engine::Parameter* qkv_bias = store_.find(b + "attn.qkv.bias");
+    for (int64_t j = 0; j < D; ++j)
+      q_bias[j] = c.qkv_bias && qkv_bias != nullptr ? qkv_bias->value[j] * q_scale : 0.0f;
     pack_linear(b + "attn.proj.weight", D, D, p.weights[i].proj);
     pack_linear(b + "mlp.fc1.weight", D, F, p.weights[i].fc1);
     pack_linear(b + "mlp.fc2.weight", F, D, p.weights[i].fc2);
