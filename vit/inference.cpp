@@ -266,7 +266,9 @@ const Tensor& VitInference::forward(Context& ctx, const Tensor& patches) {
   engine::check_same_dims(patches.dims(),
                           {patches.dim(0), config_.num_patches(), config_.patch_dim()},
                           "VitInference", "patches");
-  const int64_t B = patches.dim(0), K = config_.num_classes, per_image = patches.numel() / B;
+  const int64_t B = patches.dim(0), K = config_.num_classes;
+  engine::require(B > 0, "VitInference: an empty batch");
+  const int64_t per_image = patches.numel() / B;
   if (logits_.empty() || logits_.dim(0) != B) logits_ = Tensor(ctx.eng, {B, K});
   const int64_t chunk = chunk_images();
   for (int64_t b = 0; b < B; b += chunk) {
