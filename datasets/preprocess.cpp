@@ -60,22 +60,6 @@ void from_json(const nlohmann::json& j, Preprocess& p) {
   p.crop_pct = engine::json_double(j, "crop_pct", 1.0);
 }
 
-// A PNG must end with its IEND chunk and a JPEG with its EOI marker. Checked here because
-// libpng and libjpeg report a cut-off file on stderr themselves, in lines of their own.
-static bool truncated(const std::vector<unsigned char>& b) {
-  static const unsigned char png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-  static const unsigned char iend[8] = {'I', 'E', 'N', 'D', 0xae, 0x42, 0x60, 0x82};
-  if (b.size() >= 8 && std::equal(png_sig, png_sig + 8, b.begin()))
-    return b.size() < 20 || !std::equal(iend, iend + 8, b.end() - 8);
-  if (b.size() >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff) {
-    // Trailing padding after the EOI marker is allowed.
-    size_t end = b.size();
-    while (end > 2 && b[end - 1] == 0x00) --end;
-    return end < 4 || b[end - 2] != 0xff || b[end - 1] != 0xd9;
-  }
-  return false;
-}
-
 namespace {
 
 uint32_t be16(const unsigned char* p) {
@@ -94,6 +78,29 @@ uint32_t le32(const unsigned char* p) {
 bool starts_with(const std::vector<unsigned char>& b, size_t at, const char* text) {
   const size_t n = std::strlen(text);
   return b.size() >= at + n && std::memcmp(b.data() + at, text, n) == 0;
+}
+
+// The signatures exactly as OpenCV's PNG and JPEG decoders check them (see
+// image_size_from_header for why exactly).
+bool is_png(const std::vector<unsigned char>& b) {
+  return starts_with(b, 0, "\x89PNG\r\n\x1a\n");
+}
+bool is_jpeg(const std::vector<unsigned char>& b) {
+  return b.size() >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff;
+}
+
+// A PNG must end with its IEND chunk and a JPEG with its EOI marker. Checked here because
+// libpng and libjpeg report a cut-off file on stderr themselves, in lines of their own.
+bool truncated(const std::vector<unsigned char>& b) {
+  static const unsigned char iend[8] = {'I', 'E', 'N', 'D', 0xae, 0x42, 0x60, 0x82};
+  if (is_png(b)) return b.size() < 20 || !std::equal(iend, iend + 8, b.end() - 8);
+  if (is_jpeg(b)) {
+    // Trailing padding after the EOI marker is allowed.
+    size_t end = b.size();
+    while (end > 2 && b[end - 1] == 0x00) --end;
+    return end < 4 || b[end - 2] != 0xff || b[end - 1] != 0xd9;
+  }
+  return false;
 }
 
 // Width and height from the header of a TIFF's first image (tags 256 and 257). Only the plain
@@ -162,10 +169,9 @@ std::optional<std::pair<uint64_t, uint64_t>> pnm_size(const std::vector<unsigned
 std::optional<std::pair<uint64_t, uint64_t>> image_size_from_header(
     const std::vector<unsigned char>& b) {
   const size_t n = b.size();
-  static const char png_signature[] = "\x89PNG\r\n\x1a\n";
-  if (n >= 24 && starts_with(b, 0, png_signature) && starts_with(b, 12, "IHDR"))
+  if (n >= 24 && is_png(b) && starts_with(b, 12, "IHDR"))
     return std::pair<uint64_t, uint64_t>{be32(&b[16]), be32(&b[20])};
-  if (n >= 4 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff) {
+  if (n >= 4 && is_jpeg(b)) {
     // Walk the JPEG markers to the first start-of-frame (C0-CF but C4, C8 and CC).
     size_t at = 2;
     while (at + 9 < n) {
