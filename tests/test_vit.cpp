@@ -20,6 +20,15 @@ VitConfig tiny_config() {
   return c;
 }
 
+// max |a - b| over two tensors of the same dims, once the stream has finished.
+double max_abs_diff(Context& ctx, const Tensor& a, const Tensor& b) {
+  ctx.wait();
+  REQUIRE(a.dims() == b.dims());
+  double m = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, double(std::abs(a[i] - b[i])));
+  return m;
+}
+
 // Every element of every trainable parameter, or its first `limit` elements.
 std::vector<GradTarget> parameter_targets(ParameterStore& store, int64_t limit = 1 << 30) {
   std::vector<GradTarget> targets;
@@ -249,13 +258,7 @@ TEST_CASE("VitInference: the fused path equals the layers in evaluation mode, we
     model.train(false);
     VitInference fused(c, store, engine::Precision::f32);
     VitInference fused_bf16(c, store, engine::Precision::bf16);
-    auto max_diff = [&](const Tensor& a, const Tensor& b) {
-      ctx.wait();
-      REQUIRE(a.dims() == b.dims());
-      double m = 0;
-      for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, double(std::abs(a[i] - b[i])));
-      return m;
-    };
+    auto max_diff = [&](const Tensor& a, const Tensor& b) { return max_abs_diff(ctx, a, b); };
     for (int64_t batch : {3, 1, 3}) {  // two plans, the first reused
       CAPTURE(batch);
       Tensor patches = check::random_tensor(ctx, {batch, 4, 32}, rng);
@@ -295,13 +298,8 @@ TEST_CASE("VitInference: a batch larger than a chunk runs in chunks, same logits
     CAPTURE(fused.chunk_images());
     REQUIRE(fused.chunk_images() < batch);
     REQUIRE(batch % fused.chunk_images() != 0);
-    const Tensor& got = fused.forward(ctx, patches);
-    ctx.wait();
-    REQUIRE(got.dims() == want.dims());
-    double worst = 0;
-    for (int64_t i = 0; i < got.numel(); ++i)
-      worst = std::max(worst, double(std::abs(got[i] - want[i])));
-    CHECK(worst < (precision == engine::Precision::f32 ? 1e-5 : 3e-2));
+    CHECK(max_abs_diff(ctx, fused.forward(ctx, patches), want) <
+          (precision == engine::Precision::f32 ? 1e-5 : 3e-2));
   }
 }
 
