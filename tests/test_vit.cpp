@@ -300,6 +300,13 @@ TEST_CASE("VitInference: a batch larger than a chunk runs in chunks, same logits
     REQUIRE(batch % fused.chunk_images() != 0);
     CHECK(max_abs_diff(ctx, fused.forward(ctx, patches), want) <
           (precision == engine::Precision::f32 ? 1e-5 : 3e-2));
+    // The chunks' plan and the remainder's share one packed copy of the weights.
+    VitInference one_chunk(c, store, precision);
+    Tensor first(ctx.eng, {fused.chunk_images(), c.num_patches(), c.patch_dim()});
+    std::copy_n(patches.data(), first.numel(), first.data());
+    one_chunk.forward(ctx, first);
+    CHECK(one_chunk.packed_bytes() > 0);
+    CHECK(fused.packed_bytes() == one_chunk.packed_bytes());
   }
 }
 

@@ -67,7 +67,7 @@ VitInference::VitInference(const VitConfig& config, const engine::ParameterStore
                            engine::Precision p)
     : precision(p), config_((config.validate(), config)), store_(store) {}
 
-std::unique_ptr<VitInference::Plan> VitInference::build(Context& ctx, int64_t B) const {
+std::unique_ptr<VitInference::Plan> VitInference::build(Context& ctx, int64_t B) {
   const dnnl::engine& eng = ctx.eng;
   const VitConfig& c = config_;
   const int64_t L = c.num_patches(), N = c.num_tokens(), D = c.embed_dim, H = c.num_heads,
@@ -165,7 +165,9 @@ std::unique_ptr<VitInference::Plan> VitInference::build(Context& ctx, int64_t B)
   p->head_mm = dnnl::matmul(head_pd);
 
   // Packed weights, filled by pack(); the parameters read in place.
-  p->patch_weight = memory(patch_pd.weights_desc(), eng);
+  p->weights =
+      &packed_weights(ctx, {patch_pd.weights_desc(), qkv_pd.weights_desc(), proj_pd.weights_desc(),
+                            fc1_pd.weights_desc(), fc2_pd.weights_desc(), head_pd.weights_desc()});
   p->patch_bias = over_param(eng, store_, "patch_embed.proj.bias", {1, D});
   p->pos_rows = over_param(eng, store_, "pos_embed", {1, L, D}, D);
   if (!c.qkv_bias) {  // timm's qkv_bias=False: a zero bias keeps one primitive for both cases
@@ -174,13 +176,8 @@ std::unique_ptr<VitInference::Plan> VitInference::build(Context& ctx, int64_t B)
   }
   for (int64_t i = 0; i < c.depth; ++i) {
     const std::string b = "blocks." + std::to_string(i) + ".";
-    const auto qkv_weight = [&] { return memory(qkv_pd.weights_desc(), eng); };
-    p->weights.push_back({{qkv_weight(), qkv_weight(), qkv_weight()},
-                          memory(proj_pd.weights_desc(), eng),
-                          memory(fc1_pd.weights_desc(), eng),
-                          memory(fc2_pd.weights_desc(), eng)});
     const auto qkv_bias = [&](int64_t t) {
-      if (t == 0) return memory(desc({1, D}, dt::f32), eng);  // q's, scaled by pack()
+      if (t == 0) return p->weights->blocks[i].q_bias;
       return c.qkv_bias ? over_param(eng, store_, b + "attn.qkv.bias", {1, D}, t * D)
                         : p->zero_qkv_bias;
     };
@@ -195,25 +192,55 @@ std::unique_ptr<VitInference::Plan> VitInference::build(Context& ctx, int64_t B)
   }
   p->norm_weight = over_param(eng, store_, "norm.weight", {D});
   p->norm_bias = over_param(eng, store_, "norm.bias", {D});
-  p->head_weight = memory(head_pd.weights_desc(), eng);
   p->head_bias = over_param(eng, store_, "head.bias", {1, K});
   return p;
 }
 
-void VitInference::pack(Context& ctx, Plan& p) const {
+VitInference::PackedWeights& VitInference::packed_weights(
+    Context& ctx, const std::vector<memory::desc>& layouts) {
+  for (const auto& w : packed_)
+    if (w->layouts == layouts) return *w;
+  auto w = std::make_unique<PackedWeights>();
+  w->layouts = layouts;
+  w->patch_weight = memory(layouts[0], ctx.eng);
+  for (int64_t i = 0; i < config_.depth; ++i)
+    w->blocks.push_back(
+        {{memory(layouts[1], ctx.eng), memory(layouts[1], ctx.eng), memory(layouts[1], ctx.eng)},
+         memory(desc({1, config_.embed_dim}, dt::f32), ctx.eng),
+         memory(layouts[2], ctx.eng),
+         memory(layouts[3], ctx.eng),
+         memory(layouts[4], ctx.eng)});
+  w->head_weight = memory(layouts[5], ctx.eng);
+  packed_.push_back(std::move(w));
+  return *packed_.back();
+}
+
+int64_t VitInference::packed_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& w : packed_) {
+    bytes += int64_t(w->patch_weight.get_desc().get_size() + w->head_weight.get_desc().get_size());
+    for (const BlockWeights& b : w->blocks) {
+      for (const memory& m : {b.qkv[0], b.qkv[1], b.qkv[2], b.q_bias, b.proj, b.fc1, b.fc2})
+        bytes += int64_t(m.get_desc().get_size());
+    }
+  }
+  return bytes;
+}
+
+void VitInference::pack(Context& ctx, PackedWeights& w) const {
   const VitConfig& c = config_;
-  const int64_t D = c.embed_dim, F = c.mlp_hidden(), K = c.num_classes, B = p.batch;
+  const int64_t D = c.embed_dim, F = c.mlp_hidden(), K = c.num_classes;
   // torch's Linear weight [out, in] is Wᵀ [in, out] with swapped strides; a reorder converts
   // it to the packed layout (and to bf16).
   // `rows` > 1 packs rows [row·out, (row+1)·out) of a weight with rows·out output features;
   // the values are multiplied by `scale` on the way.
   auto pack_linear = [&](const std::string& name, int64_t in, int64_t out, memory& packed,
                          int64_t row = 0, int64_t rows = 1, float scale = 1.0f) {
-    const engine::Parameter* w = store_.find(name);
-    engine::require(w != nullptr && w->value.numel() == rows * in * out,
+    const engine::Parameter* p = store_.find(name);
+    engine::require(p != nullptr && p->value.numel() == rows * in * out,
                     "VitInference: no weight '" + name + "' of " + std::to_string(rows * in * out) +
                         " elements");
-    memory src(desc({in, out}, dt::f32, {1, in}), ctx.eng, w->value.data() + row * out * in);
+    memory src(desc({in, out}, dt::f32, {1, in}), ctx.eng, p->value.data() + row * out * in);
     dnnl::primitive_attr attr;
     attr.set_output_scales(0, {scale});
     dnnl::reorder(dnnl::reorder::primitive_desc(src, packed, attr)).execute(ctx.strm, src, packed);
@@ -221,29 +248,36 @@ void VitInference::pack(Context& ctx, Plan& p) const {
   // Attention's 1/√d, applied to q once here instead of to the scores on every call:
   // (x·W_q + b_q)/√d = x·(W_q/√d) + b_q/√d, exact when √d is a power of two (d = 64).
   const float q_scale = 1.0f / std::sqrt(float(c.head_dim()));
-  pack_linear("patch_embed.proj.weight", c.patch_dim(), D, p.patch_weight);
+  pack_linear("patch_embed.proj.weight", c.patch_dim(), D, w.patch_weight);
   for (int64_t i = 0; i < c.depth; ++i) {
     const std::string b = "blocks." + std::to_string(i) + ".";
+    BlockWeights& block = w.blocks[i];
     for (int64_t t = 0; t < 3; ++t)
-      pack_linear(b + "attn.qkv.weight", D, D, p.weights[i].qkv[t], t, 3, t == 0 ? q_scale : 1.0f);
-    float* q_bias = static_cast<float*>(p.params[i].qkv_bias[0].get_data_handle());
+      pack_linear(b + "attn.qkv.weight", D, D, block.qkv[t], t, 3, t == 0 ? q_scale : 1.0f);
+    float* q_bias = static_cast<float*>(block.q_bias.get_data_handle());
     const engine::Parameter* qkv_bias = store_.find(b + "attn.qkv.bias");
     for (int64_t j = 0; j < D; ++j)
       q_bias[j] = c.qkv_bias && qkv_bias != nullptr ? qkv_bias->value[j] * q_scale : 0.0f;
-    pack_linear(b + "attn.proj.weight", D, D, p.weights[i].proj);
-    pack_linear(b + "mlp.fc1.weight", D, F, p.weights[i].fc1);
-    pack_linear(b + "mlp.fc2.weight", F, D, p.weights[i].fc2);
+    pack_linear(b + "attn.proj.weight", D, D, block.proj);
+    pack_linear(b + "mlp.fc1.weight", D, F, block.fc1);
+    pack_linear(b + "mlp.fc2.weight", F, D, block.fc2);
   }
-  pack_linear("head.weight", D, K, p.head_weight);
-  // Row 0 of every image: timm prepends cls_token, then adds pos_embed[0].
+  pack_linear("head.weight", D, K, w.head_weight);
+  ctx.wait();
+  w.version = store_.version();
+  w.packed = true;
+}
+
+// Row 0 of every image: timm prepends cls_token, then adds pos_embed[0].
+void VitInference::fill_cls_table(Plan& p) const {
+  const int64_t D = config_.embed_dim;
   const float* cls = store_.find("cls_token")->value.data();
   const float* pos = store_.find("pos_embed")->value.data();
   float* table = static_cast<float*>(p.cls_table.get_data_handle());
-  for (int64_t b = 0; b < B; ++b)
+  for (int64_t b = 0; b < p.batch; ++b)
     for (int64_t j = 0; j < D; ++j) table[b * D + j] = cls[j] + pos[j];
-  ctx.wait();
-  p.packed_version = store_.version();
-  p.packed = true;
+  p.cls_table_version = store_.version();
+  p.cls_table_filled = true;
 }
 
 // Activations of one chunk: at most 8 MB, a quarter of the L3 here. ViT-Ti/16 at batch 32 ran
@@ -274,7 +308,8 @@ const Tensor& VitInference::forward(Context& ctx, const Tensor& patches) {
   for (int64_t b = 0; b < B; b += chunk) {
     const int64_t n = std::min(chunk, B - b);
     Plan& p = plans_.get({n}, [&] { return build(ctx, n); });
-    if (!p.packed || p.packed_version != store_.version()) pack(ctx, p);
+    if (!p.weights->packed || p.weights->version != store_.version()) pack(ctx, *p.weights);
+    if (!p.cls_table_filled || p.cls_table_version != store_.version()) fill_cls_table(p);
     run(ctx, p, patches.data() + b * per_image);
     ctx.wait();
     std::copy_n(p.logits.data(), n * K, logits_.data() + b * K);
@@ -289,7 +324,7 @@ void VitInference::run(Context& ctx, Plan& p, float* patches) {
   p.input.set_data_handle(patches);
   if (bf16) p.input_to_low.execute(s, p.input, p.input_low);
   p.patch_embed.execute(s, {{DNNL_ARG_SRC, p.input_low},
-                            {DNNL_ARG_WEIGHTS, p.patch_weight},
+                            {DNNL_ARG_WEIGHTS, p.weights->patch_weight},
                             {DNNL_ARG_BIAS, p.patch_bias},
                             {DNNL_ARG_DST, p.patch_out}});
   p.add_pos.execute(s, {{DNNL_ARG_SRC_0, p.patch_tokens},
@@ -298,8 +333,8 @@ void VitInference::run(Context& ctx, Plan& p, float* patches) {
   p.place_patches.execute(s, p.patch_tokens, p.x_patch_rows);
   p.place_cls.execute(s, p.cls_table, p.x_cls_rows);
 
-  for (size_t i = 0; i < p.weights.size(); ++i) {
-    const BlockWeights& w = p.weights[i];
+  for (size_t i = 0; i < p.params.size(); ++i) {
+    const BlockWeights& w = p.weights->blocks[i];
     const BlockParams& a = p.params[i];
     // x += proj(attention(norm1(x)))
     p.norm_tokens.execute(s, {{DNNL_ARG_SRC, p.x},
@@ -346,7 +381,7 @@ void VitInference::run(Context& ctx, Plan& p, float* patches) {
                          {DNNL_ARG_SCALE, p.norm_weight},
                          {DNNL_ARG_SHIFT, p.norm_bias}});
   p.head_mm.execute(s, {{DNNL_ARG_SRC, p.cls_normed},
-                        {DNNL_ARG_WEIGHTS, p.head_weight},
+                        {DNNL_ARG_WEIGHTS, p.weights->head_weight},
                         {DNNL_ARG_BIAS, p.head_bias},
                         {DNNL_ARG_DST, p.logits.mem()}});
 }
