@@ -258,21 +258,20 @@ TEST_CASE("VitInference: the fused path equals the layers in evaluation mode, we
     model.train(false);
     VitInference fused(c, store, engine::Precision::f32);
     VitInference fused_bf16(c, store, engine::Precision::bf16);
-    auto max_diff = [&](const Tensor& a, const Tensor& b) { return max_abs_diff(ctx, a, b); };
     for (int64_t batch : {3, 1, 3}) {  // two plans, the first reused
       CAPTURE(batch);
       Tensor patches = check::random_tensor(ctx, {batch, 4, 32}, rng);
       Tensor want(ctx.eng, {batch, c.num_classes});
       want.copy_from(model.forward(ctx, patches));
       ctx.wait();
-      CHECK(max_diff(fused.forward(ctx, patches), want) < 1e-5);
+      CHECK(max_abs_diff(ctx, fused.forward(ctx, patches), want) < 1e-5);
       if (engine::precision_supported(engine::Precision::bf16))
-        CHECK(max_diff(fused_bf16.forward(ctx, patches), want) < 3e-2);
+        CHECK(max_abs_diff(ctx, fused_bf16.forward(ctx, patches), want) < 3e-2);
       // An optimizer step changes the weights: the packed copies must follow.
       for (engine::Parameter& p : store.parameters()) check::randomize(p.grad, rng, -1.0f, 1.0f);
       engine::Sgd{}.update(store, 0.05f);
       want.copy_from(model.forward(ctx, patches));
-      CHECK(max_diff(fused.forward(ctx, patches), want) < 1e-5);
+      CHECK(max_abs_diff(ctx, fused.forward(ctx, patches), want) < 1e-5);
     }
   }
 }

@@ -265,7 +265,6 @@ void VitInference::pack(Context& ctx, PackedWeights& w) const {
   pack_linear("head.weight", D, K, w.head_weight);
   ctx.wait();
   w.version = store_.version();
-  w.packed = true;
 }
 
 // Row 0 of every image: timm prepends cls_token, then adds pos_embed[0].
@@ -277,7 +276,6 @@ void VitInference::fill_cls_table(Plan& p) const {
   for (int64_t b = 0; b < p.batch; ++b)
     for (int64_t j = 0; j < D; ++j) table[b * D + j] = cls[j] + pos[j];
   p.cls_table_version = store_.version();
-  p.cls_table_filled = true;
 }
 
 // Activations of one chunk: at most 8 MB, a quarter of the L3 here. ViT-Ti/16 at batch 32 ran
@@ -308,8 +306,8 @@ const Tensor& VitInference::forward(Context& ctx, const Tensor& patches) {
   for (int64_t b = 0; b < B; b += chunk) {
     const int64_t n = std::min(chunk, B - b);
     Plan& p = plans_.get({n}, [&] { return build(ctx, n); });
-    if (!p.weights->packed || p.weights->version != store_.version()) pack(ctx, *p.weights);
-    if (!p.cls_table_filled || p.cls_table_version != store_.version()) fill_cls_table(p);
+    if (p.weights->version != store_.version()) pack(ctx, *p.weights);
+    if (p.cls_table_version != store_.version()) fill_cls_table(p);
     run(ctx, p, patches.data() + b * per_image);
     ctx.wait();
     std::copy_n(p.logits.data(), n * K, logits_.data() + b * K);

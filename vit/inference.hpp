@@ -16,6 +16,7 @@
 //    stream, LayerNorm, the softmax input and the head stay f32, as under torch.autocast.
 #pragma once
 
+#include <optional>
 #include <vector>
 
 #include "engine/parameter_store.hpp"
@@ -57,8 +58,7 @@ class VitInference {
   // runs as chunks and a smaller remainder holds one copy, not two (23 MB for ViT-Ti in f32).
   struct PackedWeights {
     std::vector<dnnl::memory::desc> layouts;  // patch, qkv, proj, fc1, fc2, head
-    uint64_t version = 0;
-    bool packed = false;
+    std::optional<uint64_t> version;          // the store's version they were packed from
     dnnl::memory patch_weight, head_weight;
     std::vector<BlockWeights> blocks;
   };
@@ -69,8 +69,7 @@ class VitInference {
   };
   struct Plan {
     int64_t batch = 0;
-    uint64_t cls_table_version = 0;  // the store's version cls_table was filled from
-    bool cls_table_filled = false;
+    std::optional<uint64_t> cls_table_version;  // the store's version cls_table was filled from
 
     // Activations, M = B·N token rows; "low" is the matmul operand type (f32 or bf16).
     dnnl::memory input;         // f32 [B·L, C·P·P], the caller's patches
