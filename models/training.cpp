@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <numeric>
 #include <sstream>
 
 #include "engine/error.hpp"
@@ -117,7 +118,8 @@ Trainer::Trainer(Context& ctx, engine::Model& model, datasets::Preprocess prepro
       preprocess_(std::move(preprocess)),
       classes_(std::move(classes)),
       config_(std::move(config)),
-      outputs_(std::move(outputs)) {
+      outputs_(std::move(outputs)),
+      loss_fn_(static_cast<float>(config_.label_smoothing)) {
   config_.validate();
   optimizer_.name = config_.opt;
   optimizer_.adamw.weight_decay = static_cast<float>(config_.weight_decay);
@@ -126,14 +128,18 @@ Trainer::Trainer(Context& ctx, engine::Model& model, datasets::Preprocess prepro
   optimizer_.clip_grad = static_cast<float>(config_.clip_grad);
 }
 
-void Trainer::save_checkpoint(int64_t batches_per_epoch, const engine::Metrics* partial) {
+void Trainer::save_checkpoint(const engine::Metrics* partial) {
   if (outputs_.checkpoint.empty()) return;
   std::ostringstream rng;
   rng << ctx_.rng;
   nlohmann::json state = {{"epoch", epoch_},
                           {"batch", batch_},
                           {"step", optimizer_.steps()},
-                          {"batches_per_epoch", batches_per_epoch},
+                          {"batches_per_epoch", data_.batches_per_epoch},
+                          {"data",
+                           {{"images", data_.images},
+                            {"batches_per_epoch", data_.batches_per_epoch},
+                            {"fingerprint", data_.fingerprint}}},
                           {"rng", rng.str()}};
   if (partial)  // doubles are written with 17 digits: the sums resume bit for bit
     state["epoch_metrics"] = {{"count", partial->count},
@@ -170,6 +176,33 @@ void Trainer::restore(const std::filesystem::path& checkpoint) {
     history_ =
         nlohmann::json::parse(file.metadata().at("history")).get<std::vector<nlohmann::json>>();
   partial_ = state.value("epoch_metrics", nlohmann::json());
+  // Checkpoints before the data identity was saved hold batches_per_epoch alone.
+  restored_data_ =
+      state.contains("data")
+          ? engine::json_field(state, "data")
+          : nlohmann::json{{"batches_per_epoch", engine::field_int(state, "batches_per_epoch")}};
+  restored_from_ = checkpoint.string();
+}
+
+void Trainer::check_resumed_data(const DataIdentity& data) const {
+  if (restored_data_.is_null()) return;
+  const std::string where = "'" + restored_from_ + "'";
+  const int64_t batches = engine::field_int(restored_data_, "batches_per_epoch");
+  require(batches == data.batches_per_epoch,
+          where + ": the checkpoint was written at " + std::to_string(batches) +
+              " batches per epoch, the data now gives " + std::to_string(data.batches_per_epoch) +
+              " (did the folder change?)");
+  if (!restored_data_.contains("images")) return;
+  const int64_t images = engine::field_int(restored_data_, "images");
+  require(images == data.images, where + ": the checkpoint was trained on " +
+                                     std::to_string(images) + " images, the data now gives " +
+                                     std::to_string(data.images) + " (did the folder change?)");
+  const nlohmann::json& fingerprint = engine::json_field(restored_data_, "fingerprint");
+  require(fingerprint.is_string() && fingerprint.get<std::string>() == data.fingerprint,
+          where +
+              ": the checkpoint was trained on other images than the folder now selects "
+              "(data fingerprint " +
+              fingerprint.dump() + ", now \"" + data.fingerprint + "\")");
 }
 
 // Makes a resumed run's log agree with its checkpoint (see TrainOutputs::log), rewritten
@@ -211,126 +244,286 @@ static std::string clock_text(double seconds) {
   return buf;
 }
 
-TrainResult Trainer::fit(datasets::DataLoader& train, datasets::DataLoader* val) {
-  const int64_t per_epoch = train.num_batches(), K = model_.num_classes();
-  engine::WarmupCosineSchedule schedule;
-  schedule.base_lr = static_cast<float>(config_.lr);
-  schedule.min_lr = static_cast<float>(config_.min_lr);
-  schedule.warmup_lr = static_cast<float>(config_.warmup_lr);
-  schedule.warmup_steps =
-      static_cast<int64_t>(std::lround(config_.warmup_epochs * double(per_epoch)));
-  schedule.total_steps = config_.epochs * per_epoch;
-  engine::SoftmaxCrossEntropy loss_fn(static_cast<float>(config_.label_smoothing));
-  std::ofstream log;
-  if (!outputs_.log.empty()) {
-    if ((epoch_ > 0 || batch_ > 0) && std::filesystem::exists(outputs_.log))
-      reconcile_log(outputs_.log, history_, epoch_);
-    log.open(outputs_.log, std::ios::app);
-    if (!log) throw Error("'" + outputs_.log.string() + "': cannot write the log");
+static double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+struct Trainer::Epoch {
+  engine::Metrics metrics;
+  Clock::time_point start = Clock::now();
+  int64_t first_batch = 0, counted_before = 0;  // where this run entered the epoch
+  float lr = 0.0f;                              // of the last step taken
+  int64_t last_report = -1;                     // the tenth of the epoch last reported
+  bool live = false;                            // a terminal: the progress line is redrawn
+};
+
+void Trainer::open_log() {
+  if (outputs_.log.empty()) return;
+  if ((epoch_ > 0 || batch_ > 0) && std::filesystem::exists(outputs_.log))
+    reconcile_log(outputs_.log, history_, epoch_);
+  log_.open(outputs_.log, std::ios::app);
+  if (!log_) throw Error("'" + outputs_.log.string() + "': cannot write the log");
+}
+
+// The epoch's metrics so far: none, or a resumed epoch's from the checkpoint.
+engine::Metrics Trainer::resumed_metrics() {
+  const int64_t K = model_.num_classes();
+  engine::Metrics metrics(K);
+  if (batch_ > 0 && partial_.is_object()) {
+    metrics.count = engine::field_int(partial_, "count");
+    metrics.loss_sum = engine::field_double(partial_, "loss_sum");
+    metrics.top1 = engine::field_int(partial_, "top1");
+    metrics.top5 = engine::field_int(partial_, "top5");
+    metrics.confusion = engine::json_ints(engine::json_field(partial_, "confusion"), "confusion");
+    require(metrics.confusion.size() == size_t(K * K), "checkpoint: malformed epoch_metrics");
   }
-  const bool live = outputs_.progress && ::isatty(2);
+  partial_ = nlohmann::json();
+  return metrics;
+}
+
+void Trainer::report_progress(Epoch& e) {
+  const int64_t per_epoch = data_.batches_per_epoch;
+  const int64_t tenth = batch_ * 10 / per_epoch;
+  if (!outputs_.progress || !(e.live || tenth != e.last_report)) return;
+  const double elapsed = seconds_since(e.start);
+  const double ips = double(e.metrics.count - e.counted_before) / std::max(elapsed, 1e-9);
+  const double eta = double(per_epoch - batch_) * elapsed / double(batch_ - e.first_batch);
+  std::fprintf(stderr,
+               "%sepoch %lld/%lld  step %lld/%lld  loss %.4f  lr %.2e  %.0f img/s  ETA %s%s",
+               e.live ? "\r" : "", (long long)epoch_ + 1, (long long)config_.epochs,
+               (long long)batch_, (long long)per_epoch, e.metrics.loss(), double(e.lr), ips,
+               clock_text(eta).c_str(), e.live ? "  " : "\n");
+  e.last_report = tenth;
+}
+
+bool Trainer::train_epoch(datasets::DataLoader& train, Epoch& e) {
+  model_.train(true);
+  train.start_epoch(epoch_, batch_);
+  while (auto batch = train.next()) {
+    e.lr = schedule_.at(optimizer_.steps());
+    engine::train_step(ctx_, model_, loss_fn_, optimizer_, batch->input, batch->labels,
+                       batch->targets.empty() ? nullptr : &batch->targets, e.lr, &e.metrics);
+    ++batch_;
+    report_progress(e);
+    if (outputs_.checkpoint_every > 0 && optimizer_.steps() % outputs_.checkpoint_every == 0)
+      save_checkpoint(&e.metrics);
+    if (outputs_.stop && outputs_.stop->load()) {
+      if (e.live) std::fputc('\n', stderr);
+      save_checkpoint(&e.metrics);
+      return false;
+    }
+  }
+  if (e.live) std::fputc('\n', stderr);
+  return true;
+}
+
+EpochResult Trainer::end_epoch(datasets::DataLoader* val, const Epoch& e) {
+  EpochResult r;
+  r.epoch = epoch_ + 1;
+  r.steps = optimizer_.steps();
+  r.train_loss = e.metrics.loss();
+  r.train_acc = e.metrics.accuracy();
+  r.lr = e.lr;
+  r.seconds = seconds_since(e.start);
+  r.images_per_second = double(e.metrics.count - e.counted_before) / std::max(r.seconds, 1e-9);
+  if (val) {
+    const engine::Metrics v = evaluate(ctx_, model_, *val);
+    r.validated = true;
+    r.val_loss = v.loss();
+    r.val_acc = v.accuracy();
+    r.val_top5 = v.top5_accuracy();
+  }
+  return r;
+}
+
+void Trainer::log_epoch(const EpochResult& r) {
+  std::printf("epoch %lld/%lld  train loss %.4f  train acc %.2f%%", (long long)r.epoch,
+              (long long)config_.epochs, r.train_loss, 100 * r.train_acc);
+  if (r.validated) std::printf("  val loss %.4f  val acc %.2f%%", r.val_loss, 100 * r.val_acc);
+  std::printf("  %.1fs  %.0f img/s\n", r.seconds, r.images_per_second);
+  std::fflush(stdout);
+  nlohmann::json line = {{"epoch", r.epoch},
+                         {"step", r.steps},
+                         {"train_loss", r.train_loss},
+                         {"train_acc", r.train_acc},
+                         {"lr", r.lr},
+                         {"seconds", r.seconds},
+                         {"images_per_second", r.images_per_second}};
+  if (r.validated) {
+    line["val_loss"] = r.val_loss;
+    line["val_acc"] = r.val_acc;
+    line["val_top5"] = r.val_top5;
+  }
+  history_.push_back(line);
+  if (log_) log_ << line.dump() << std::endl;
+}
+
+TrainResult Trainer::fit(datasets::DataLoader& train, datasets::DataLoader* val,
+                         const DataIdentity& data) {
+  check_resumed_data(data);
+  data_ = data;
+  const int64_t per_epoch = data_.batches_per_epoch;
+  schedule_.base_lr = static_cast<float>(config_.lr);
+  schedule_.min_lr = static_cast<float>(config_.min_lr);
+  schedule_.warmup_lr = static_cast<float>(config_.warmup_lr);
+  schedule_.warmup_steps =
+      static_cast<int64_t>(std::lround(config_.warmup_epochs * double(per_epoch)));
+  schedule_.total_steps = config_.epochs * per_epoch;
+  open_log();
   const int64_t first_epoch = epoch_;
-  TrainResult result;
   const auto run_start = Clock::now();
+  TrainResult result;
 
   for (; epoch_ < config_.epochs; ++epoch_, batch_ = 0) {
-    model_.train(true);
-    train.start_epoch(epoch_, batch_);
-    engine::Metrics metrics(K);
-    if (batch_ > 0 && partial_.is_object()) {  // resumed mid-epoch: its metrics so far
-      metrics.count = engine::field_int(partial_, "count");
-      metrics.loss_sum = engine::field_double(partial_, "loss_sum");
-      metrics.top1 = engine::field_int(partial_, "top1");
-      metrics.top5 = engine::field_int(partial_, "top5");
-      metrics.confusion = engine::json_ints(engine::json_field(partial_, "confusion"), "confusion");
-      require(metrics.confusion.size() == size_t(K * K), "checkpoint: malformed epoch_metrics");
-    }
-    partial_ = nlohmann::json();
-    const auto start = Clock::now();
-    const int64_t first = batch_, counted_before = metrics.count;
+    Epoch e{resumed_metrics()};
+    e.first_batch = batch_;
+    e.counted_before = e.metrics.count;
+    e.live = outputs_.progress && ::isatty(2);
     // The lr of the epoch's last step, also when a resumed epoch has no steps left.
-    float lr = batch_ > 0 ? schedule.at(std::max<int64_t>(0, optimizer_.steps() - 1)) : 0.0f;
-    int64_t last_report = -1;
-    while (auto batch = train.next()) {
-      lr = schedule.at(optimizer_.steps());
-      engine::train_step(ctx_, model_, loss_fn, optimizer_, batch->input, batch->labels,
-                         batch->targets.empty() ? nullptr : &batch->targets, lr, &metrics);
-      ++batch_;
-      const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-      const double ips = double(metrics.count - counted_before) / std::max(elapsed, 1e-9);
-      const double eta = double(per_epoch - batch_) * elapsed / double(batch_ - first);
-      const int64_t tenth = batch_ * 10 / per_epoch;
-      if (outputs_.progress && (live || tenth != last_report)) {
-        std::fprintf(stderr,
-                     "%sepoch %lld/%lld  step %lld/%lld  loss %.4f  lr %.2e  %.0f img/s  ETA %s%s",
-                     live ? "\r" : "", (long long)epoch_ + 1, (long long)config_.epochs,
-                     (long long)batch_, (long long)per_epoch, metrics.loss(), double(lr), ips,
-                     clock_text(eta).c_str(), live ? "  " : "\n");
-        last_report = tenth;
-      }
-      if (outputs_.checkpoint_every > 0 && optimizer_.steps() % outputs_.checkpoint_every == 0)
-        save_checkpoint(per_epoch, &metrics);
-      if (outputs_.stop && outputs_.stop->load()) {
-        if (live) std::fputc('\n', stderr);
-        save_checkpoint(per_epoch, &metrics);
-        result.interrupted = true;
-        result.seconds = std::chrono::duration<double>(Clock::now() - run_start).count();
-        return result;
-      }
+    e.lr = batch_ > 0 ? schedule_.at(std::max<int64_t>(0, optimizer_.steps() - 1)) : 0.0f;
+    if (!train_epoch(train, e)) {
+      result.interrupted = true;
+      break;
     }
-    if (live) std::fputc('\n', stderr);
-    EpochResult r;
-    r.epoch = epoch_ + 1;
-    r.steps = optimizer_.steps();
-    r.train_loss = metrics.loss();
-    r.train_acc = metrics.accuracy();
-    r.lr = lr;
-    r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    r.images_per_second = double(metrics.count - counted_before) / std::max(r.seconds, 1e-9);
-    if (val) {
-      const engine::Metrics v = evaluate(ctx_, model_, *val);
-      r.validated = true;
-      r.val_loss = v.loss();
-      r.val_acc = v.accuracy();
-      r.val_top5 = v.top5_accuracy();
-    }
-    std::printf("epoch %lld/%lld  train loss %.4f  train acc %.2f%%", (long long)r.epoch,
-                (long long)config_.epochs, r.train_loss, 100 * r.train_acc);
-    if (r.validated) std::printf("  val loss %.4f  val acc %.2f%%", r.val_loss, 100 * r.val_acc);
-    std::printf("  %.1fs  %.0f img/s\n", r.seconds, r.images_per_second);
-    std::fflush(stdout);
-    nlohmann::json line = {{"epoch", r.epoch},
-                           {"step", r.steps},
-                           {"train_loss", r.train_loss},
-                           {"train_acc", r.train_acc},
-                           {"lr", r.lr},
-                           {"seconds", r.seconds},
-                           {"images_per_second", r.images_per_second}};
-    if (r.validated) {
-      line["val_loss"] = r.val_loss;
-      line["val_acc"] = r.val_acc;
-      line["val_top5"] = r.val_top5;
-    }
-    history_.push_back(line);
-    if (log) log << line.dump() << std::endl;
+    const EpochResult r = end_epoch(val, e);
+    log_epoch(r);
     result.epochs.push_back(r);
-    const int64_t done = epoch_;
     ++epoch_, batch_ = 0;  // the checkpoint resumes at the next epoch
-    save_checkpoint(per_epoch, nullptr);
-    epoch_ = done;
-    if (outputs_.stop_after_epochs > 0 && epoch_ + 1 - first_epoch >= outputs_.stop_after_epochs &&
-        epoch_ + 1 < config_.epochs) {
+    save_checkpoint(nullptr);
+    --epoch_;
+    const bool more = epoch_ + 1 < config_.epochs;
+    if (outputs_.stop_after_epochs > 0 && more &&
+        epoch_ + 1 - first_epoch >= outputs_.stop_after_epochs) {
       ++epoch_;
       result.interrupted = true;
       break;
     }
   }
-  result.seconds = std::chrono::duration<double>(Clock::now() - run_start).count();
+  result.seconds = seconds_since(run_start);
   if (!outputs_.out.empty() && !result.interrupted)
     save_model(outputs_.out, model_, preprocess_, classes_,
                {{"train_config", nlohmann::json(config_).dump()},
                 {"history", nlohmann::json(history_).dump()}});
   return result;
+}
+
+namespace {
+
+void print_skipped(const datasets::ImageSource& source, const char* what) {
+  if (source.skipped().empty()) return;
+  for (size_t i = 0; i < std::min<size_t>(source.skipped().size(), 10); ++i)
+    std::fprintf(stderr, "vit: warning: skipped %s\n", source.skipped()[i].c_str());
+  std::fprintf(stderr,
+               "vit: warning: %zu unreadable %s images skipped (--strict makes this an error)\n",
+               source.skipped().size(), what);
+}
+
+// FNV-1a over "path under the folder, tab, label, newline" of every image, in order.
+std::string fingerprint(const datasets::ImageSource& source, const std::filesystem::path& root) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&](const std::string& text) {
+    for (unsigned char ch : text) h = (h ^ ch) * 0x100000001b3ull;
+  };
+  for (size_t i = 0; i < source.size(); ++i)
+    mix(source.path(i).lexically_relative(root).generic_string() + "\t" +
+        std::to_string(source.label(i)) + "\n");
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)h);
+  return buf;
+}
+
+}  // namespace
+
+TrainResult train_on_folder(Context& ctx, engine::Model& model,
+                            const datasets::Preprocess& preprocess,
+                            const datasets::ImageFolder& folder, const TrainData& data,
+                            const TrainConfig& recipe, const TrainOutputs& outputs,
+                            const std::filesystem::path& resume) {
+  recipe.validate();
+  require(data.val.empty() || recipe.val_split == 0, "--val-data and a val_split of " +
+                                                         std::to_string(recipe.val_split) +
+                                                         " contradict each other; give one");
+  // The selection: the recipe's subset, then its validation split, both seeded by its seed.
+  const std::vector<size_t> indices = datasets::stratified_subset(
+      folder.samples(), recipe.subset > 0 ? size_t(recipe.subset) : folder.samples().size(),
+      recipe.seed);
+  std::vector<size_t> train_idx = indices, val_idx;
+  if (recipe.val_split > 0)
+    datasets::stratified_split(folder.samples(), indices, recipe.val_split, recipe.seed, train_idx,
+                               val_idx);
+
+  datasets::SourceOptions source_opts = data.source;
+  source_opts.training = true;
+  datasets::ImageSource train_source(folder, train_idx, preprocess, source_opts);
+  print_skipped(train_source, "training");
+  std::unique_ptr<datasets::ImageFolder> val_folder;
+  std::unique_ptr<datasets::ImageSource> val_source;
+  source_opts.training = false;
+  if (!data.val.empty()) {
+    val_folder = std::make_unique<datasets::ImageFolder>(data.val, folder.classes());
+    std::vector<size_t> every(val_folder->samples().size());
+    std::iota(every.begin(), every.end(), size_t{0});
+    val_source =
+        std::make_unique<datasets::ImageSource>(*val_folder, every, preprocess, source_opts);
+  } else if (!val_idx.empty()) {
+    val_source = std::make_unique<datasets::ImageSource>(folder, val_idx, preprocess, source_opts);
+  }
+  if (val_source) print_skipped(*val_source, "validation");
+
+  datasets::LoaderOptions train_opts;
+  train_opts.batch_size = recipe.batch_size;
+  train_opts.shuffle = true;
+  train_opts.drop_last = true;
+  train_opts.augment = true;
+  train_opts.augmentation = recipe.augment;
+  train_opts.num_classes = static_cast<int64_t>(folder.classes().size());
+  train_opts.seed = recipe.seed;
+  train_opts.workers = std::max(1, data.workers);
+  datasets::DataLoader train_loader(ctx.eng, train_source, train_opts);
+  std::unique_ptr<datasets::DataLoader> val_loader;
+  if (val_source) {
+    datasets::LoaderOptions val_opts;
+    val_opts.batch_size = std::max<int64_t>(recipe.batch_size, 256);
+    val_opts.workers = train_opts.workers;
+    val_loader = std::make_unique<datasets::DataLoader>(ctx.eng, *val_source, val_opts);
+  }
+  const DataIdentity identity{int64_t(train_source.size()), train_loader.num_batches(),
+                              fingerprint(train_source, folder.root())};
+
+  std::printf("data: %zu training images%s, %zu classes (%s)\n", train_source.size(),
+              train_source.cached() ? " decoded in memory" : " streamed", folder.classes().size(),
+              data.train.c_str());
+  if (val_source) std::printf("validation: %zu images\n", val_source->size());
+  std::printf("model: %s %s, %.3fM parameters, %.1f MFLOP per image\n", model.arch().c_str(),
+              model.config().dump().c_str(), double(model.store.num_trainable()) / 1e6,
+              model.flops_per_image() / 1e6);
+  std::printf("recipe: %s, %d threads\n", nlohmann::json(recipe).dump().c_str(), ctx.threads);
+  std::fflush(stdout);
+
+  Trainer trainer(ctx, model, preprocess, folder.classes(), recipe, outputs);
+  if (!resume.empty()) {
+    trainer.restore(resume);
+    std::printf("resumed from %s\n", resume.c_str());
+  }
+  TrainResult result = trainer.fit(train_loader, val_loader.get(), identity);
+  result.skipped = train_source.skipped().size() + (val_source ? val_source->skipped().size() : 0);
+  return result;
+}
+
+Resumed load_checkpoint(const std::filesystem::path& path, Context& ctx,
+                        const std::vector<std::string>& classes) {
+  const std::string where = "'" + path.string() + "'";
+  Resumed r{load_model(path, ctx, {"optimizer."}), {}};
+  if (r.loaded.classes != classes) throw Error(where + ": its classes differ from those of --data");
+  if (!r.loaded.metadata.count("train_config"))
+    throw Error(where + ": a model file, not a training checkpoint");
+  try {
+    r.recipe = nlohmann::json::parse(r.loaded.metadata.at("train_config")).get<TrainConfig>();
+    r.recipe.validate();
+  } catch (const std::exception& e) {  // nlohmann's or ours: either way a bad checkpoint
+    throw Error(where + ": malformed train_config: " + e.what());
+  }
+  return r;
 }
 
 }  // namespace models

@@ -6,13 +6,16 @@
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "datasets/loader.hpp"
+#include "engine/schedule.hpp"
 #include "engine/trainer.hpp"
+#include "models/registry.hpp"
 
 namespace models {
 
@@ -49,6 +52,24 @@ struct TrainOutputs {
   int64_t stop_after_epochs = 0;           // train this many epochs in this run, checkpoint, return
 };
 
+// The image folders of a run and how they are read. Which images train and which validate is
+// the recipe's (subset, val_split, seed), never this struct's: a resumed run takes its recipe
+// from the checkpoint, so it selects exactly the images the interrupted run did.
+struct TrainData {
+  std::filesystem::path train;  // one sub-folder per class
+  std::filesystem::path val;    // a validation folder of the same classes; empty: none, or the
+                                // recipe's val_split of `train`
+  datasets::SourceOptions source;
+  int workers = 1;  // loader threads
+};
+
+// What identifies the training data a checkpoint was written on; a resumed run must see the
+// same, or its epochs and schedule would silently cover other images.
+struct DataIdentity {
+  int64_t images = 0, batches_per_epoch = 0;
+  std::string fingerprint;  // FNV-1a of every selected image's path (under the folder) and label
+};
+
 struct EpochResult {
   int64_t epoch = 0, steps = 0;
   double train_loss = 0, train_acc = 0, val_loss = 0, val_acc = 0, val_top5 = 0, lr = 0;
@@ -60,6 +81,7 @@ struct TrainResult {
   std::vector<EpochResult> epochs;
   bool interrupted = false;
   double seconds = 0;
+  size_t skipped = 0;  // unreadable images skipped (train_on_folder)
 };
 
 // Evaluates without dropout; the model is left in evaluation mode.
@@ -75,12 +97,23 @@ class Trainer {
   void restore(const std::filesystem::path& checkpoint);
   const TrainConfig& config() const { return config_; }
 
-  TrainResult fit(datasets::DataLoader& train, datasets::DataLoader* val);
+  // `data` is saved in every checkpoint; after restore() it must equal the checkpoint's.
+  TrainResult fit(datasets::DataLoader& train, datasets::DataLoader* val, const DataIdentity& data);
 
  private:
+  struct Epoch;  // the running sums and timer of the epoch in progress
+  void check_resumed_data(const DataIdentity& data) const;
+  void open_log();
+  engine::Metrics resumed_metrics();
+  // Trains the rest of the epoch; false when a stop was asked for (checkpoint already saved).
+  bool train_epoch(datasets::DataLoader& train, Epoch& e);
+  void report_progress(Epoch& e);
+  EpochResult end_epoch(datasets::DataLoader* val, const Epoch& e);
+  void log_epoch(const EpochResult& r);
   // `partial`: the metrics of the epoch in progress, so that a resumed epoch reports the same
   // loss and accuracy as one never interrupted; null at the end of an epoch.
-  void save_checkpoint(int64_t batches_per_epoch, const engine::Metrics* partial);
+  void save_checkpoint(const engine::Metrics* partial);
+
   Context& ctx_;
   engine::Model& model_;
   datasets::Preprocess preprocess_;
@@ -88,9 +121,33 @@ class Trainer {
   TrainConfig config_;
   TrainOutputs outputs_;
   engine::Optimizer optimizer_;
+  engine::WarmupCosineSchedule schedule_;
+  engine::SoftmaxCrossEntropy loss_fn_;
+  std::ofstream log_;
+  DataIdentity data_;
   int64_t epoch_ = 0, batch_ = 0;  // where training continues
   std::vector<nlohmann::json> history_;
-  nlohmann::json partial_;  // restored metrics of the epoch in progress, if any
+  nlohmann::json partial_;        // restored metrics of the epoch in progress, if any
+  nlohmann::json restored_data_;  // the checkpoint's DataIdentity, if any
+  std::string restored_from_;
 };
+
+// Everything `vit train` does once its flags are parsed: selects the recipe's images from the
+// folder (subset, split), decodes them, trains `model` (resuming from `resume` when not empty,
+// whose weights are already in the model), and saves. Prints what it does on stdout, warnings
+// on stderr.
+TrainResult train_on_folder(Context& ctx, engine::Model& model,
+                            const datasets::Preprocess& preprocess,
+                            const datasets::ImageFolder& folder, const TrainData& data,
+                            const TrainConfig& recipe, const TrainOutputs& outputs,
+                            const std::filesystem::path& resume);
+
+// The checkpoint's model and recipe, for `vit train --resume`: its classes must be `classes`.
+struct Resumed {
+  LoadedModel loaded;
+  TrainConfig recipe;
+};
+Resumed load_checkpoint(const std::filesystem::path& path, Context& ctx,
+                        const std::vector<std::string>& classes);
 
 }  // namespace models

@@ -100,6 +100,56 @@ run "resume" 0 "" -- train --data "$data/train" --resume "$tmp/b.ckpt.safetensor
 [ "$(json_field "$tmp/a.json" "['loss']")" = "$(json_field "$tmp/b.json" "['loss']")" ] && ok ||
   fail "resumed run differs: $(json_field "$tmp/a.json" "['loss']") vs $(json_field "$tmp/b.json" "['loss']")"
 
+# same_tensors A B: the two model files hold bit-identical tensors (metadata such as timings aside).
+same_tensors() {
+  python3 - "$1" "$2" <<'PY'
+import json, struct, sys
+def tensors(path):
+    blob = open(path, "rb").read()
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    header.pop("__metadata__", None)
+    data = blob[8 + n:]
+    return {k: data[v["data_offsets"][0]:v["data_offsets"][1]] for k, v in header.items()}
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+sys.exit(0 if a.keys() == b.keys() and all(a[k] == b[k] for k in a) else 1)
+PY
+}
+
+# --- resume takes the data selection and the recipe from the checkpoint ----------------------
+# An uninterrupted run and one stopped after 2 of 4 epochs, then resumed with no recipe flags,
+# end with bit-identical weights: with a subset, and with a validation split.
+for select in "--subset 60" "--val-split 0.25"; do
+  run "train 4 epochs ($select)" 0 "" -- train --data "$data/train" "${small[@]}" $select --epochs 4 \
+    --out "$tmp/sel_a.safetensors"
+  run "train 2 of 4 epochs ($select)" 0 "stopped as asked" -- train --data "$data/train" "${small[@]}" \
+    $select --epochs 4 --stop-after-epochs 2 --out "$tmp/sel_b.safetensors"
+  run "resume without the flags ($select)" 0 "" -- train --data "$data/train" --no-progress \
+    --resume "$tmp/sel_b.ckpt.safetensors" --out "$tmp/sel_b.safetensors"
+  same_tensors "$tmp/sel_a.safetensors" "$tmp/sel_b.safetensors" && ok ||
+    fail "resumed run ($select) ends with other weights than the uninterrupted one"
+done
+run "resume: a contradicting --subset" 2 "--subset 30 contradicts the checkpoint's subset 0" -- train \
+  --data "$data/train" --resume "$tmp/b.ckpt.safetensors" --subset 30 --out "$tmp/c.safetensors"
+run "resume: a contradicting --val-split" 2 "--val-split 0.5 contradicts the checkpoint's val_split 0.25" \
+  -- train --data "$data/train" --resume "$tmp/sel_b.ckpt.safetensors" --val-split 0.5 --out "$tmp/c.safetensors"
+run "resume: a contradicting --lr" 2 "--lr 0.1 contradicts the checkpoint's lr 0.003" -- train \
+  --data "$data/train" --resume "$tmp/b.ckpt.safetensors" --lr 0.1 --out "$tmp/c.safetensors"
+run "resume: a contradicting --embed-dim" 2 "--embed-dim 64 contradicts the checkpoint's embed_dim 32" \
+  -- train --data "$data/train" --resume "$tmp/b.ckpt.safetensors" --embed-dim 64 --out "$tmp/c.safetensors"
+run "resume: the same flags again" 0 "" -- train --data "$data/train" --resume "$tmp/b.ckpt.safetensors" \
+  "${small[@]}" --epochs 4 --out "$tmp/c.safetensors"
+# The folder changed under the checkpoint: other images, or another number of batches per epoch.
+cp -r "$data/train" "$tmp/moving"
+run "train 1 of 4 epochs on a copy" 0 "stopped as asked" -- train --data "$tmp/moving" "${small[@]}" \
+  --epochs 4 --stop-after-epochs 1 --out "$tmp/m.safetensors"
+mv "$tmp/moving/diagonal/001.png" "$tmp/moving/diagonal/001b.png"
+run "resume on a folder with a renamed image" 1 "trained on other images than the folder now selects" \
+  -- train --data "$tmp/moving" --resume "$tmp/m.ckpt.safetensors" --no-progress --out "$tmp/m.safetensors"
+rm "$tmp/moving"/diagonal/0[0-2]*.png
+run "resume on a folder with fewer images" 1 "batches per epoch, the data now gives" \
+  -- train --data "$tmp/moving" --resume "$tmp/m.ckpt.safetensors" --no-progress --out "$tmp/m.safetensors"
+
 # --- the CNN baseline: same commands, same file format, exact resume -------------------------
 cnn=(--model cnn_resnet8_fmnist --img-size 16 --batch-size 16 --crop none --seed 3 --no-progress
      --lr 3e-3 --warmup-epochs 0.5)

@@ -1,6 +1,8 @@
 // Hostile image folders: every odd file is either read correctly or skipped with its reason,
 // and a small file claiming gigapixels is refused before it is decoded.
+#include <grp.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <doctest/doctest.h>
@@ -244,15 +246,43 @@ TEST_CASE("hostile images: a class folder whose name is not UTF-8 is refused wit
                        doctest::Contains("class folder name is not valid UTF-8"), engine::Error);
 }
 
-TEST_CASE("hostile images: an unreadable file is skipped with its reason") {
-  if (::geteuid() == 0) {
-    // Root reads any file; tests/test_cli_model.sh covers this as an unprivileged user.
-    MESSAGE("running as root: the permission check runs in the CLI test instead");
-    return;
-  }
+TEST_CASE("hostile images: an unreadable file is refused with its reason") {
   TempDir dir;
   write_file(dir.path / "a" / "locked.png", encode(cv::Mat(4, 4, CV_8UC1, cv::Scalar(1))));
   fs::permissions(dir.path / "a" / "locked.png", fs::perms::none);
-  CHECK_THROWS_WITH_AS(load_image(dir.path / "a" / "locked.png", 1),
-                       doctest::Contains("cannot read: Permission denied"), engine::Error);
+  // Root reads any file, and CI runs as root: the read is tried in a child process that first
+  // becomes the unprivileged user nobody (65534), and the child reports the error it got.
+  fs::permissions(dir.path, fs::perms::owner_all | fs::perms::group_exec | fs::perms::others_exec);
+  fs::permissions(dir.path / "a",
+                  fs::perms::owner_all | fs::perms::group_exec | fs::perms::others_exec);
+  int out[2];
+  REQUIRE(::pipe(out) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::close(out[0]);
+    std::string message = "no error";
+    if (::geteuid() == 0 &&
+        (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0)) {
+      message = "could not drop privileges";
+    } else {
+      try {
+        load_image(dir.path / "a" / "locked.png", 1);
+      } catch (const std::exception& e) {
+        message = e.what();
+      }
+    }
+    const ssize_t written = ::write(out[1], message.data(), message.size());
+    ::_exit(written == ssize_t(message.size()) ? 0 : 1);
+  }
+  ::close(out[1]);
+  std::string message;
+  char buf[512];
+  for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) > 0;) message.append(buf, size_t(n));
+  ::close(out[0]);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  CHECK(WIFEXITED(status));
+  INFO(message);
+  CHECK(message.find("locked.png': cannot read: Permission denied") != std::string::npos);
 }

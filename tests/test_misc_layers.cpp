@@ -61,7 +61,13 @@ TEST_CASE("Add and Accumulate") {
   std::vector<double> want(a.numel());
   for (int64_t i = 0; i < a.numel(); ++i) want[i] = double(a[i]) + b[i];
   check::check_close("a + b", c, want, 1e-7, 0);
-  CHECK(&add.backward(c) == &c);
+  // Both inputs' gradient is diff_dst: checked against finite differences of Σ (a + b)·R.
+  Tensor r = check::random_tensor(ctx, c.dims(), rng);
+  const Tensor& d = add.backward(r);
+  auto forward = [&]() -> const Tensor& { return add.forward(ctx, a, b); };
+  check::check_gradients(
+      ctx, forward, r,
+      {{"a", a.data(), a.numel(), d.data()}, {"b", b.data(), b.numel(), d.data()}});
 
   Accumulate acc;
   const auto a0 = check::copy_of(a);
@@ -78,11 +84,15 @@ TEST_CASE("SoftmaxCrossEntropy hand-computed cases") {
   SoftmaxCrossEntropy ce;
   Tensor z(ctx.eng, {1, 4});
   CHECK(ce.forward(ctx, z, std::vector<int>{2}) == doctest::Approx(std::log(4.0)));
-  SoftmaxCrossEntropy smooth(0.1f);
-  CHECK(smooth.forward(ctx, z, std::vector<int>{2}) == doctest::Approx(std::log(4.0)));
   Tensor z2(ctx.eng, {1, 2});
   z2[1] = std::log(3.0f);  // probabilities 1/4, 3/4
   CHECK(ce.forward(ctx, z2, std::vector<int>{1}) == doctest::Approx(-std::log(0.75)));
+  // Smoothing 0.1 over K = 2: targets (0.95, 0.05) for label 0, (0.05, 0.95) for label 1.
+  SoftmaxCrossEntropy smooth(0.1f);
+  CHECK(smooth.forward(ctx, z2, std::vector<int>{0}) ==
+        doctest::Approx(-(0.95 * std::log(0.25) + 0.05 * std::log(0.75))));
+  CHECK(smooth.forward(ctx, z2, std::vector<int>{1}) ==
+        doctest::Approx(-(0.05 * std::log(0.25) + 0.95 * std::log(0.75))));
   const Tensor& g = ce.backward(ctx);
   ctx.wait();
   CHECK(g[0] == doctest::Approx(0.25));

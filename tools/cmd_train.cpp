@@ -24,20 +24,115 @@ extern "C" void on_signal(int signo) {
   g_stop.store(signo);
 }
 
-void print_skipped(const datasets::ImageSource& source, const char* what) {
-  if (source.skipped().empty()) return;
-  for (size_t i = 0; i < std::min<size_t>(source.skipped().size(), 10); ++i)
-    std::fprintf(stderr, "vit: warning: skipped %s\n", source.skipped()[i].c_str());
-  std::fprintf(stderr,
-               "vit: warning: %zu unreadable %s images skipped (--strict makes this an error)\n",
-               source.skipped().size(), what);
+// The recipe flags and where each lands in TrainConfig's JSON form. One table builds the recipe
+// and, on --resume, finds the flags given that contradict the checkpoint's recipe.
+struct RecipeFlag {
+  const char* flag;
+  const char* key;
+  const char* section = nullptr;  // "augment": inside the recipe's augment object
+};
+const RecipeFlag kRecipeFlags[] = {
+    {"epochs", "epochs"},
+    {"batch-size", "batch_size"},
+    {"lr", "lr"},
+    {"min-lr", "min_lr"},
+    {"warmup-lr", "warmup_lr"},
+    {"warmup-epochs", "warmup_epochs"},
+    {"opt", "opt"},
+    {"momentum", "momentum"},
+    {"weight-decay", "weight_decay"},
+    {"smoothing", "label_smoothing"},
+    {"clip-grad", "clip_grad"},
+    {"precision", "precision"},
+    {"seed", "seed"},
+    {"subset", "subset"},
+    {"val-split", "val_split"},
+    {"crop", "crop", "augment"},
+    {"pad", "pad", "augment"},
+    {"hflip", "hflip", "augment"},
+    {"random-erase", "random_erase", "augment"},
+    {"mixup", "mixup_alpha", "augment"},
+    {"cutmix", "cutmix_alpha", "augment"},
+    {"mix-prob", "mix_prob", "augment"},
+    {"switch-prob", "switch_prob", "augment"},
+};
+
+nlohmann::json flag_json(const po::variable_value& v) {
+  const boost::any& a = v.value();
+  if (const auto* i = boost::any_cast<int64_t>(&a)) return *i;
+  if (const auto* u = boost::any_cast<uint64_t>(&a)) return *u;
+  if (const auto* d = boost::any_cast<double>(&a)) return *d;
+  if (const auto* t = boost::any_cast<std::string>(&a)) return *t;
+  throw std::logic_error("vit train: a recipe flag of an unexpected type");
+}
+
+nlohmann::json& slot(nlohmann::json& recipe, const RecipeFlag& f) {
+  return f.section ? recipe[f.section][f.key] : recipe[f.key];
+}
+
+bool given(const po::variables_map& vm, const char* flag) {
+  return vm.count(flag) && !vm[flag].defaulted();
+}
+
+models::TrainConfig recipe_from_flags(const po::variables_map& vm) {
+  nlohmann::json j = models::TrainConfig{};
+  for (const RecipeFlag& f : kRecipeFlags) slot(j, f) = flag_json(vm[f.flag]);
+  parse_precision_flag(vm, "vit train");  // a usage error before the recipe's own check
+  models::TrainConfig recipe = j.get<models::TrainConfig>();
+  recipe.validate();
+  return recipe;
+}
+
+// A resumed run takes its model, recipe and data selection from the checkpoint: a flag given
+// with another value than the checkpoint's is refused, naming both.
+void refuse_contradictions(const po::variables_map& vm, const models::Resumed& resumed,
+                           const std::string& path) {
+  const auto contradiction = [&](const std::string& flag, const nlohmann::json& value,
+                                 const std::string& key, const nlohmann::json& saved) {
+    auto text = [](const nlohmann::json& v) {
+      return v.is_string() ? v.get<std::string>() : v.dump();
+    };
+    return UsageError("vit train: --" + flag + " " + text(value) +
+                      " contradicts the checkpoint's " + key + " " + text(saved) + " ('" + path +
+                      "'); a resumed run keeps its checkpoint's model, recipe and data selection");
+  };
+  nlohmann::json saved = resumed.recipe;
+  for (const RecipeFlag& f : kRecipeFlags) {
+    if (!given(vm, f.flag)) continue;
+    const nlohmann::json value = flag_json(vm[f.flag]);
+    if (value != slot(saved, f)) throw contradiction(f.flag, value, f.key, slot(saved, f));
+  }
+  if (given(vm, "val-data") && resumed.recipe.val_split > 0)
+    throw contradiction("val-data", vm["val-data"].as<std::string>(), "val_split",
+                        resumed.recipe.val_split);
+  const engine::Model& model = *resumed.loaded.model;
+  const nlohmann::json config = model.config();
+  const models::Preset& preset = models::preset(vm["model"].as<std::string>());
+  if (given(vm, "model") && preset.arch != model.arch())
+    throw contradiction("model", preset.name, "architecture", model.arch());
+  nlohmann::json want = model_config(vm, preset, "vit train");
+  for (const auto& [key, value] : want.items()) {
+    std::string flag = key;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    const bool asked = given(vm, flag.c_str()) || (given(vm, "model") && key != "num_classes");
+    if (asked && config.contains(key) && config[key] != value)
+      throw contradiction(given(vm, flag.c_str()) ? flag : "model " + preset.name + ": its", value,
+                          key, config[key]);
+  }
+  const datasets::Preprocess& pre = resumed.loaded.preprocess;
+  if (given(vm, "mean") && parse_floats(vm["mean"].as<std::string>(), "mean") != pre.mean)
+    throw contradiction("mean", vm["mean"].as<std::string>(), "mean", pre.mean);
+  if (given(vm, "std") && parse_floats(vm["std"].as<std::string>(), "std") != pre.std)
+    throw contradiction("std", vm["std"].as<std::string>(), "std", pre.std);
+  if (given(vm, "crop-pct") && vm["crop-pct"].as<double>() != pre.crop_pct)
+    throw contradiction("crop-pct", vm["crop-pct"].as<double>(), "crop_pct", pre.crop_pct);
 }
 
 }  // namespace
 
 int run_train(const std::vector<std::string>& args) {
-  po::options_description data("data");
-  auto add_data = data.add_options();
+  po::options_description data_opts("data");
+  auto add_data = data_opts.add_options();
   add_data("data", po::value<std::string>(), "training image folder: one sub-folder per class");
   add_data("val-data", po::value<std::string>(), "validation image folder (the same class names)");
   add_data("val-split", po::value<double>()->default_value(0.0),
@@ -107,7 +202,7 @@ int run_train(const std::vector<std::string>& args) {
   add_out("no-progress", "no live progress line");
   add_out("help,h", "show this help");
   po::options_description all("vit train: a classifier from an image folder");
-  all.add(data).add(model_opts).add(recipe_opts).add(output);
+  all.add(data_opts).add(model_opts).add(recipe_opts).add(output);
   const po::variables_map vm = parse(args, all);
   if (vm.count("help")) {
     std::cout << "usage: vit train --data DIR [--val-data DIR | --val-split F] [options]\n\n"
@@ -118,119 +213,12 @@ int run_train(const std::vector<std::string>& args) {
   if (vm.count("val-data") && vm["val-split"].as<double>() > 0)
     throw UsageError("vit train: --val-data and --val-split contradict each other; give one");
 
-  engine::Context ctx(vm["seed"].as<uint64_t>(), vm["threads"].as<int>());
-  const datasets::ImageFolder image_folder(vm["data"].as<std::string>());
-  const std::vector<std::string>& classes = image_folder.classes();
-
-  // The model: from a checkpoint, or a preset with any size overridden.
-  std::unique_ptr<engine::Model> net;
-  datasets::Preprocess preprocess;
-  models::TrainConfig recipe;
-  std::string resume;
-  if (vm.count("resume")) {
-    resume = vm["resume"].as<std::string>();
-    models::LoadedModel loaded = models::load_model(resume, ctx, {"optimizer."});
-    if (loaded.classes != classes)
-      throw engine::Error("'" + resume + "': its classes differ from those of --data");
-    if (!loaded.metadata.count("train_config"))
-      throw engine::Error("'" + resume + "': a model file, not a training checkpoint");
-    try {
-      recipe = nlohmann::json::parse(loaded.metadata.at("train_config")).get<models::TrainConfig>();
-      recipe.validate();
-    } catch (const std::exception& e) {  // nlohmann's or ours: either way a bad checkpoint
-      throw engine::Error("'" + resume + "': malformed train_config: " + e.what());
-    }
-    net = std::move(loaded.model);
-    preprocess = loaded.preprocess;
-  } else {
-    const models::Preset& preset = models::preset(vm["model"].as<std::string>());
-    nlohmann::json config = model_config(vm, preset, "vit train");
-    config["num_classes"] = static_cast<int64_t>(classes.size());
-    net = models::make_model(preset.arch, config, ctx);
-    net->init_weights(ctx);
-    preprocess = model_preprocess(net->config());
-    if (vm.count("mean")) preprocess.mean = parse_floats(vm["mean"].as<std::string>(), "mean");
-    if (vm.count("std")) preprocess.std = parse_floats(vm["std"].as<std::string>(), "std");
-    preprocess.crop_pct = vm["crop-pct"].as<double>();
-    preprocess.validate();
-    recipe.epochs = vm["epochs"].as<int64_t>();
-    recipe.batch_size = vm["batch-size"].as<int64_t>();
-    recipe.lr = vm["lr"].as<double>();
-    recipe.min_lr = vm["min-lr"].as<double>();
-    recipe.warmup_lr = vm["warmup-lr"].as<double>();
-    recipe.warmup_epochs = vm["warmup-epochs"].as<double>();
-    recipe.opt = vm["opt"].as<std::string>();
-    recipe.precision = engine::precision_name(parse_precision_flag(vm, "vit train"));
-    recipe.momentum = vm["momentum"].as<double>();
-    recipe.weight_decay = vm["weight-decay"].as<double>();
-    recipe.label_smoothing = vm["smoothing"].as<double>();
-    recipe.clip_grad = vm["clip-grad"].as<double>();
-    recipe.seed = vm["seed"].as<uint64_t>();
-    recipe.subset = vm["subset"].as<int64_t>();
-    recipe.val_split = vm["val-split"].as<double>();
-    recipe.augment.crop = vm["crop"].as<std::string>();
-    recipe.augment.pad = vm["pad"].as<int64_t>();
-    recipe.augment.hflip = vm["hflip"].as<double>();
-    recipe.augment.random_erase = vm["random-erase"].as<double>();
-    recipe.augment.mixup_alpha = vm["mixup"].as<double>();
-    recipe.augment.cutmix_alpha = vm["cutmix"].as<double>();
-    recipe.augment.mix_prob = vm["mix-prob"].as<double>();
-    recipe.augment.switch_prob = vm["switch-prob"].as<double>();
-    recipe.validate();
-  }
-
-  net->set_precision(engine::parse_precision(recipe.precision));
-
-  // The data: subset, split, decode once.
-  const int64_t subset = vm["subset"].as<int64_t>();
-  if (subset < 0) throw UsageError("vit train: --subset must not be negative");
-  const std::vector<size_t> indices = datasets::stratified_subset(
-      image_folder.samples(), subset > 0 ? size_t(subset) : image_folder.samples().size(),
-      recipe.seed);
-  std::vector<size_t> train_idx = indices, val_idx;
-  const double split = vm["val-split"].as<double>();
-  if (split > 0)
-    datasets::stratified_split(image_folder.samples(), indices, split, recipe.seed, train_idx,
-                               val_idx);
-  datasets::SourceOptions source_opts;
-  source_opts.strict = vm.count("strict") > 0;
-  source_opts.cache_bytes = static_cast<size_t>(std::max<int64_t>(0, vm["cache-mb"].as<int64_t>()))
-                            << 20;
-  source_opts.training = true;
-  datasets::ImageSource train_source(image_folder, train_idx, preprocess, source_opts);
-  print_skipped(train_source, "training");
-  std::unique_ptr<datasets::ImageFolder> val_folder;
-  std::unique_ptr<datasets::ImageSource> val_source;
-  source_opts.training = false;
-  if (vm.count("val-data")) {
-    val_folder = std::make_unique<datasets::ImageFolder>(vm["val-data"].as<std::string>(), classes);
-    std::vector<size_t> every(val_folder->samples().size());
-    std::iota(every.begin(), every.end(), size_t{0});
-    val_source =
-        std::make_unique<datasets::ImageSource>(*val_folder, every, preprocess, source_opts);
-  } else if (!val_idx.empty()) {
-    val_source =
-        std::make_unique<datasets::ImageSource>(image_folder, val_idx, preprocess, source_opts);
-  }
-  if (val_source) print_skipped(*val_source, "validation");
-
-  datasets::LoaderOptions train_opts;
-  train_opts.batch_size = recipe.batch_size;
-  train_opts.shuffle = true;
-  train_opts.drop_last = true;
-  train_opts.augment = true;
-  train_opts.augmentation = recipe.augment;
-  train_opts.num_classes = static_cast<int64_t>(classes.size());
-  train_opts.seed = recipe.seed;
-  train_opts.workers = std::max(1, vm["workers"].as<int>());
-  datasets::DataLoader train_loader(ctx.eng, train_source, train_opts);
-  std::unique_ptr<datasets::DataLoader> val_loader;
-  if (val_source) {
-    datasets::LoaderOptions val_opts;
-    val_opts.batch_size = std::max<int64_t>(recipe.batch_size, 256);
-    val_opts.workers = train_opts.workers;
-    val_loader = std::make_unique<datasets::DataLoader>(ctx.eng, *val_source, val_opts);
-  }
+  models::TrainData data;
+  data.train = vm["data"].as<std::string>();
+  if (vm.count("val-data")) data.val = vm["val-data"].as<std::string>();
+  data.source.strict = vm.count("strict") > 0;
+  data.source.cache_bytes = size_t(std::max<int64_t>(0, vm["cache-mb"].as<int64_t>())) << 20;
+  data.workers = std::max(1, vm["workers"].as<int>());
 
   models::TrainOutputs outputs;
   outputs.out = vm["out"].as<std::string>();
@@ -247,24 +235,39 @@ int run_train(const std::vector<std::string>& args) {
   outputs.stop = &g_stop;
   outputs.stop_after_epochs = vm["stop-after-epochs"].as<int64_t>();
 
-  std::printf("data: %zu training images%s, %zu classes (%s)\n", train_source.size(),
-              train_source.cached() ? " decoded in memory" : " streamed", classes.size(),
-              vm["data"].as<std::string>().c_str());
-  if (val_source) std::printf("validation: %zu images\n", val_source->size());
-  std::printf("model: %s %s, %.3fM parameters, %.1f MFLOP per image\n", net->arch().c_str(),
-              net->config().dump().c_str(), double(net->store.num_trainable()) / 1e6,
-              net->flops_per_image() / 1e6);
-  std::printf("recipe: %s, %d threads\n", nlohmann::json(recipe).dump().c_str(), ctx.threads);
-  std::fflush(stdout);
+  models::TrainConfig recipe = recipe_from_flags(vm);
+  const std::string resume = vm.count("resume") ? vm["resume"].as<std::string>() : "";
+  engine::Context ctx(recipe.seed, vm["threads"].as<int>());
+  const datasets::ImageFolder folder(data.train);
 
-  models::Trainer trainer(ctx, *net, preprocess, classes, recipe, outputs);
+  // The model: the checkpoint's, or a preset with any size overridden.
+  std::unique_ptr<engine::Model> net;
+  datasets::Preprocess preprocess;
   if (!resume.empty()) {
-    trainer.restore(resume);
-    std::printf("resumed from %s\n", resume.c_str());
+    models::Resumed resumed = models::load_checkpoint(resume, ctx, folder.classes());
+    refuse_contradictions(vm, resumed, resume);
+    recipe = resumed.recipe;
+    ctx.rng.seed(recipe.seed);  // as a fresh run; restore() then sets the saved state
+    net = std::move(resumed.loaded.model);
+    preprocess = resumed.loaded.preprocess;
+  } else {
+    const models::Preset& preset = models::preset(vm["model"].as<std::string>());
+    nlohmann::json config = model_config(vm, preset, "vit train");
+    config["num_classes"] = static_cast<int64_t>(folder.classes().size());
+    net = models::make_model(preset.arch, config, ctx);
+    net->init_weights(ctx);
+    preprocess = model_preprocess(net->config());
+    if (vm.count("mean")) preprocess.mean = parse_floats(vm["mean"].as<std::string>(), "mean");
+    if (vm.count("std")) preprocess.std = parse_floats(vm["std"].as<std::string>(), "std");
+    preprocess.crop_pct = vm["crop-pct"].as<double>();
+    preprocess.validate();
   }
+  net->set_precision(engine::parse_precision(recipe.precision));
+
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
-  const models::TrainResult result = trainer.fit(train_loader, val_loader.get());
+  const models::TrainResult result =
+      models::train_on_folder(ctx, *net, preprocess, folder, data, recipe, outputs, resume);
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   if (result.interrupted) {
@@ -280,9 +283,7 @@ int run_train(const std::vector<std::string>& args) {
   if (!result.epochs.empty() && result.epochs.back().validated)
     std::printf(" (validation accuracy %.2f%%)", 100 * result.epochs.back().val_acc);
   std::printf("\n");
-  const size_t skipped =
-      train_source.skipped().size() + (val_source ? val_source->skipped().size() : 0);
-  if (skipped) std::printf("%zu unreadable images were skipped\n", skipped);
+  if (result.skipped) std::printf("%zu unreadable images were skipped\n", result.skipped);
   return 0;
 }
 
