@@ -81,4 +81,22 @@ const Tensor& LayerNorm::backward(Context& ctx, const Tensor& diff_dst) {
   return p.diff_src_tensor;
 }
 
+LayerNorm::Fused LayerNorm::fused(FusedBuild& f, int64_t rows) const {
+  const memory::desc data_md = plain_desc({rows, dim});
+  Fused out;
+  out.prim = dnnl::layer_normalization_forward(
+      {{dnnl::prop_kind::forward_inference, data_md, eps,
+        normalization_flags::use_scale | normalization_flags::use_shift},
+       f.ctx.eng});
+  out.scale = memory_over(f.ctx, plain_desc({dim}), weight->value.data());
+  out.shift = memory_over(f.ctx, plain_desc({dim}), bias->value.data());
+  return out;
+}
+
+void LayerNorm::Fused::run(dnnl::stream& s, const memory& src, const memory& dst) const {
+  prim.execute(
+      s,
+      {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCALE, scale}, {DNNL_ARG_SHIFT, shift}});
+}
+
 }  // namespace engine

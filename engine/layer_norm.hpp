@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "engine/fused.hpp"
 #include "engine/parameter_store.hpp"
 #include "engine/plan.hpp"
 
@@ -17,6 +18,14 @@ struct LayerNorm {
   // diff_dst [..., D] -> diff_src; overwrites the weight and bias gradients.
   const Tensor& backward(Context& ctx, const Tensor& diff_dst);
   void reset_parameters();  // weight 1, bias 0
+
+  // Fused inference: f32 [rows, D] -> f32 [rows, D], reading the weight and bias in place.
+  struct Fused {
+    dnnl::layer_normalization_forward prim;
+    dnnl::memory scale, shift;
+    void run(dnnl::stream& s, const dnnl::memory& src, const dnnl::memory& dst) const;
+  };
+  Fused fused(FusedBuild& f, int64_t rows) const;
 
   int64_t dim;
   float eps;

@@ -128,4 +128,27 @@ const Tensor& Linear::backward(Context& ctx, const Tensor& diff_dst) {
   return p.diff_src_tensor;
 }
 
+Linear::Fused Linear::fused(FusedBuild& f, const memory::desc& src, const memory::desc& dst,
+                            const dnnl::post_ops& ops, int64_t first, int64_t rows,
+                            float scale) const {
+  if (rows < 0) rows = out_features;
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(ops);
+  const memory::desc weights({in_features, rows}, src.data_type(), memory::format_tag::any);
+  const memory::desc bias_md = bias ? plain_desc({1, rows}) : memory::desc();
+  const dnnl::matmul::primitive_desc pd({src, weights, bias_md, dst}, attr, f.ctx.eng);
+  Fused out;
+  out.prim = dnnl::matmul(pd);
+  out.weight = f.packed.linear(f.ctx, *weight, pd.weights_desc(), first, rows, scale);
+  if (bias) out.bias = f.packed.vector(f.ctx, *bias, first, rows, scale);
+  return out;
+}
+
+void Linear::Fused::run(dnnl::stream& s, const memory& src, const memory& dst) const {
+  std::unordered_map<int, memory> args{
+      {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weight}, {DNNL_ARG_DST, dst}};
+  if (bias) args[DNNL_ARG_BIAS] = bias;
+  prim.execute(s, args);
+}
+
 }  // namespace engine

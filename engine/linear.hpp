@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "engine/fused.hpp"
 #include "engine/parameter_store.hpp"
 #include "engine/plan.hpp"
 #include "engine/precision.hpp"
@@ -25,6 +26,20 @@ struct Linear {
   // torch's default: weight and bias uniform in ±1/√in_features.
   void reset_parameters(Context& ctx);
   void set_precision(Precision p);
+
+  // Fused inference: dst = src·Wᵀ + b, then `ops` (GELU, a residual sum), the weights packed
+  // for the kernel (format_tag::any) in src's data type, the bias f32; the training path must
+  // read them through a transposed view, which costs the kernel a copy on every call. With
+  // rows >= 0 only output features [first, first + rows), and all times `scale` (the bias
+  // too): attention's q, k and v from its one qkv weight, q's with 1/√d folded in.
+  struct Fused {
+    dnnl::matmul prim;
+    dnnl::memory weight, bias;  // bias: empty when the layer has none
+    void run(dnnl::stream& s, const dnnl::memory& src, const dnnl::memory& dst) const;
+  };
+  Fused fused(FusedBuild& f, const dnnl::memory::desc& src, const dnnl::memory::desc& dst,
+              const dnnl::post_ops& ops = dnnl::post_ops(), int64_t first = 0, int64_t rows = -1,
+              float scale = 1.0f) const;
 
   int64_t in_features, out_features;
   bool input_gradient = true;  // false: backward skips diff_src (the network's first layer)

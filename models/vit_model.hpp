@@ -15,7 +15,7 @@ using engine::Tensor;
 class VitModel : public engine::Model {
  public:
   explicit VitModel(const vit::VitConfig& config)
-      : net(store, config), inference(std::make_unique<vit::VitInference>(config, store)) {}
+      : net(store, config), inference(std::make_unique<vit::VitInference>(net, store)) {}
 
   // Training runs the layers (they keep what backward needs); evaluation the fused path.
   const Tensor& forward(Context& ctx, const Tensor& input) override {
@@ -36,8 +36,7 @@ class VitModel : public engine::Model {
   void set_precision(engine::Precision p) override {
     engine::require_supported(p);
     net.set_precision(p);
-    if (p != inference->precision)
-      inference = std::make_unique<vit::VitInference>(net.config, store, p);
+    if (p != inference->precision) inference = std::make_unique<vit::VitInference>(net, store, p);
   }
   std::string arch() const override { return "vit"; }
   nlohmann::json config() const override { return net.config; }

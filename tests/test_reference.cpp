@@ -63,12 +63,12 @@ void check_fixture(const std::string& file_name) {
   ctx.wait();
   check_close_to(layers, want, "layers");
   // The fused inference path, on the same weights.
-  VitInference fused(config, store, engine::Precision::f32);
+  VitInference fused(model, store, engine::Precision::f32);
   const Tensor& fused_logits = fused.forward(ctx, patches);
   ctx.wait();
   check_close_to(fused_logits, want, "fused f32");
   if (engine::precision_supported(engine::Precision::bf16)) {
-    VitInference fused_bf16(config, store, engine::Precision::bf16);
+    VitInference fused_bf16(model, store, engine::Precision::bf16);
     const Tensor& bf16_logits = fused_bf16.forward(ctx, patches);
     ctx.wait();
     check_close_to(bf16_logits, want, "fused bf16", 2e-2);

@@ -6,6 +6,7 @@
 #include "engine/error.hpp"
 #include "engine/optim.hpp"
 #include "vit/inference.hpp"
+#include "vit/multi_head_attention.hpp"
 #include "vit/vision_transformer.hpp"
 
 using namespace vit;
@@ -36,6 +37,29 @@ std::vector<GradTarget> parameter_targets(ParameterStore& store, int64_t limit =
     if (p.trainable)
       targets.push_back({p.name, p.value.data(), std::min(limit, p.value.numel()), p.grad.data()});
   return targets;
+}
+
+// Every element of every parameter's gradient is non-zero, but for the keys' bias: adding the
+// same vector to every key adds q·b to all of a query's scores, which the softmax ignores, so its
+// gradient is zero (up to rounding).
+void check_every_gradient(const ParameterStore& store, const VitConfig& c) {
+  for (const engine::Parameter& p : store.parameters()) {
+    INFO(p.name);
+    const bool qkv_bias = p.name.ends_with(".attn.qkv.bias");
+    double largest = 0;
+    for (int64_t i = 0; i < p.grad.numel(); ++i)
+      largest = std::max(largest, double(std::abs(p.grad[i])));
+    int64_t zero = 0, key_bias_off = 0;
+    for (int64_t i = 0; i < p.grad.numel(); ++i) {
+      const bool key_bias = qkv_bias && i >= c.embed_dim && i < 2 * c.embed_dim;
+      if (key_bias)
+        key_bias_off += std::abs(p.grad[i]) > 1e-5 * largest;
+      else
+        zero += p.grad[i] == 0.0f;
+    }
+    CHECK(zero == 0);
+    CHECK(key_bias_off == 0);
+  }
 }
 
 void randomize_parameters(ParameterStore& store, std::mt19937_64& rng, float scale = 0.5f) {
@@ -94,7 +118,7 @@ TEST_CASE("Attention: multi-head self-attention against a naive loop and by FD")
   std::mt19937_64 rng(153);
   const VitConfig c = tiny_config();
   ParameterStore store;
-  Attention attn(store, "attn", c);
+  MultiHeadAttention attn(store, "attn", c);
   store.allocate(ctx.eng);
   randomize_parameters(store, rng);
   const int64_t B = 2, N = 5, D = 8, H = 2, d = 4;
@@ -216,12 +240,7 @@ TEST_CASE("VisionTransformer: timm's names and shapes, every parameter gets a gr
   store.zero_grad();
   model.backward(ctx, r);
   ctx.wait();
-  for (const engine::Parameter& p : store.parameters()) {
-    double norm = 0;
-    for (int64_t i = 0; i < p.grad.numel(); ++i) norm += double(p.grad[i]) * p.grad[i];
-    INFO(p.name);
-    CHECK(norm > 0.0);
-  }
+  check_every_gradient(store, c);
 }
 
 TEST_CASE("VisionTransformer: whole-model gradients by FD") {
@@ -256,8 +275,8 @@ TEST_CASE("VitInference: the fused path equals the layers in evaluation mode, we
     store.allocate(ctx.eng);
     randomize_parameters(store, rng, 0.4f);
     model.train(false);
-    VitInference fused(c, store, engine::Precision::f32);
-    VitInference fused_bf16(c, store, engine::Precision::bf16);
+    VitInference fused(model, store, engine::Precision::f32);
+    VitInference fused_bf16(model, store, engine::Precision::bf16);
     for (int64_t batch : {3, 1, 3}) {  // two plans, the first reused
       CAPTURE(batch);
       Tensor patches = check::random_tensor(ctx, {batch, 4, 32}, rng);
@@ -293,19 +312,72 @@ TEST_CASE("VitInference: a batch larger than a chunk runs in chunks, same logits
   ctx.wait();
   for (auto precision : {engine::Precision::f32, engine::Precision::bf16}) {
     if (!engine::precision_supported(precision)) continue;
-    VitInference fused(c, store, precision);
+    VitInference fused(model, store, precision);
     CAPTURE(fused.chunk_images());
     REQUIRE(fused.chunk_images() < batch);
     REQUIRE(batch % fused.chunk_images() != 0);
     CHECK(max_abs_diff(ctx, fused.forward(ctx, patches), want) <
           (precision == engine::Precision::f32 ? 1e-5 : 3e-2));
     // The chunks' plan and the remainder's share one packed copy of the weights.
-    VitInference one_chunk(c, store, precision);
+    VitInference one_chunk(model, store, precision);
     Tensor first(ctx.eng, {fused.chunk_images(), c.num_patches(), c.patch_dim()});
     std::copy_n(patches.data(), first.numel(), first.data());
     one_chunk.forward(ctx, first);
     CHECK(one_chunk.packed_bytes() > 0);
     CHECK(fused.packed_bytes() == one_chunk.packed_bytes());
+  }
+}
+
+// The prefix-token and pooling variants timm has, each through both paths.
+std::vector<VitConfig> variant_configs() {
+  std::vector<VitConfig> out;
+  VitConfig c = tiny_config();
+  c.class_token = false, c.global_pool = "avg", c.fc_norm = true;  // timm's avg pooling + fc_norm
+  out.push_back(c);
+  c = tiny_config();
+  c.reg_tokens = 2;  // registers, cls token pooled
+  out.push_back(c);
+  c = tiny_config();
+  c.reg_tokens = 3, c.no_embed_class = true, c.global_pool = "avg", c.fc_norm = false;
+  out.push_back(c);  // DINOv2's layout: no positions on the prefix; avg then the final norm
+  return out;
+}
+
+TEST_CASE("VisionTransformer variants: prefix tokens and pooling, gradients by FD, both paths") {
+  Context ctx(8);
+  std::mt19937_64 rng(159);
+  for (const VitConfig& c : variant_configs()) {
+    CAPTURE(nlohmann::json(c).dump());
+    ParameterStore store;
+    VisionTransformer model(store, c);
+    store.allocate(ctx.eng);
+    CHECK((store.find("reg_token") != nullptr) == (c.reg_tokens > 0));
+    CHECK((store.find("cls_token") != nullptr) == c.class_token);
+    CHECK((store.find("fc_norm.weight") != nullptr) == c.fc_norm);
+    CHECK((store.find("norm.weight") != nullptr) == !c.fc_norm);
+    CHECK(store["pos_embed"].dims == Dims{1, c.pos_embed_len(), c.embed_dim});
+    randomize_parameters(store, rng, 0.4f);
+    for (engine::Parameter& p : store.parameters())
+      if (p.name.find("norm") != std::string::npos && p.name.ends_with("weight"))
+        check::randomize(p.value, rng, 0.5f, 1.5f);
+    Tensor patches = check::random_tensor(ctx, {2, 4, 32}, rng);
+    auto forward = [&]() -> const Tensor& { return model.forward(ctx, patches); };
+    Tensor r = check::random_tensor(ctx, forward().dims(), rng);
+    store.zero_grad();
+    model.backward(ctx, r);
+    ctx.wait();
+    check_every_gradient(store, c);
+    check::check_gradients(ctx, forward, r, parameter_targets(store, 6), 1e-2f);
+
+    model.train(false);
+    Tensor want(ctx.eng, {2, c.num_classes});
+    want.copy_from(model.forward(ctx, patches));
+    for (auto precision : {engine::Precision::f32, engine::Precision::bf16}) {
+      if (!engine::precision_supported(precision)) continue;
+      VitInference fused(model, store, precision);
+      CHECK(max_abs_diff(ctx, fused.forward(ctx, patches), want) <
+            (precision == engine::Precision::f32 ? 1e-5 : 3e-2));
+    }
   }
 }
 
@@ -326,5 +398,52 @@ TEST_CASE("VitConfig: contradictory sizes name the flag") {
   CHECK(ti.num_heads == 3);
   CHECK(ti.flops_per_image() == doctest::Approx(2.507e9).epsilon(0.005));  // ../shared/PEERS.md
   nlohmann::json j = ti;
-  CHECK(j.get<VitConfig>().flops_per_image() == ti.flops_per_image());
+  CHECK(j.get<VitConfig>() == ti);
+}
+
+TEST_CASE("VitConfig: every key to_json writes is read back, unknown keys are refused") {
+  VitConfig c = tiny_config();
+  c.qkv_bias = false, c.drop_rate = 0.125, c.attn_drop_rate = 0.25, c.drop_path_rate = 0.5;
+  c.class_token = false, c.reg_tokens = 2, c.no_embed_class = true, c.global_pool = "avg";
+  c.fc_norm = false;
+  const nlohmann::json j = c;
+  CHECK(j.get<VitConfig>() == c);
+  for (const auto& [key, value] : j.items()) {  // each key matters: flipping it changes the config
+    CAPTURE(key);
+    nlohmann::json changed = j;
+    if (value.is_boolean())
+      changed[key] = !value.get<bool>();
+    else if (value.is_string())
+      changed[key] = "token";
+    else if (value.is_number_integer())
+      changed[key] = value.get<int64_t>() + 4;
+    else
+      changed[key] = value.get<double>() / 2;
+    CHECK_FALSE(changed.get<VitConfig>() == c);
+  }
+  nlohmann::json unknown = j;
+  unknown["dynamic_img_size"] = true;
+  CHECK_THROWS_WITH_AS(unknown.get<VitConfig>(), "'dynamic_img_size' is not a setting of a ViT",
+                       engine::Error);
+  nlohmann::json wrong = j;
+  wrong["class_token"] = 1;
+  CHECK_THROWS_WITH_AS(wrong.get<VitConfig>(), "'class_token' must be true or false, not 1",
+                       engine::Error);
+  // timm's fc_norm=None: on exactly for average pooling.
+  nlohmann::json auto_norm = j;
+  auto_norm["fc_norm"] = nullptr;
+  CHECK(auto_norm.get<VitConfig>().fc_norm);
+  auto_norm["global_pool"] = "token";
+  auto_norm["class_token"] = true;
+  CHECK_FALSE(auto_norm.get<VitConfig>().fc_norm);
+  // The default attention is not named, so that a plain ViT's config is timm's.
+  CHECK_FALSE(nlohmann::json(tiny_config()).contains("attn_layer"));
+  c = tiny_config();
+  c.class_token = false;
+  CHECK_THROWS_WITH_AS(c.validate(), "--global-pool token needs the class token (or pool by avg)",
+                       engine::Error);
+  c = tiny_config();
+  c.attn_layer = "nope";
+  CHECK_THROWS_WITH_AS(c.validate(), doctest::Contains("--attn-layer: no attention named 'nope'"),
+                       engine::Error);
 }

@@ -1,7 +1,10 @@
 #include "vit/config.hpp"
 
+#include <algorithm>
+
 #include "engine/error.hpp"
 #include "engine/json_read.hpp"
+#include "vit/attention.hpp"
 
 namespace vit {
 
@@ -41,6 +44,14 @@ void VitConfig::validate() const {
                                       std::to_string(patch_size) + " gives " +
                                       std::to_string(num_patches()) +
                                       " patches, more than the limit of 65536");
+  require(reg_tokens >= 0 && reg_tokens <= 64,
+          "--reg-tokens must be in [0, 64], got " + std::to_string(reg_tokens));
+  require(global_pool == "token" || global_pool == "avg",
+          "--global-pool must be token or avg, got '" + global_pool + "'");
+  require(class_token || global_pool != "token",
+          "--global-pool token needs the class token (or pool by avg)");
+  require(attention_registered(attn_layer), "--attn-layer: no attention named '" + attn_layer +
+                                                "' (known: " + attention_names() + ")");
   for (auto [rate, flag] : {std::pair{drop_rate, "drop-rate"},
                             {attn_drop_rate, "attn-drop-rate"},
                             {drop_path_rate, "drop-path-rate"}})
@@ -69,13 +80,39 @@ void to_json(nlohmann::json& j, const VitConfig& c) {
        {"drop_rate", c.drop_rate},
        {"attn_drop_rate", c.attn_drop_rate},
        {"drop_path_rate", c.drop_path_rate},
-       {"global_pool", "token"},
-       {"class_token", true}};
+       {"class_token", c.class_token},
+       {"reg_tokens", c.reg_tokens},
+       {"no_embed_class", c.no_embed_class},
+       {"global_pool", c.global_pool},
+       {"fc_norm", c.fc_norm}};
+  // Only a variant is named: a file of timm's own architecture carries none of our keys.
+  if (c.attn_layer != VitConfig{}.attn_layer) j["attn_layer"] = c.attn_layer;
 }
 
 void from_json(const nlohmann::json& j, VitConfig& c) {
+  using engine::field_double, engine::field_int, engine::json_double, engine::json_int;
+  if (!j.is_object()) throw engine::Error("a ViT config must be a JSON object, not " + j.dump());
+  static const char* const known[] = {
+      "img_size",       "patch_size",     "in_chans",    "num_classes", "embed_dim",
+      "depth",          "num_heads",      "mlp_ratio",   "qkv_bias",    "drop_rate",
+      "attn_drop_rate", "drop_path_rate", "class_token", "reg_tokens",  "no_embed_class",
+      "global_pool",    "fc_norm",        "attn_layer"};
+  for (const auto& [key, value] : j.items())
+    require(std::find(std::begin(known), std::end(known), key) != std::end(known),
+            "'" + key + "' is not a setting of a ViT");
+  auto boolean = [&](const char* key, bool fallback) {
+    if (!j.contains(key)) return fallback;
+    require(j[key].is_boolean(),
+            std::string("'") + key + "' must be true or false, not " + j[key].dump());
+    return j[key].get<bool>();
+  };
+  auto text = [&](const char* key, const std::string& fallback) {
+    if (!j.contains(key)) return fallback;
+    require(j[key].is_string(),
+            std::string("'") + key + "' must be a string, not " + j[key].dump());
+    return j[key].get<std::string>();
+  };
   // Every size is required: a model file that omits one is not ours to guess.
-  using engine::field_double, engine::field_int, engine::json_double;
   c.img_size = field_int(j, "img_size");
   c.patch_size = field_int(j, "patch_size");
   c.in_chans = field_int(j, "in_chans");
@@ -84,12 +121,18 @@ void from_json(const nlohmann::json& j, VitConfig& c) {
   c.depth = field_int(j, "depth");
   c.num_heads = field_int(j, "num_heads");
   c.mlp_ratio = field_double(j, "mlp_ratio");
-  c.qkv_bias = j.value("qkv_bias", true);
+  c.qkv_bias = boolean("qkv_bias", true);
   c.drop_rate = json_double(j, "drop_rate", 0.0);
   c.attn_drop_rate = json_double(j, "attn_drop_rate", 0.0);
   c.drop_path_rate = json_double(j, "drop_path_rate", 0.0);
-  require(j.value("global_pool", std::string("token")) == "token",
-          "only global_pool 'token' (the cls token) is supported");
+  c.class_token = boolean("class_token", true);
+  c.reg_tokens = json_int(j, "reg_tokens", 0);
+  c.no_embed_class = boolean("no_embed_class", false);
+  c.global_pool = text("global_pool", "token");
+  // timm's fc_norm=None: on exactly for average pooling.
+  c.fc_norm = j.contains("fc_norm") && !j["fc_norm"].is_null() ? boolean("fc_norm", false)
+                                                               : c.global_pool == "avg";
+  c.attn_layer = text("attn_layer", VitConfig{}.attn_layer);
 }
 
 static VitConfig make(int64_t img, int64_t patch, int64_t chans, int64_t dim, int64_t depth,

@@ -23,10 +23,24 @@ struct VitConfig {
   double drop_rate = 0.0;       // after the positional embedding, in the MLP and projections
   double attn_drop_rate = 0.0;  // on the attention probabilities
   double drop_path_rate = 0.0;  // stochastic depth, rising linearly to this over the blocks
+  // The prefix tokens before the patches: timm's class_token and reg_tokens (registers,
+  // Darcet et al. 2023); pos_embed covers them too unless no_embed_class.
+  bool class_token = true;
+  int64_t reg_tokens = 0;
+  bool no_embed_class = false;
+  // What the head reads: "token" (the cls token's row) or "avg" (the mean of the patch rows).
+  // fc_norm: the final LayerNorm after pooling (named fc_norm) instead of before (norm);
+  // timm's default, and ours when a file says null, is fc_norm exactly for "avg".
+  std::string global_pool = "token";
+  bool fc_norm = false;
+  // The Block's attention, by its registered name (vit/attention.hpp).
+  std::string attn_layer = "attention";
 
   int64_t grid() const { return img_size / patch_size; }
-  int64_t num_patches() const { return grid() * grid(); }                   // L
-  int64_t num_tokens() const { return num_patches() + 1; }                  // N, with the cls token
+  int64_t num_patches() const { return grid() * grid(); }  // L
+  int64_t num_prefix_tokens() const { return (class_token ? 1 : 0) + reg_tokens; }
+  int64_t num_tokens() const { return num_patches() + num_prefix_tokens(); }  // N
+  int64_t pos_embed_len() const { return no_embed_class ? num_patches() : num_tokens(); }
   int64_t patch_dim() const { return in_chans * patch_size * patch_size; }  // C·P·P
   int64_t head_dim() const { return embed_dim / num_heads; }                // d
   int64_t mlp_hidden() const {
@@ -38,6 +52,8 @@ struct VitConfig {
   // Multiply-adds of one forward pass per image ×2: linear layers, patch embedding and the two
   // attention matmuls (the convention of ../shared/PEERS.md).
   double flops_per_image() const;
+
+  bool operator==(const VitConfig&) const = default;
 };
 
 void to_json(nlohmann::json& j, const VitConfig& c);

@@ -1,0 +1,99 @@
+#include "engine/fused.hpp"
+
+#include <algorithm>
+
+#include "engine/error.hpp"
+
+namespace engine {
+
+using dnnl::memory;
+
+memory::desc fused_desc(const Dims& dims, memory::data_type type, const Dims& strides) {
+  return memory::desc(dims, type, strides.empty() ? row_major_strides(dims) : strides);
+}
+
+memory fused_view(const dnnl::engine& eng, const memory::desc& md, const memory& base,
+                  int64_t offset) {
+  char* data = static_cast<char*>(base.get_data_handle());
+  return memory(md, eng, data + offset * int64_t(memory::data_type_size(md.data_type())));
+}
+
+memory FusedBuild::buffer(const std::string& slot, const memory::desc& md) {
+  auto it = buffers.find(slot);
+  if (it == buffers.end()) it = buffers.emplace(slot, memory(md, ctx.eng)).first;
+  require(it->second.get_desc() == md, "FusedBuild: buffer '" + slot + "' asked in two layouts");
+  return it->second;
+}
+
+memory PackedWeights::find_or_add(Context& ctx, Entry e) {
+  for (const Entry& x : entries_)
+    if (x.source == e.source && x.first == e.first && x.rows == e.rows && x.scale == e.scale &&
+        x.tag == e.tag && x.md == e.md)
+      return x.mem;
+  e.mem = memory(e.md, ctx.eng);
+  entries_.push_back(std::move(e));
+  return entries_.back().mem;
+}
+
+memory PackedWeights::linear(Context& ctx, const Parameter& weight, const memory::desc& md,
+                             int64_t first, int64_t rows, float scale) {
+  const int64_t out = weight.dims[0], in = weight.value.numel() / out;
+  if (rows < 0) rows = out;
+  require(first >= 0 && first + rows <= out,
+          "PackedWeights: rows out of range of '" + weight.name + "'");
+  const float* values = weight.value.data() + first * in;
+  // torch's Linear weight [out, in] is Wᵀ [in, out] with swapped strides; a reorder converts it
+  // to the packed layout (and type), multiplying by `scale` on the way.
+  auto fill = [values, in, rows, scale](Context& c, const memory& packed_memory) {
+    memory packed = packed_memory;  // a handle: the same memory
+    memory src(fused_desc({in, rows}, memory::data_type::f32, {1, in}), c.eng,
+               const_cast<float*>(values));
+    dnnl::primitive_attr attr;
+    attr.set_output_scales(0, {scale});
+    dnnl::reorder(dnnl::reorder::primitive_desc(src, packed, attr)).execute(c.strm, src, packed);
+  };
+  return find_or_add(ctx, {&weight, first, rows, scale, -1, md, {}, fill, std::nullopt});
+}
+
+memory PackedWeights::vector(Context& ctx, const Parameter& p, int64_t first, int64_t n,
+                             float scale) {
+  require(first >= 0 && first + n <= p.value.numel(),
+          "PackedWeights: elements out of range of '" + p.name + "'");
+  const memory::desc md = fused_desc({1, n}, memory::data_type::f32);
+  if (scale == 1.0f) return memory(md, ctx.eng, p.value.data() + first);
+  const float* values = p.value.data() + first;
+  auto fill = [values, n, scale](Context&, const memory& m) {
+    float* dst = static_cast<float*>(m.get_data_handle());
+    for (int64_t i = 0; i < n; ++i) dst[i] = values[i] * scale;
+  };
+  return find_or_add(ctx, {&p, first, n, scale, -2, md, {}, fill, std::nullopt});
+}
+
+memory PackedWeights::derived(Context& ctx, const void* owner, int tag, const memory::desc& md,
+                              std::function<void(float*)> fill) {
+  require(tag >= 0, "PackedWeights: a derived table's tag must not be negative");
+  auto fill_memory = [fill = std::move(fill)](Context&, const memory& m) {
+    fill(static_cast<float*>(m.get_data_handle()));
+  };
+  return find_or_add(ctx, {owner, 0, 0, 1.0f, tag, md, {}, fill_memory, std::nullopt});
+}
+
+void PackedWeights::refresh(Context& ctx) {
+  bool filled = false;
+  for (Entry& e : entries_) {
+    if (e.version == store_.version()) continue;
+    e.fill(ctx, e.mem);
+    e.version = store_.version();
+    filled = true;
+  }
+  if (filled) ctx.wait();
+}
+
+int64_t PackedWeights::weight_bytes() const {
+  int64_t bytes = 0;
+  for (const Entry& e : entries_)
+    if (e.tag < 0) bytes += int64_t(e.md.get_size());
+  return bytes;
+}
+
+}  // namespace engine

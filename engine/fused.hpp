@@ -1,0 +1,93 @@
+// The machinery of fused inference, shared by every module's inference piece: a module builds a
+// FusedStep once per batch size (its primitives bound to their buffers) beside its training
+// forward and backward, reading its parameters through its own Parameter handles:
+//  - PackedWeights holds the converted copies of parameters that inference primitives read (a
+//    matmul weight packed into the layout its kernel asked for, in bf16 or f32, a block of its
+//    rows, scaled; a table derived from several parameters), one copy for every plan that asks
+//    for the same, refilled when the store's version changes;
+//  - FusedBuild hands a module the engine, the packed weights, the matmul precision and the
+//    activation buffers, shared by slot name: the blocks run one after another, so one set of
+//    buffers serves them all.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/context.hpp"
+#include "engine/parameter_store.hpp"
+#include "engine/precision.hpp"
+
+namespace engine {
+
+// One module's part of an inference pass, its primitives and buffers bound at build time.
+struct FusedStep {
+  virtual ~FusedStep() = default;
+  virtual void run(dnnl::stream& s) = 0;
+};
+
+class PackedWeights {
+ public:
+  explicit PackedWeights(const ParameterStore& store) : store_(store) {}
+
+  // Output features [first, first + rows) of a torch Linear weight [out, in] (rows < 0: all),
+  // times `scale`, as a matmul's weights [in, rows] in layout `md` (and md's data type).
+  dnnl::memory linear(Context& ctx, const Parameter& weight, const dnnl::memory::desc& md,
+                      int64_t first = 0, int64_t rows = -1, float scale = 1.0f);
+  // f32 [1, n]: elements [first, first + n) of a parameter times `scale`. Unscaled, a view of
+  // the store itself (no copy).
+  dnnl::memory vector(Context& ctx, const Parameter& p, int64_t first, int64_t n,
+                      float scale = 1.0f);
+  // An f32 table of md's size that `fill` computes from the parameters; `owner` and `tag`
+  // identify it, so that plans of every batch size share one.
+  dnnl::memory derived(Context& ctx, const void* owner, int tag, const dnnl::memory::desc& md,
+                       std::function<void(float*)> fill);
+
+  // Refills every copy made from an older version of the store; before each pass.
+  void refresh(Context& ctx);
+  // Bytes of packed matmul weights and scaled vectors held (views and derived tables aside).
+  int64_t weight_bytes() const;
+
+ private:
+  struct Entry {
+    const void* source;  // the Parameter, or a derived table's owner
+    int64_t first, rows;
+    float scale;
+    int tag;  // -1: packed weight, -2: vector, else a derived table's tag
+    dnnl::memory::desc md;
+    dnnl::memory mem;
+    std::function<void(Context&, const dnnl::memory&)> fill;
+    std::optional<uint64_t> version;  // of the store it was filled from
+  };
+  dnnl::memory find_or_add(Context& ctx, Entry e);
+
+  const ParameterStore& store_;
+  std::vector<Entry> entries_;
+};
+
+struct FusedBuild {
+  Context& ctx;
+  PackedWeights& packed;
+  Precision precision;  // of the matmul operands
+  int64_t images;       // B: the batch this plan runs
+  // Activation buffers by slot, owned by the plan being built.
+  std::map<std::string, dnnl::memory>& buffers;
+
+  dnnl::memory::data_type low() const { return data_type(precision); }
+  bool bf16() const { return precision == Precision::bf16; }
+  // The plan's buffer of this slot: allocated on first request, the same memory after (the
+  // layout must then match).
+  dnnl::memory buffer(const std::string& slot, const dnnl::memory::desc& md);
+};
+
+// A plain row-major (or strided) descriptor.
+dnnl::memory::desc fused_desc(const Dims& dims, dnnl::memory::data_type type,
+                              const Dims& strides = {});
+// A memory over `base`'s buffer, `offset` elements of md's type in: a view, no copy.
+dnnl::memory fused_view(const dnnl::engine& eng, const dnnl::memory::desc& md,
+                        const dnnl::memory& base, int64_t offset = 0);
+
+}  // namespace engine

@@ -1,0 +1,51 @@
+// The seam for attention variants. A Block holds an Attention: the token mixer
+// x [B, N, D] -> [B, N, D], its training forward and backward and its fused-inference piece side
+// by side. A variant is one file deriving from Attention plus one registration line (the table
+// in attention.cpp, or register_attention() from anywhere before a model is built, as a test
+// does); VitConfig::attn_layer names it, so the variant trains, runs in the fused path and is
+// written to and read from model files by that name.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "vit/module.hpp"
+
+namespace vit {
+
+// What an attention's fused piece reads and writes: rows of B images of N tokens each.
+struct FusedTokens {
+  int64_t images, tokens;  // B, N
+  dnnl::memory normed;     // [B·N, D] the block's LayerNorm output, in the matmul operand type
+  dnnl::memory x;          // f32 [B·N, D] the residual stream, to which the piece adds its output
+};
+
+class Attention {
+ public:
+  virtual ~Attention() = default;
+  virtual const Tensor& forward(Context& ctx, const Tensor& x) = 0;  // [B, N, D] -> [B, N, D]
+  virtual const Tensor& backward(Context& ctx, const Tensor& diff_dst) = 0;  // -> diff of x
+  virtual void train(bool on) = 0;                                           // dropout
+  virtual void set_precision(engine::Precision p) = 0;
+  virtual void init_weights(Context& ctx) = 0;  // timm's init
+  // Takes every gradient buffer of its backward from Context::shared_buffer under `slot`:
+  // the blocks' backward passes never overlap, so they can share them.
+  virtual void share_gradients(const std::string& slot) = 0;
+  // Evaluation mode, fused: x += attention(normed), for the batch size of `f`.
+  virtual std::unique_ptr<FusedStep> fused(FusedBuild& f, const FusedTokens& t) const = 0;
+};
+
+// Builds a variant whose parameters are named under `prefix` (e.g. "blocks.3.attn").
+using AttentionFactory = std::function<std::unique_ptr<Attention>(
+    ParameterStore& store, const std::string& prefix, const VitConfig& config)>;
+
+// Adds a variant under `name`; false, and nothing changed, when the name is taken.
+bool register_attention(const std::string& name, AttentionFactory factory);
+bool attention_registered(const std::string& name);
+std::string attention_names();  // "attention, ..." for error messages
+// The variant config.attn_layer names; throws engine::Error listing the known ones.
+std::unique_ptr<Attention> make_attention(ParameterStore& store, const std::string& prefix,
+                                          const VitConfig& config);
+
+}  // namespace vit

@@ -1,0 +1,42 @@
+// timm's pre-norm Block: x = x + drop_path(attn(norm1(x))); x = x + drop_path(mlp(norm2(x))).
+// The attention is whichever variant the config names (vit/attention.hpp).
+#pragma once
+
+#include "engine/layer_norm.hpp"
+#include "vit/attention.hpp"
+#include "vit/mlp.hpp"
+
+namespace vit {
+
+struct Block {
+  Block(ParameterStore& store, const std::string& prefix, const VitConfig& c, float drop_path);
+  const Tensor& forward(Context& ctx, const Tensor& x);  // [B, N, D] -> [B, N, D]
+  const Tensor& backward(Context& ctx, const Tensor& diff_dst);
+  void train(bool on);
+  void set_precision(engine::Precision p);
+  void init_weights(Context& ctx);
+
+  engine::LayerNorm norm1;
+  std::unique_ptr<Attention> attn;
+  engine::DropPath drop_path1;
+  engine::Add residual1;
+  engine::LayerNorm norm2;
+  Mlp mlp;
+  engine::DropPath drop_path2;
+  engine::Add residual2;
+  engine::Add grad_sum1, grad_sum2;  // where x and x1 fan out, their gradients add
+
+  // The fused piece, on the residual stream x [B·N, D] in place. With bf16 the LayerNorm
+  // output is converted for the matmuls (oneDNN 2.6 has no LayerNorm writing bf16 from f32);
+  // the stream, the norms and the softmax input stay f32, as under torch.autocast.
+  struct Fused : FusedStep {
+    engine::LayerNorm::Fused norm1, norm2;
+    dnnl::reorder to_low;                // bf16 only
+    dnnl::memory x, normed, normed_low;  // f32, f32, low (= normed in f32) [B·N, D]
+    std::unique_ptr<FusedStep> attn, mlp;
+    void run(dnnl::stream& s) override;
+  };
+  std::unique_ptr<FusedStep> fused(FusedBuild& f, int64_t tokens) const;
+};
+
+}  // namespace vit

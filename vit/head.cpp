@@ -1,0 +1,119 @@
+#include "vit/head.hpp"
+
+namespace vit {
+
+using dnnl::memory;
+using dt = memory::data_type;
+using engine::fused_desc;
+using engine::fused_view;
+
+Head::Head(ParameterStore& store, const VitConfig& c)
+    : avg(c.global_pool == "avg"),
+      num_prefix(c.num_prefix_tokens()),
+      embed_dim(c.embed_dim),
+      head_drop(static_cast<float>(c.drop_rate)),
+      // fc_norm (constructed empty above) registers its parameters before head's, as in timm's
+      // state dict.
+      head([&]() -> engine::Linear {
+        if (c.fc_norm) fc_norm.emplace(store, "fc_norm", c.embed_dim);
+        return engine::Linear(store, "head", c.embed_dim, c.num_classes);
+      }()) {}
+
+void Head::init_weights(Context& ctx) {
+  if (fc_norm) fc_norm->reset_parameters();
+  init_linear(ctx, head);
+}
+
+const Tensor& Head::forward(Context& ctx, const Tensor& features) {
+  const int64_t B = features.dim(0), N = features.dim(1), D = embed_dim, P = num_prefix, L = N - P;
+  Buffers& buf = buffers_.get(features.dims(), [&] {
+    auto b = std::make_unique<Buffers>();
+    b->pooled = Tensor(ctx.eng, {B, D});
+    b->diff_features = Tensor(ctx.eng, {B, N, D});  // rows not pooled stay zero
+    if (avg) b->patch_rows = Tensor(ctx.eng, {B, 1, L, D});
+    return b;
+  });
+  const Tensor* pooled = &buf.pooled;
+  if (avg) {  // timm's x[:, num_prefix_tokens:].mean(1)
+    copy_(ctx, View{features.data() + P * D, {B, L, D}, {N * D, D, 1}},
+          View{buf.patch_rows.data(), {B, L, D}, {L * D, D, 1}});
+    pooled = &pool_.forward(ctx, buf.patch_rows);  // [B, 1, 1, D]
+  } else {                                         // timm's x[:, 0]
+    copy_(ctx, View{features.data(), {B, D}, {N * D, 1}}, buf.pooled.as_view());
+  }
+  const Tensor flat = pooled->reshaped({B, D});
+  const Tensor& normed = fc_norm ? fc_norm->forward(ctx, flat) : flat;
+  return head.forward(ctx, head_drop.forward(ctx, normed));
+}
+
+const Tensor& Head::backward(Context& ctx, const Tensor& diff_logits) {
+  Buffers& buf = buffers_.current("Head");
+  const int64_t B = diff_logits.dim(0), N = buf.diff_features.dim(1), D = embed_dim, P = num_prefix,
+                L = N - P;
+  const Tensor* d = &head_drop.backward(ctx, head.backward(ctx, diff_logits));
+  if (fc_norm) d = &fc_norm->backward(ctx, *d);
+  if (avg) {
+    const Tensor& d_rows = pool_.backward(ctx, d->reshaped({B, 1, 1, D}));  // [B, 1, L, D]
+    copy_(ctx, View{d_rows.data(), {B, L, D}, {L * D, D, 1}},
+          View{buf.diff_features.data() + P * D, {B, L, D}, {N * D, D, 1}});
+  } else {
+    copy_(ctx, d->as_view(), View{buf.diff_features.data(), {B, D}, {N * D, 1}});
+  }
+  return buf.diff_features;
+}
+
+std::unique_ptr<Head::Fused> Head::fused(FusedBuild& f, const memory& x, int64_t tokens,
+                                         const engine::LayerNorm* norm) const {
+  const dnnl::engine& eng = f.ctx.eng;
+  const int64_t B = f.images, N = tokens, D = embed_dim, P = num_prefix, L = N - P;
+  auto p = std::make_unique<Fused>();
+  p->x = x;
+  p->pooled = f.buffer("head.pooled", fused_desc({B, D}, dt::f32));
+  if (avg) {
+    // Normalize every row, make the patch rows dense, average them.
+    memory src = x;
+    if (norm) {
+      p->normed = f.buffer("tokens.normed", fused_desc({B * N, D}, dt::f32));
+      p->norm_all = norm->fused(f, B * N);
+      src = p->normed;
+    }
+    p->rows_src = fused_view(eng, fused_desc({B, L, D}, dt::f32, {N * D, D, 1}), src, P * D);
+    p->rows = f.buffer("head.patch_rows", fused_desc({B, L, D}, dt::f32));
+    const memory::desc rows_md({B, D, 1, L}, dt::f32, memory::format_tag::nhwc);
+    const memory::desc pooled_md({B, D, 1, 1}, dt::f32, memory::format_tag::nhwc);
+    // The dense patch rows read as an NHWC image of 1 × L pixels with D channels.
+    p->pool_src = memory(rows_md, eng, p->rows.get_data_handle());
+    p->pool_dst = memory(pooled_md, eng, p->pooled.get_data_handle());
+    p->pool = dnnl::pooling_forward({{dnnl::prop_kind::forward_inference,
+                                      dnnl::algorithm::pooling_avg_exclude_padding,
+                                      rows_md,
+                                      pooled_md,
+                                      {1, 1},
+                                      {1, L},
+                                      {0, 0},
+                                      {0, 0}},
+                                     eng});
+  } else {
+    // Take the cls rows, then normalize only them.
+    p->rows_src = fused_view(eng, fused_desc({B, D}, dt::f32, {N * D, 1}), x);
+    p->rows = p->pooled;
+    if (norm) p->norm_pooled = norm->fused(f, B);
+  }
+  p->take = dnnl::reorder(p->rows_src, p->rows);
+  if (fc_norm) p->norm_pooled = fc_norm->fused(f, B);
+  p->pooled_normed =
+      p->norm_pooled ? f.buffer("head.pooled_normed", fused_desc({B, D}, dt::f32)) : p->pooled;
+  p->logits = f.buffer("head.logits", fused_desc({B, head.out_features}, dt::f32));
+  p->classifier = head.fused(f, p->pooled_normed.get_desc(), p->logits.get_desc());
+  return p;
+}
+
+void Head::Fused::run(dnnl::stream& s) {
+  if (norm_all) norm_all->run(s, x, normed);
+  take.execute(s, rows_src, rows);
+  if (pool) pool.execute(s, {{DNNL_ARG_SRC, pool_src}, {DNNL_ARG_DST, pool_dst}});
+  if (norm_pooled) norm_pooled->run(s, pooled, pooled_normed);
+  classifier.run(s, pooled_normed, logits);
+}
+
+}  // namespace vit

@@ -1,0 +1,66 @@
+// timm's Attention: multi-head self-attention with a fused qkv projection, softmax(q·kᵀ/√d)·v
+// per head, heads merged and projected. Registered as "attention", the default.
+#pragma once
+
+#include "engine/batched_matmul.hpp"
+#include "engine/binary.hpp"
+#include "engine/reorder.hpp"
+#include "engine/softmax.hpp"
+#include "vit/attention.hpp"
+
+namespace vit {
+
+class MultiHeadAttention : public Attention {
+ public:
+  MultiHeadAttention(ParameterStore& store, const std::string& prefix, const VitConfig& c);
+  static std::unique_ptr<Attention> create(ParameterStore& store, const std::string& prefix,
+                                           const VitConfig& c) {
+    return std::make_unique<MultiHeadAttention>(store, prefix, c);
+  }
+
+  const Tensor& forward(Context& ctx, const Tensor& x) override;
+  const Tensor& backward(Context& ctx, const Tensor& diff_dst) override;
+  void train(bool on) override { attn_drop.training = proj_drop.training = on; }
+  void set_precision(engine::Precision p) override;
+  void init_weights(Context& ctx) override;
+  void share_gradients(const std::string& slot) override;
+  std::unique_ptr<FusedStep> fused(FusedBuild& f, const FusedTokens& t) const override;
+
+  int64_t num_heads, head_dim;
+  std::string grad_slot;            // non-empty: see share_gradients
+  engine::Linear qkv;               // [B, N, 3·D], laid out [B, N, 3, H, d]
+  engine::BatchedMatmul scores_mm;  // q·kᵀ/√d  [B, H, N, N]
+  engine::Softmax softmax;
+  engine::Dropout attn_drop;
+  engine::BatchedMatmul context_mm;  // probs·v  [B, H, N, d]
+  engine::Reorder merge;             // [B, H, N, d] -> [B, N, H·d]
+  engine::Linear proj;
+  engine::Dropout proj_drop;
+
+  // The fused piece: q, k and v go to three dense slabs (one matmul each, from thirds of the
+  // qkv weight, q's scaled by 1/√d), so attention reads the heads as views in the layouts of
+  // oneDNN's brgemm kernel, a few images at a time (their scores stay in L2); proj adds its
+  // output to the residual stream as a sum post-op.
+  struct Fused : FusedStep {
+    engine::Linear::Fused q, k, v, proj;
+    dnnl::matmul scores_mm, context_mm;
+    dnnl::softmax_v2_forward softmax;
+    dnnl::memory normed, x;      // the tokens' rows: input, and the residual stream
+    dnnl::memory qkv_parts[3];   // low [M, D] each: q, k, v
+    dnnl::memory scores, probs;  // f32 / low [G, H, N, N]; the same memory in f32
+    dnnl::memory context;        // low [M, D]: heads merged
+    // Per group of G images, views of the slabs: [G, H, N, d], [G, H, d, N], [G, H, N, d], and
+    // the context's heads in place.
+    std::vector<dnnl::memory> q_heads, k_t, v_heads, context_heads;
+    void run(dnnl::stream& s) override;
+  };
+
+ private:
+  engine::View head(const Tensor& qkv_out, int which) const;  // 0 q, 1 k, 2 v: [B, H, N, d]
+  struct Buffers {
+    Tensor merged, diff_heads, diff_probs, diff_qkv;
+  };
+  engine::PlanCache<Buffers> buffers_;
+};
+
+}  // namespace vit

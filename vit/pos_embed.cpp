@@ -1,0 +1,123 @@
+#include "vit/pos_embed.hpp"
+
+namespace vit {
+
+using dnnl::memory;
+using dt = memory::data_type;
+using engine::fused_desc;
+
+PosEmbed::PosEmbed(ParameterStore& store, const VitConfig& c)
+    : num_patches(c.num_patches()),
+      num_prefix(c.num_prefix_tokens()),
+      embed_dim(c.embed_dim),
+      embed_prefix(!c.no_embed_class) {
+  const int64_t D = c.embed_dim;
+  // timm's state-dict order, none of them decayed.
+  cls_token = c.class_token ? &store.add("cls_token", {1, 1, D}, /*decay=*/false) : nullptr;
+  reg_token = c.reg_tokens > 0 ? &store.add("reg_token", {1, c.reg_tokens, D}, false) : nullptr;
+  pos_embed = &store.add("pos_embed", {1, c.pos_embed_len(), D}, /*decay=*/false);
+}
+
+void PosEmbed::init_weights(Context& ctx) {
+  engine::trunc_normal(ctx, pos_embed->value, 0.0f, 0.02f);
+  if (cls_token) engine::normal(ctx, cls_token->value, 0.0f, 1e-6f);
+  if (reg_token) engine::normal(ctx, reg_token->value, 0.0f, 1e-6f);
+}
+
+// Computed as tokens + table, where tokens has zero prefix rows and the patches after them, and
+// table holds what timm adds to every image: its prefix tokens and its positions.
+const Tensor& PosEmbed::forward(Context& ctx, const Tensor& patch_tokens) {
+  const int64_t B = patch_tokens.dim(0), L = num_patches, P = num_prefix, D = embed_dim;
+  const int64_t N = L + P, first_pos = embed_prefix ? 0 : P, pos_rows = N - first_pos;
+  engine::check_same_dims(patch_tokens.dims(), {B, L, D}, "PosEmbed", "input");
+  Buffers& buf = buffers_.get(patch_tokens.dims(), [&] {
+    auto b = std::make_unique<Buffers>();
+    b->tokens = Tensor(ctx.eng, {B, N, D});  // the prefix rows stay zero: only rows P.. are written
+    b->diff_patch_tokens = Tensor(ctx.eng, {B, L, D});
+    return b;
+  });
+  if (table_.empty()) table_ = Tensor(ctx.eng, {1, N, D}), diff_table_ = Tensor(ctx.eng, {1, N, D});
+  copy_(ctx, View{pos_embed->value.data(), {pos_rows, D}, {D, 1}},
+        View{table_.data() + first_pos * D, {pos_rows, D}, {D, 1}});
+  int64_t row = 0;
+  for (engine::Parameter* token : {cls_token, reg_token}) {
+    if (!token) continue;
+    const int64_t rows = token->value.numel() / D;
+    const Tensor src = Tensor::view(ctx.eng, token->value.data(), {rows, D});
+    const Tensor dst = Tensor::view(ctx.eng, table_.data() + row * D, {rows, D});
+    if (embed_prefix)
+      add_(ctx, dst, src, dst);
+    else
+      copy_(ctx, src.as_view(), dst.as_view());
+    row += rows;
+  }
+  copy_(ctx, patch_tokens.as_view(), View{buf.tokens.data() + P * D, {B, L, D}, {N * D, D, 1}});
+  return add_table_.forward(ctx, buf.tokens, table_);
+}
+
+const Tensor& PosEmbed::backward(Context& ctx, const Tensor& diff_dst) {
+  Buffers& buf = buffers_.current("PosEmbed");
+  const int64_t B = diff_dst.dim(0), L = num_patches, P = num_prefix, D = embed_dim, N = L + P;
+  const int64_t first_pos = embed_prefix ? 0 : P, pos_rows = N - first_pos;
+  add_table_.backward(ctx, diff_dst, diff_table_);
+  // Each part of the table takes the gradient of its rows.
+  copy_(ctx, View{diff_table_.data() + first_pos * D, {pos_rows, D}, {D, 1}},
+        View{pos_embed->grad.data(), {pos_rows, D}, {D, 1}});
+  int64_t row = 0;
+  for (engine::Parameter* token : {cls_token, reg_token}) {
+    if (!token) continue;
+    const int64_t rows = token->value.numel() / D;
+    copy_(ctx, View{diff_table_.data() + row * D, {rows, D}, {D, 1}},
+          View{token->grad.data(), {rows, D}, {D, 1}});
+    row += rows;
+  }
+  copy_(ctx, View{diff_dst.data() + P * D, {B, L, D}, {N * D, D, 1}},
+        buf.diff_patch_tokens.as_view());
+  return buf.diff_patch_tokens;
+}
+
+void PosEmbed::fill_prefix(float* table) const {
+  const int64_t D = embed_dim;
+  int64_t row = 0;
+  for (const engine::Parameter* token : {cls_token, reg_token}) {
+    if (!token) continue;
+    const int64_t n = token->value.numel();
+    for (int64_t i = 0; i < n; ++i)
+      table[row * D + i] = token->value[i] + (embed_prefix ? pos_embed->value[row * D + i] : 0.0f);
+    row += n / D;
+  }
+}
+
+std::unique_ptr<FusedStep> PosEmbed::fused(FusedBuild& f, const memory& patch_tokens,
+                                           const memory& x) const {
+  const int64_t B = f.images, L = num_patches, P = num_prefix, D = embed_dim, N = L + P;
+  auto p = std::make_unique<Fused>();
+  p->images = B, p->tokens = N, p->prefix_rows = P, p->dim = D;
+  p->patch_tokens =
+      memory(fused_desc({B, L, D}, dt::f32), f.ctx.eng, patch_tokens.get_data_handle());
+  const memory pos = f.packed.vector(f.ctx, *pos_embed, embed_prefix ? P * D : 0, L * D);
+  p->pos_rows = memory(fused_desc({1, L, D}, dt::f32), f.ctx.eng, pos.get_data_handle());
+  p->add_pos = dnnl::binary({{dnnl::algorithm::binary_add, p->patch_tokens.get_desc(),
+                              p->pos_rows.get_desc(), p->patch_tokens.get_desc()},
+                             f.ctx.eng});
+  p->x = static_cast<float*>(x.get_data_handle());
+  p->x_patch_rows = memory(fused_desc({B, L, D}, dt::f32, {N * D, D, 1}), f.ctx.eng, p->x + P * D);
+  p->place = dnnl::reorder(p->patch_tokens, p->x_patch_rows);
+  if (P > 0)
+    p->prefix = f.packed.derived(f.ctx, this, 0, fused_desc({P, D}, dt::f32),
+                                 [this](float* table) { fill_prefix(table); });
+  return p;
+}
+
+void PosEmbed::Fused::run(dnnl::stream& s) {
+  add_pos.execute(
+      s,
+      {{DNNL_ARG_SRC_0, patch_tokens}, {DNNL_ARG_SRC_1, pos_rows}, {DNNL_ARG_DST, patch_tokens}});
+  place.execute(s, patch_tokens, x_patch_rows);
+  if (prefix_rows == 0) return;
+  const float* table = static_cast<const float*>(prefix.get_data_handle());
+  s.wait();  // the rows below are written by this thread, not by the stream
+  for (int64_t b = 0; b < images; ++b) std::copy_n(table, prefix_rows * dim, x + b * tokens * dim);
+}
+
+}  // namespace vit

@@ -1,0 +1,54 @@
+// timm's _pos_embed, the token embedding: the prefix tokens (cls_token, then reg_tokens
+// registers) before the patch tokens, and the learned pos_embed added, over all N rows or,
+// with no_embed_class, over the patch rows only. [B, L, D] -> [B, N, D].
+#pragma once
+
+#include "engine/binary.hpp"
+#include "engine/reorder.hpp"
+#include "vit/module.hpp"
+
+namespace vit {
+
+struct PosEmbed {
+  PosEmbed(ParameterStore& store, const VitConfig& c);
+  const Tensor& forward(Context& ctx, const Tensor& patch_tokens);
+  const Tensor& backward(Context& ctx, const Tensor& diff_dst);  // -> diff of patch_tokens
+  // timm's init: pos_embed trunc_normal(0.02), cls_token and reg_token normal(1e-6).
+  void init_weights(Context& ctx);
+
+  int64_t num_patches, num_prefix, embed_dim;  // L, P, D
+  bool embed_prefix;                           // pos_embed has rows for the prefix tokens too
+  engine::Parameter* cls_token;                // [1, 1, D], or nullptr
+  engine::Parameter* reg_token;                // [1, R, D], or nullptr
+  engine::Parameter* pos_embed;                // [1, N, D], or [1, L, D] with no_embed_class
+
+  // The fused piece: pos_embed added to the patch tokens in place and the result placed in
+  // the residual stream's patch rows; the prefix rows copied from a table of the prefix
+  // tokens plus their positions, refilled when the weights change.
+  struct Fused : FusedStep {
+    dnnl::binary add_pos;
+    dnnl::memory patch_tokens, pos_rows;  // f32 [B, L, D], [1, L, D]
+    dnnl::reorder place;
+    dnnl::memory x_patch_rows;  // f32 [B, L, D] view of x's rows P.. of each image
+    dnnl::memory prefix;        // f32 [P, D]
+    float* x = nullptr;         // f32 [B, N, D]
+    int64_t images = 0, tokens = 0, prefix_rows = 0, dim = 0;
+    void run(dnnl::stream& s) override;
+  };
+  std::unique_ptr<FusedStep> fused(FusedBuild& f, const dnnl::memory& patch_tokens,
+                                   const dnnl::memory& x) const;
+
+ private:
+  // [P, D]: row j of the prefix tokens, plus pos_embed's row j when it covers them.
+  void fill_prefix(float* table) const;
+  struct Buffers {
+    Tensor tokens, diff_patch_tokens;  // [B, N, D] with the prefix rows zero, [B, L, D]
+  };
+  Tensor table_, diff_table_;  // [1, N, D]: what is added to every image, and its gradient
+  engine::Binary add_{dnnl::algorithm::binary_add};
+  engine::Reorder copy_;
+  engine::BroadcastAdd add_table_;
+  engine::PlanCache<Buffers> buffers_;
+};
+
+}  // namespace vit
