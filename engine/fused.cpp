@@ -25,6 +25,52 @@ memory FusedBuild::buffer(const std::string& slot, const memory::desc& md) {
   return it->second;
 }
 
+namespace {
+
+// What makes two matmul primitive descriptors the same primitive: the operand layouts (src,
+// weights, bias, dst) and the attributes our pieces set (output scales, post-ops).
+std::string matmul_key(const dnnl::matmul::primitive_desc& pd) {
+  std::string key;
+  auto add = [&](const void* bytes, size_t n) { key.append(static_cast<const char*>(bytes), n); };
+  for (const memory::desc& md : {pd.src_desc(), pd.weights_desc(), pd.bias_desc(), pd.dst_desc()})
+    add(&md.data, sizeof md.data);
+  const dnnl::primitive_attr attr = pd.get_primitive_attr();
+  int mask = 0;
+  std::vector<float> scales;
+  attr.get_output_scales(mask, scales);
+  add(&mask, sizeof mask);
+  add(scales.data(), scales.size() * sizeof(float));
+  const dnnl::post_ops ops = attr.get_post_ops();
+  for (int i = 0; i < ops.len(); ++i) {
+    const dnnl::primitive::kind kind = ops.kind(i);
+    add(&kind, sizeof kind);
+    if (kind == dnnl::primitive::kind::sum) {
+      float scale = 0;
+      ops.get_params_sum(i, scale);
+      add(&scale, sizeof scale);
+    } else if (kind == dnnl::primitive::kind::eltwise) {
+      float scale = 0, alpha = 0, beta = 0;
+      dnnl::algorithm alg;
+      ops.get_params_eltwise(i, scale, alg, alpha, beta);
+      for (float v : {scale, alpha, beta}) add(&v, sizeof v);
+      add(&alg, sizeof alg);
+    } else {
+      throw Error("FusedBuild: a matmul post-op of a kind not shared yet");
+    }
+  }
+  return key;
+}
+
+}  // namespace
+
+dnnl::matmul FusedBuild::matmul(const dnnl::matmul::primitive_desc& pd) {
+  const std::string key = matmul_key(pd);
+  for (const auto& [k, prim] : matmuls)
+    if (k == key) return prim;
+  matmuls.emplace_back(key, dnnl::matmul(pd));
+  return matmuls.back().second;
+}
+
 memory PackedWeights::find_or_add(Context& ctx, Entry e) {
   for (const Entry& x : entries_)
     if (x.source == e.source && x.first == e.first && x.rows == e.rows && x.scale == e.scale &&

@@ -138,7 +138,7 @@ Linear::Fused Linear::fused(FusedBuild& f, const memory::desc& src, const memory
   const memory::desc bias_md = bias ? plain_desc({1, rows}) : memory::desc();
   const dnnl::matmul::primitive_desc pd({src, weights, bias_md, dst}, attr, f.ctx.eng);
   Fused out;
-  out.prim = dnnl::matmul(pd);
+  out.prim = f.matmul(pd);
   out.weight = f.packed.linear(f.ctx, *weight, pd.weights_desc(), first, rows, scale);
   if (bias) out.bias = f.packed.vector(f.ctx, *bias, first, rows, scale);
   return out;

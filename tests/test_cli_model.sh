@@ -186,6 +186,30 @@ run "CNN 4 epochs" 0 "" -- train --data "$data/train" "${cnn[@]}" --epochs 4 --o
 run "ViT flag on a CNN" 2 "--patch-size does not apply to cnn_resnet8_fmnist" -- train --data "$data/train" \
   "${cnn[@]}" --patch-size 4
 
+# --- vit folder: the folder as vit train reads it, the one list tools/compare.py uses ----------
+run "folder" 0 "" -- folder "$data/train"
+python3 - "$tmp/out" <<'PY' && ok || fail "vit folder: wrong classes or counts"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert [c["name"] for c in j["classes"]] == ["diagonal", "horizontal", "vertical"], j
+assert [c["images"] for c in j["classes"]] == [40, 40, 40] and j["images"] == 120, j
+PY
+cp -r "$data/train" "$tmp/listed"
+touch "$tmp/listed/diagonal/.hidden.png" "$tmp/listed/diagonal/notes.txt"
+mkdir -p "$tmp/listed/.cache"
+cp "$data/train/diagonal/000.png" "$tmp/listed/.cache/"
+cp "$data/train/diagonal/000.png" "$tmp/listed/vertical/extra.PNG"
+run "folder --files" 0 "" -- folder "$tmp/listed" --files
+python3 - "$tmp/out" <<'PY' && ok || fail "vit folder: hidden entries, other extensions or upper case mishandled"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert [c["images"] for c in j["classes"]] == [40, 40, 41], j["classes"]
+assert len(j["files"]) == 121 and all(not "/." in f["path"] for f in j["files"])
+PY
+mkdir "$tmp/listed/empty"
+run "folder: an empty class folder" 1 "empty.*no image" -- folder "$tmp/listed"
+run "folder: no folder given" 2 "give the folder" -- folder
+
 # --- bad input -------------------------------------------------------------------------------
 run "missing data folder" 1 "'$tmp/nope': no such folder" -- train --data "$tmp/nope" "${small[@]}"
 mkdir -p "$tmp/empty/a" "$tmp/empty/b" && cp "$data/train/vertical/000.png" "$tmp/empty/a/"

@@ -13,11 +13,11 @@ passed=0 failed=0
 ok() { passed=$((passed + 1)); }
 fail() { failed=$((failed + 1)); echo "FAIL: $*"; }
 
+vit_recipe="--img-size 16 --embed-dim 32 --depth 2 --num-heads 2 --lr 3e-3 --crop none"
+cnn_recipe="--img-size 16 --lr 3e-3 --crop none"
 compare=("$tools/compare.py" --vit "$vit" --data "$data/train" --test-data "$data/val"
          --sizes 30,120 --seeds 2 --batch-size 15 --epochs 2 --min-steps 8 --mean 0.5 --std 0.5
-         --vit-model vit_fmnist_patch4
-         --vit-recipe "--img-size 16 --embed-dim 32 --depth 2 --num-heads 2 --lr 3e-3 --crop none"
-         --cnn-recipe "--img-size 16 --lr 3e-3 --crop none")
+         --vit-model vit_fmnist_patch4 --vit-recipe "$vit_recipe" --cnn-recipe "$cnn_recipe")
 
 "${compare[@]}" --out "$tmp/r" >"$tmp/out" 2>&1 && ok || { fail "compare failed"; tail -5 "$tmp/out"; }
 rows=$(($(wc -l <"$tmp/r/cells.csv") - 1))
@@ -49,6 +49,21 @@ grep -q '"vit_info"' "$tmp/r/run.json" && grep -q '"train"' "$tmp/r/run.json" &&
 "${compare[@]}" --out "$tmp/r" --seeds 3 >"$tmp/out" 2>&1 && grep -q "4 cells to run, 8 already done" "$tmp/out" && ok ||
   fail "a third seed did not run exactly 4 new cells"
 [ $(($(wc -l <"$tmp/r/cells.csv") - 1)) -eq 12 ] && ok || fail "cells.csv does not have 12 rows"
+
+# --quick leaves every flag given alone, under any abbreviation argparse accepts (--size, --see,
+# --epoch, --min-step), and a size above the folder's count trains on the whole folder with that
+# folder's steps per epoch: 120 images at batch 15 are 8 steps, so --min-steps 20 means 3 epochs.
+"$tools/compare.py" --vit "$vit" --data "$data/train" --test-data "$data/val" --quick --size 1000 \
+  --see 2 --epoch 1 --min-step 20 --batch-size 15 --mean 0.5 --std 0.5 --vit-model vit_fmnist_patch4 \
+  --vit-recipe "$vit_recipe" --cnn-recipe "$cnn_recipe" --out "$tmp/q" >"$tmp/out" 2>&1 && ok ||
+  { fail "compare --quick with abbreviations failed"; tail -5 "$tmp/out"; }
+/usr/bin/python3 - "$tmp/q/cells.csv" <<'PY' && ok || fail "--quick overrode given flags, or the epochs ignore the folder's size"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+assert len(rows) == 4, rows  # 1 size x 2 seeds x 2 models
+for r in rows:
+    assert (r["size"], r["epochs"], r["steps"]) == ("1000", "3", "24"), r
+PY
 
 # Other settings in the same folder, bad input.
 "${compare[@]}" --out "$tmp/r" --epochs 3 >"$tmp/out" 2>&1

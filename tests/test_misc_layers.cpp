@@ -139,3 +139,24 @@ TEST_CASE("SoftmaxCrossEntropy matches a naive loop, with smoothing and soft tar
     }
   }
 }
+
+TEST_CASE("the finite-difference check: kinks are few and checked one-sided, never trusted") {
+  // |x| at six points: the central difference at the kink x = 0 is 0, its one-sided ones -1, 1.
+  const std::vector<double> numeric{1, -1, 1, 0, -1, 1}, left{1, -1, 1, -1, -1, 1},
+      right{1, -1, 1, 1, -1, 1};
+  // Any subgradient in [-1, 1] at the kink is right; one outside it, or a wrong gradient at a
+  // smooth point, is wrong.
+  CHECK(check::compare_gradient({1, -1, 1, 0.5f, -1, 1}, numeric, left, right).ok());
+  CHECK_FALSE(check::compare_gradient({1, -1, 1, 3, -1, 1}, numeric, left, right).ok());
+  CHECK_FALSE(check::compare_gradient({1, -1, -1, 0.5f, -1, 1}, numeric, left, right).ok());
+  // Two kinks of six elements are too many to trust the check (one is allowed under 20).
+  const std::vector<double> two_kinks{1, 0, 1, 0, -1, 1};
+  const std::vector<double> left2{1, -1, 1, -1, -1, 1}, right2{1, 1, 1, 1, -1, 1};
+  const check::GradientComparison c =
+      check::compare_gradient({1, 0.5f, 1, 0.5f, -1, 1}, two_kinks, left2, right2);
+  CHECK(c.skipped == 2);
+  CHECK(c.allowed == 1);
+  CHECK_FALSE(c.ok());
+  // A single-element target may never be skipped.
+  CHECK_FALSE(check::compare_gradient({0.5f}, {0.0}, {-1.0}, {1.0}).ok());
+}

@@ -57,6 +57,7 @@ inline engine::Precision parse_precision_flag(const po::variables_map& vm,
 
 int run_info(const std::vector<std::string>& args);
 int run_models(const std::vector<std::string>& args);
+int run_folder(const std::vector<std::string>& args);
 int run_train(const std::vector<std::string>& args);
 int run_eval(const std::vector<std::string>& args);
 int run_classify(const std::vector<std::string>& args);

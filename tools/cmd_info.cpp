@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include "datasets/image_folder.hpp"
 #include "engine/context.hpp"
 #include "models/registry.hpp"
 #include "tools/cli.hpp"
@@ -55,6 +56,41 @@ int run_models(const std::vector<std::string>& args) {
                 double(model->store.num_trainable()) / 1e6, model->flops_per_image() / 1e9,
                 p.description.c_str());
   }
+  return 0;
+}
+
+int run_folder(const std::vector<std::string>& args) {
+  po::options_description opts("vit folder: an image folder as vit train and vit eval read it");
+  auto add = opts.add_options();
+  add("folder", po::value<std::string>(), "the folder: one sub-folder per class");
+  add("files", "list every image file too");
+  add("help,h", "show this help");
+  po::positional_options_description positional;
+  positional.add("folder", 1);
+  const po::variables_map vm = parse(args, opts, positional);
+  if (vm.count("help")) {
+    std::cout << "usage: vit folder DIR [--files]\n\nPrints one JSON object: the classes in "
+                 "order, their image counts (hidden files and folders skipped, the image "
+                 "extensions vit reads), and with --files every image's path.\n\n"
+              << opts;
+    return 0;
+  }
+  if (!vm.count("folder")) throw UsageError("vit folder: give the folder");
+  const datasets::ImageFolder folder(vm["folder"].as<std::string>());
+  std::vector<int64_t> counts(folder.classes().size());
+  for (const datasets::Sample& s : folder.samples()) ++counts[size_t(s.label)];
+  nlohmann::json classes = nlohmann::json::array();
+  for (size_t c = 0; c < counts.size(); ++c)
+    classes.push_back({{"name", folder.classes()[c]}, {"images", counts[c]}});
+  nlohmann::json j = {
+      {"root", folder.root().string()}, {"images", folder.samples().size()}, {"classes", classes}};
+  if (vm.count("files")) {
+    nlohmann::json files = nlohmann::json::array();
+    for (const datasets::Sample& s : folder.samples())
+      files.push_back({{"path", s.path.string()}, {"label", s.label}});
+    j["files"] = files;
+  }
+  std::cout << j.dump() << "\n";
   return 0;
 }
 

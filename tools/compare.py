@@ -40,9 +40,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = ["model", "preset", "size", "seed", "epochs", "steps", "test_acc", "test_loss",
           "train_acc", "train_seconds", "images_per_second", "parameters", "flops_per_image"]
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pbm", ".pgm",
-                    ".ppm", ".pnm"}
 FMNIST = os.path.join(ROOT, "data", "fashion-mnist")
+# The defaults of the flags that --quick changes: the full sweep, and about 5 minutes on 2 cores.
+FULL = {"out": os.path.join(ROOT, "compare-results"), "sizes": "500,1000,2000,5000,10000,20000,60000",
+        "seeds": 3, "epochs": 6, "min_steps": 400}
+QUICK = {"out": os.path.join(ROOT, "compare-results-quick"), "sizes": "1000,5000,20000",
+         "seeds": 1, "epochs": 3, "min_steps": 200}
 
 # Each model's own recipe, the same at every size (vit train's flags): the ones behind the
 # README's full Fashion-MNIST runs, AdamW for the ViT (DeiT-style) and SGD with momentum for
@@ -57,24 +60,35 @@ def fail(message):
     sys.exit(1)
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except of the flags whose default depends on --quick (None here)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args():
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelp)
     p.add_argument("--data", default=os.path.join(FMNIST, "train"),
                    help="training image folder (one sub-folder per class)")
     p.add_argument("--test-data", default=os.path.join(FMNIST, "test"),
                    help="test image folder, same class names; every cell is evaluated on all of it")
-    p.add_argument("--out", default=os.path.join(ROOT, "compare-results"), help="results folder")
-    p.add_argument("--sizes", default="500,1000,2000,5000,10000,20000,60000",
-                   help="training-set sizes (comma-separated); a size above the folder's "
-                        "image count means the whole folder")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per (model, size): 0, 1, ...")
+    p.add_argument("--out", help="results folder (default: compare-results, or "
+                                 "compare-results-quick with --quick)")
+    p.add_argument("--sizes", help="training-set sizes (comma-separated); a size above the "
+                                   "folder's image count means the whole folder (default: "
+                                   f"{FULL['sizes']}, or {QUICK['sizes']} with --quick)")
+    p.add_argument("--seeds", type=int,
+                   help=f"seeds per (model, size): 0, 1, ... (default: {FULL['seeds']}, "
+                        f"or {QUICK['seeds']} with --quick)")
     p.add_argument("--budget", choices=["epochs", "steps"], default="epochs",
                    help="the budget rule (see above)")
-    p.add_argument("--epochs", type=int, default=6, help="epochs per cell (--budget epochs)")
-    p.add_argument("--min-steps", type=int, default=400,
-                   help="least optimizer steps per cell (--budget epochs)")
+    p.add_argument("--epochs", type=int,
+                   help=f"epochs per cell (--budget epochs; default: {FULL['epochs']}, "
+                        f"or {QUICK['epochs']} with --quick)")
+    p.add_argument("--min-steps", type=int,
+                   help="least optimizer steps per cell (--budget epochs; default: "
+                        f"{FULL['min_steps']}, or {QUICK['min_steps']} with --quick)")
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps per cell (--budget steps)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--vit-model", default="vit_fmnist_patch7", help="ViT preset (vit models)")
@@ -86,24 +100,17 @@ def parse_args():
     p.add_argument("--std", help="normalization std(s) (default: 0.353 on Fashion-MNIST, else 0.5)")
     p.add_argument("--threads", type=int, default=0, help="compute threads (0: all cores)")
     p.add_argument("--quick", action="store_true",
-                   help="about 5 minutes on 2 cores: sizes 1000,5000,20000, one seed, "
-                        "--epochs 3 --min-steps 200 (explicit flags still win)")
+                   help="about 5 minutes on 2 cores: the --quick defaults above (explicit "
+                        "flags still win)")
     p.add_argument("--keep-models", action="store_true", help="keep every cell's model file")
     p.add_argument("--vit", default=os.path.join(ROOT, "build", "release", "tools", "vit"),
                    help="the vit executable")
     args = p.parse_args()
-    if args.quick:
-        given = set(a.split("=")[0] for a in sys.argv[1:])
-        if "--sizes" not in given:
-            args.sizes = "1000,5000,20000"
-        if "--seeds" not in given:
-            args.seeds = 1
-        if "--epochs" not in given:
-            args.epochs = 3
-        if "--min-steps" not in given:
-            args.min_steps = 200
-        if "--out" not in given:
-            args.out = os.path.join(ROOT, "compare-results-quick")
+    # Flags left unset take the --quick or the full default: argparse has filled in whatever
+    # was given, under any abbreviation it accepts.
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     try:
         args.sizes = sorted(set(int(s) for s in args.sizes.split(",")))
     except ValueError:
@@ -121,25 +128,17 @@ def parse_args():
     return args
 
 
-def count_images(folder):
-    """Images per class folder, as vit's ImageFolder lists them (hidden entries ignored)."""
+def count_images(args, folder):
+    """Images per class folder, as vit train lists them: `vit folder` is the one place that
+    knows the image extensions and skips hidden entries."""
     if not os.path.isdir(folder):
         hint = " (prepare it: python3 datasets/prepare_fashion_mnist.py data/fashion-mnist)" \
             if folder.startswith(FMNIST) else ""
         fail(f"'{folder}': no such folder{hint}")
-    counts = {}
-    for cls in sorted(os.listdir(folder)):
-        path = os.path.join(folder, cls)
-        if cls.startswith(".") or not os.path.isdir(path):
-            continue
-        n = 0
-        for _, _, files in os.walk(path):
-            n += sum(1 for f in files if not f.startswith(".")
-                     and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
-        counts[cls] = n
-    if not counts:
-        fail(f"'{folder}': no class sub-folders")
-    return counts
+    proc = subprocess.run([args.vit, "folder", folder], capture_output=True, text=True)
+    if proc.returncode != 0:
+        fail(proc.stderr.strip().removeprefix("vit: "))
+    return {c["name"]: c["images"] for c in json.loads(proc.stdout)["classes"]}
 
 
 def run(cmd, log_path):
@@ -164,11 +163,13 @@ def cell_epochs(args, size):
     return max(args.epochs, math.ceil(args.min_steps / steps_per_epoch)), steps_per_epoch
 
 
-def train_and_eval(args, kind, preset, recipe, size, subset, seed):
+def train_and_eval(args, kind, preset, recipe, size, images, seed):
+    """One cell: `size` names it, `images` (the size clamped to the folder) is trained on."""
     cells = os.path.join(args.out, "cells")
     stem = os.path.join(cells, f"{kind}_{size}_seed{seed}")
     model_file, ckpt = stem + ".safetensors", stem + ".ckpt.safetensors"
-    epochs, per_epoch = cell_epochs(args, size)
+    epochs, per_epoch = cell_epochs(args, images)
+    subset = images if images < args.total else 0  # 0: the whole folder
     train = [args.vit, "train", "--data", args.data, "--model", preset, "--subset", str(subset),
              "--seed", str(seed), "--epochs", str(epochs), "--batch-size", str(args.batch_size),
              "--warmup-epochs", f"{0.05 * epochs:.4g}", "--mean", args.mean, "--std", args.std,
@@ -317,10 +318,10 @@ def main():
              "and start this script with Debian's /usr/bin/python3")
     if not os.access(args.vit, os.X_OK):
         fail(f"'{args.vit}': no vit executable (build it: cmake --workflow --preset release)")
-    train_counts, test_counts = count_images(args.data), count_images(args.test_data)
+    train_counts, test_counts = count_images(args, args.data), count_images(args, args.test_data)
     if set(train_counts) != set(test_counts):
         fail(f"'{args.test_data}' has other class folders than '{args.data}'")
-    total = sum(train_counts.values())
+    total = args.total = sum(train_counts.values())
     os.makedirs(os.path.join(args.out, "cells"), exist_ok=True)
 
     if args.budget == "steps":
@@ -373,8 +374,7 @@ def main():
         subset = min(size, total)
         print(f"[{i}/{len(todo)}] {kind} {preset}, {subset} images, seed {seed} ...",
               end="", flush=True)
-        row, commands = train_and_eval(args, kind, preset, recipe, size,
-                                       subset if subset < total else 0, seed)
+        row, commands = train_and_eval(args, kind, preset, recipe, size, subset, seed)
         row["size"] = size
         print(f" test acc {100 * row['test_acc']:.2f}%, {row['train_seconds']:.0f}s, "
               f"{row['images_per_second']:.0f} img/s", flush=True)

@@ -34,6 +34,8 @@ constexpr Command kCommands[] = {
      cli::run_eval},
     {"classify", "the top-k classes of images, text or JSON", cli::run_classify},
     {"models", "the model presets, with parameters and FLOPs", cli::run_models},
+    {"folder", "an image folder's classes and image counts as vit reads them, JSON",
+     cli::run_folder},
     {"bench", "images/s of a model, and the fraction of the machine's matmul peak it reaches",
      cli::run_bench},
     {"info", "print the build, the oneDNN version and the CPU ISA it dispatches to", cli::run_info},

@@ -17,6 +17,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "engine/fused.hpp"
 #include "engine/plan.hpp"
@@ -45,6 +47,7 @@ class VitInference {
  private:
   struct Plan {
     std::map<std::string, dnnl::memory> buffers;  // the activations, shared by the modules
+    std::vector<std::pair<std::string, dnnl::matmul>> matmuls;  // shared by the blocks
     std::unique_ptr<VisionTransformer::Fused> net;
   };
 

@@ -122,12 +122,12 @@ std::unique_ptr<FusedStep> MultiHeadAttention::fused(FusedBuild& f, const FusedT
   p->q = qkv.fused(f, t.normed.get_desc(), rows_md, {}, 0, D, q_scale);
   p->k = qkv.fused(f, t.normed.get_desc(), rows_md, {}, D, D);
   p->v = qkv.fused(f, t.normed.get_desc(), rows_md, {}, 2 * D, D);
-  p->scores_mm = dnnl::matmul({{heads_md, k_t_md, p->scores.get_desc()}, eng});
+  p->scores_mm = f.matmul({{heads_md, k_t_md, p->scores.get_desc()}, eng});
   p->softmax = dnnl::softmax_v2_forward(
       {{dnnl::prop_kind::forward_inference, dnnl::algorithm::softmax_accurate, p->scores.get_desc(),
         p->probs.get_desc(), 3},
        eng});
-  p->context_mm = dnnl::matmul({{p->probs.get_desc(), heads_md, heads_md}, eng});
+  p->context_mm = f.matmul({{p->probs.get_desc(), heads_md, heads_md}, eng});
   // x += proj(...) in place: the sum post-op reads the residual from dst, cheaper than a binary
   // add from a second buffer.
   dnnl::post_ops add_residual;
