@@ -39,6 +39,8 @@ struct ResNetConfig {
   // 2 × multiply-adds of one forward pass: convolutions and the head (BatchNorm, ReLU, adds
   // and pooling are memory traffic, not counted, as for the ViT).
   double flops_per_image() const;
+
+  bool operator==(const ResNetConfig&) const = default;
 };
 
 void to_json(nlohmann::json& j, const ResNetConfig& c);

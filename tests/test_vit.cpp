@@ -66,6 +66,15 @@ void randomize_parameters(ParameterStore& store, std::mt19937_64& rng, float sca
   for (engine::Parameter& p : store.parameters()) check::randomize(p.value, rng, -scale, scale);
 }
 
+// Random parameters in ±scale, but LayerNorm scales near 1, as trained ones are: a deep
+// float32 forward through tiny norm scales leaves finite differences to rounding noise.
+void randomize_for_fd(ParameterStore& store, std::mt19937_64& rng, float scale) {
+  randomize_parameters(store, rng, scale);
+  for (engine::Parameter& p : store.parameters())
+    if (p.name.find("norm") != std::string::npos && p.name.ends_with("weight"))
+      check::randomize(p.value, rng, 0.5f, 1.5f);
+}
+
 }  // namespace
 
 TEST_CASE("PatchEmbed: timm's [D, C, P, P] weight applied to flattened patches") {
@@ -180,10 +189,7 @@ TEST_CASE("Block: pre-norm residual block by FD") {
   ParameterStore store;
   Block block(store, "blocks.0", c, 0.0f);
   store.allocate(ctx.eng);
-  randomize_parameters(store, rng);
-  for (engine::Parameter& p : store.parameters())  // norms near 1, as trained ones are
-    if (p.name.find("norm") != std::string::npos && p.name.ends_with("weight"))
-      check::randomize(p.value, rng, 0.5f, 1.5f);
+  randomize_for_fd(store, rng, 0.5f);
   Tensor x = check::random_tensor(ctx, {2, 5, 8}, rng);
   auto forward = [&]() -> const Tensor& { return block.forward(ctx, x); };
   Tensor r = check::random_tensor(ctx, forward().dims(), rng);
@@ -250,10 +256,7 @@ TEST_CASE("VisionTransformer: whole-model gradients by FD") {
   ParameterStore store;
   VisionTransformer model(store, c);
   store.allocate(ctx.eng);
-  randomize_parameters(store, rng, 0.4f);
-  for (engine::Parameter& p : store.parameters())
-    if (p.name.find("norm") != std::string::npos && p.name.ends_with("weight"))
-      check::randomize(p.value, rng, 0.5f, 1.5f);
+  randomize_for_fd(store, rng, 0.4f);
   Tensor patches = check::random_tensor(ctx, {2, 4, 32}, rng);
   auto forward = [&]() -> const Tensor& { return model.forward(ctx, patches); };
   Tensor r = check::random_tensor(ctx, forward().dims(), rng);
@@ -356,10 +359,7 @@ TEST_CASE("VisionTransformer variants: prefix tokens and pooling, gradients by F
     CHECK((store.find("fc_norm.weight") != nullptr) == c.fc_norm);
     CHECK((store.find("norm.weight") != nullptr) == !c.fc_norm);
     CHECK(store["pos_embed"].dims == Dims{1, c.pos_embed_len(), c.embed_dim});
-    randomize_parameters(store, rng, 0.4f);
-    for (engine::Parameter& p : store.parameters())
-      if (p.name.find("norm") != std::string::npos && p.name.ends_with("weight"))
-        check::randomize(p.value, rng, 0.5f, 1.5f);
+    randomize_for_fd(store, rng, 0.4f);
     Tensor patches = check::random_tensor(ctx, {2, 4, 32}, rng);
     auto forward = [&]() -> const Tensor& { return model.forward(ctx, patches); };
     Tensor r = check::random_tensor(ctx, forward().dims(), rng);
