@@ -137,6 +137,9 @@ run "resume: a contradicting --lr" 2 "--lr 0.1 contradicts the checkpoint's lr 0
   --data "$data/train" --resume "$tmp/b.ckpt.safetensors" --lr 0.1 --out "$tmp/c.safetensors"
 run "resume: a contradicting --embed-dim" 2 "--embed-dim 64 contradicts the checkpoint's embed_dim 32" \
   -- train --data "$data/train" --resume "$tmp/b.ckpt.safetensors" --embed-dim 64 --out "$tmp/c.safetensors"
+run "resume: a contradicting --model" 2 "--model vit_fmnist_patch7 \\(patch_size 7\\) contradicts the checkpoint's patch_size 4" \
+  -- train --data "$data/train" --resume "$tmp/b.ckpt.safetensors" --model vit_fmnist_patch7 \
+  --img-size 16 --embed-dim 32 --depth 2 --num-heads 2 --out "$tmp/c.safetensors"
 run "resume: the same flags again" 0 "" -- train --data "$data/train" --resume "$tmp/b.ckpt.safetensors" \
   "${small[@]}" --epochs 4 --out "$tmp/c.safetensors"
 # The folder changed under the checkpoint: other images, or another number of batches per epoch.

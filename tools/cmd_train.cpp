@@ -115,9 +115,10 @@ void refuse_contradictions(const po::variables_map& vm, const models::Resumed& r
     std::string flag = key;
     std::replace(flag.begin(), flag.end(), '_', '-');
     const bool asked = given(vm, flag.c_str()) || (given(vm, "model") && key != "num_classes");
-    if (asked && config.contains(key) && config[key] != value)
-      throw contradiction(given(vm, flag.c_str()) ? flag : "model " + preset.name + ": its", value,
-                          key, config[key]);
+    if (!asked || !config.contains(key) || config[key] == value) continue;
+    if (given(vm, flag.c_str())) throw contradiction(flag, value, key, config[key]);
+    throw contradiction("model", preset.name + " (" + key + " " + value.dump() + ")", key,
+                        config[key]);
   }
   const datasets::Preprocess& pre = resumed.loaded.preprocess;
   if (given(vm, "mean") && parse_floats(vm["mean"].as<std::string>(), "mean") != pre.mean)
