@@ -2,6 +2,8 @@
 // and its configuration rules.
 #include <doctest/doctest.h>
 
+#include <nlohmann/json.hpp>
+
 #include "check.hpp"
 #include "engine/error.hpp"
 #include "engine/optim.hpp"

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <nlohmann/json.hpp>
+
 #include "engine/error.hpp"
 #include "engine/json_read.hpp"
 #include "vit/attention.hpp"
