@@ -56,6 +56,19 @@ inline double json_double(const nlohmann::json& j, const std::string& key, doubl
   return j.contains(key) ? json_double(j[key], key) : fallback;
 }
 
+inline bool json_bool(const nlohmann::json& j, const std::string& key, bool fallback) {
+  if (!j.contains(key)) return fallback;
+  if (!j[key].is_boolean())
+    throw Error("'" + key + "' must be true or false, not " + j[key].dump());
+  return j[key].get<bool>();
+}
+inline std::string json_string(const nlohmann::json& j, const std::string& key,
+                               const std::string& fallback) {
+  if (!j.contains(key)) return fallback;
+  if (!j[key].is_string()) throw Error("'" + key + "' must be a string, not " + j[key].dump());
+  return j[key].get<std::string>();
+}
+
 inline std::vector<int64_t> json_ints(const nlohmann::json& v, const std::string& key) {
   if (!v.is_array()) throw Error("'" + key + "' must be a list of integers, not " + v.dump());
   std::vector<int64_t> out;

@@ -92,7 +92,8 @@ void to_json(nlohmann::json& j, const VitConfig& c) {
 }
 
 void from_json(const nlohmann::json& j, VitConfig& c) {
-  using engine::field_double, engine::field_int, engine::json_double, engine::json_int;
+  using engine::field_double, engine::field_int, engine::json_bool, engine::json_double,
+      engine::json_int, engine::json_string;
   if (!j.is_object()) throw engine::Error("a ViT config must be a JSON object, not " + j.dump());
   static const char* const known[] = {
       "img_size",       "patch_size",     "in_chans",    "num_classes", "embed_dim",
@@ -102,18 +103,6 @@ void from_json(const nlohmann::json& j, VitConfig& c) {
   for (const auto& [key, value] : j.items())
     require(std::find(std::begin(known), std::end(known), key) != std::end(known),
             "'" + key + "' is not a setting of a ViT");
-  auto boolean = [&](const char* key, bool fallback) {
-    if (!j.contains(key)) return fallback;
-    require(j[key].is_boolean(),
-            std::string("'") + key + "' must be true or false, not " + j[key].dump());
-    return j[key].get<bool>();
-  };
-  auto text = [&](const char* key, const std::string& fallback) {
-    if (!j.contains(key)) return fallback;
-    require(j[key].is_string(),
-            std::string("'") + key + "' must be a string, not " + j[key].dump());
-    return j[key].get<std::string>();
-  };
   // Every size is required: a model file that omits one is not ours to guess.
   c.img_size = field_int(j, "img_size");
   c.patch_size = field_int(j, "patch_size");
@@ -123,18 +112,18 @@ void from_json(const nlohmann::json& j, VitConfig& c) {
   c.depth = field_int(j, "depth");
   c.num_heads = field_int(j, "num_heads");
   c.mlp_ratio = field_double(j, "mlp_ratio");
-  c.qkv_bias = boolean("qkv_bias", true);
+  c.qkv_bias = json_bool(j, "qkv_bias", true);
   c.drop_rate = json_double(j, "drop_rate", 0.0);
   c.attn_drop_rate = json_double(j, "attn_drop_rate", 0.0);
   c.drop_path_rate = json_double(j, "drop_path_rate", 0.0);
-  c.class_token = boolean("class_token", true);
+  c.class_token = json_bool(j, "class_token", true);
   c.reg_tokens = json_int(j, "reg_tokens", 0);
-  c.no_embed_class = boolean("no_embed_class", false);
-  c.global_pool = text("global_pool", "token");
+  c.no_embed_class = json_bool(j, "no_embed_class", false);
+  c.global_pool = json_string(j, "global_pool", "token");
   // timm's fc_norm=None: on exactly for average pooling.
-  c.fc_norm = j.contains("fc_norm") && !j["fc_norm"].is_null() ? boolean("fc_norm", false)
+  c.fc_norm = j.contains("fc_norm") && !j["fc_norm"].is_null() ? json_bool(j, "fc_norm", false)
                                                                : c.global_pool == "avg";
-  c.attn_layer = text("attn_layer", VitConfig{}.attn_layer);
+  c.attn_layer = json_string(j, "attn_layer", VitConfig{}.attn_layer);
 }
 
 static VitConfig make(int64_t img, int64_t patch, int64_t chans, int64_t dim, int64_t depth,
