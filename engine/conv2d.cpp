@@ -1,6 +1,7 @@
 #include "engine/conv2d.hpp"
 
 #include <cmath>
+#include <string>
 
 #include "engine/init.hpp"
 
@@ -53,8 +54,24 @@ std::unique_ptr<Conv2d::Plan> Conv2d::build(Context& ctx, const Dims& src_dims) 
       ctx.eng);
   dnnl::convolution_backward_data::primitive_desc bwd_data_pd(
       {algo, src_md, w_any, dst_md, strides, pad, pad}, ctx.eng, fwd_pd);
-  dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd(
-      {algo, src_md, w_any, b_md, dst_md, strides, pad, pad}, ctx.eng, fwd_pd);
+  // The iterator behind next_impl() points at the op descriptor: keep it alive by name.
+  const dnnl::convolution_backward_weights::desc bwd_weights_desc(algo, src_md, w_any, b_md, dst_md,
+                                                                  strides, pad, pad);
+  dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd(bwd_weights_desc, ctx.eng,
+                                                                    fwd_pd);
+  // oneDNN 2.6's jit_1x1 backward-weights kernel, on a strided NHWC input with fewer channels
+  // than its 16-wide channel block, copies the input to unit stride past the end of its buffer
+  // (oneDNN issue #6035): wrong gradients, or a hang, with several threads. Take the next
+  // implementation for that case.
+  if (layout == Layout::nhwc && kernel_size == 1 && stride > 1 && in_channels < 16) {
+    auto is_1x1 = [&] {
+      return std::string(bwd_weights_pd.impl_info_str()).find("1x1") != std::string::npos;
+    };
+    while (is_1x1())
+      require(bwd_weights_pd.next_impl(),
+              "Conv2d: oneDNN offers no backward-weights kernel for "
+              "a strided 1x1 NHWC convolution but a faulty one");
+  }
   p->fwd = dnnl::convolution_forward(fwd_pd);
   p->bwd_data = dnnl::convolution_backward_data(bwd_data_pd);
   p->bwd_weights = dnnl::convolution_backward_weights(bwd_weights_pd);

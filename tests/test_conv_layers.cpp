@@ -390,3 +390,42 @@ TEST_CASE("NHWC layers compute what their NCHW twins compute, forward and backwa
   GlobalAvgPool2d gap, gap_nhwc(Layout::nhwc);
   run("GlobalAvgPool2d", gap, gap_nhwc, none_a, none_b);
 }
+
+TEST_CASE("NHWC 1x1 stride-2 convolution (ResNet's downsample) with few input channels") {
+  // oneDNN 2.6's jit_1x1 backward-weights kernel writes past its reduce-to-unit-stride buffer
+  // when NHWC has fewer input channels than its channel block (oneDNN issue #6035): with two
+  // threads the weight gradient comes out wrong, or the process hangs. Conv2d steers around
+  // that kernel; this checks the gradient against a loop, repeatedly, with two threads.
+  Context ctx(32, 2);
+  std::mt19937_64 rng(132);
+  for (const int64_t C : {3, 4, 12}) {
+    ParameterStore store;
+    const int64_t O = 8, B = 8, H = 16, s = 2, OH = H / s;
+    Conv2d conv(store, "downsample", C, O, 1, s, 0, false, Layout::nhwc);
+    store.allocate(ctx.eng);
+    conv.reset_parameters(ctx);
+    Tensor x = check::random_tensor(ctx, {B, H, H, C}, rng);
+    const Dims y_dims{B, OH, OH, O};
+    Tensor r = check::random_tensor(ctx, y_dims, rng);
+    // dW[o, c] = Σ r[b, i, j, o] · x[b, s·i, s·j, c]; dx[b, s·i, s·j, c] = Σ_o r · W[o, c].
+    std::vector<double> want(O * C, 0.0), want_dx(x.numel(), 0.0);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < OH; ++i)
+        for (int64_t j = 0; j < OH; ++j)
+          for (int64_t o = 0; o < O; ++o)
+            for (int64_t c = 0; c < C; ++c) {
+              const double ro = r[((b * OH + i) * OH + j) * O + o];
+              const int64_t xi = ((b * H + s * i) * H + s * j) * C + c;
+              want[o * C + c] += ro * x[xi];
+              want_dx[xi] += ro * conv.weight->value[o * C + c];
+            }
+    for (int round = 0; round < 4; ++round) {
+      INFO("C = " << C << ", round " << round);
+      REQUIRE(conv.forward(ctx, x).dims() == y_dims);
+      const Tensor& dx = conv.backward(ctx, r);
+      ctx.wait();
+      check::check_close("weight gradient", conv.weight->grad, want);
+      check::check_close("input gradient", dx, want_dx);
+    }
+  }
+}
