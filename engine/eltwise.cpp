@@ -7,9 +7,9 @@ const Tensor& Eltwise::forward(Context& ctx, const Tensor& src) {
     auto plan = std::make_unique<Plan>();
     const dnnl::memory::desc md = plain_desc(src.dims());
     dnnl::eltwise_forward::primitive_desc fwd_pd(
-        {dnnl::prop_kind::forward_training, algorithm_, md, 0.f, 0.f}, ctx.eng);
+        {dnnl::prop_kind::forward_training, algorithm_, md, alpha_, 0.f}, ctx.eng);
     plan->fwd = dnnl::eltwise_forward(fwd_pd);
-    plan->bwd = dnnl::eltwise_backward({{algorithm_, md, md, 0.f, 0.f}, ctx.eng, fwd_pd});
+    plan->bwd = dnnl::eltwise_backward({{algorithm_, md, md, alpha_, 0.f}, ctx.eng, fwd_pd});
     plan->dst_tensor = Tensor(ctx.eng, src.dims());
     plan->diff_src_tensor = gradient_buffer(ctx, grad_slot, src.dims());
     plan->src = memory_over(ctx, md);

@@ -1,4 +1,5 @@
-// Element-wise activations: Gelu (erf form, torch.nn.GELU's default) and Relu.
+// Element-wise activations: Gelu (erf form, torch.nn.GELU's default), any oneDNN eltwise
+// algorithm by name (GELU's tanh form, QuickGELU as swish with β 1.702) and Relu.
 #pragma once
 
 #include "engine/plan.hpp"
@@ -7,7 +8,8 @@ namespace engine {
 
 class Eltwise {
  public:
-  explicit Eltwise(dnnl::algorithm algorithm) : algorithm_(algorithm) {}
+  explicit Eltwise(dnnl::algorithm algorithm, float alpha = 0.0f)
+      : algorithm_(algorithm), alpha_(alpha) {}
   // src must stay alive until backward: the gradient of both is computed from it.
   const Tensor& forward(Context& ctx, const Tensor& src);
   const Tensor& backward(Context& ctx, const Tensor& diff_dst);
@@ -22,6 +24,7 @@ class Eltwise {
     Tensor dst_tensor, diff_src_tensor;
   };
   dnnl::algorithm algorithm_;
+  float alpha_;  // the algorithm's parameter (swish's β)
   PlanCache<Plan> plans_;
 };
 

@@ -74,7 +74,7 @@ dnnl::matmul FusedBuild::matmul(const dnnl::matmul::primitive_desc& pd) {
 memory PackedWeights::find_or_add(Context& ctx, Entry e) {
   for (const Entry& x : entries_)
     if (x.source == e.source && x.first == e.first && x.rows == e.rows && x.scale == e.scale &&
-        x.tag == e.tag && x.md == e.md)
+        x.tag == e.tag && x.out_scale == e.out_scale && x.md == e.md)
       return x.mem;
   e.mem = memory(e.md, ctx.eng);
   entries_.push_back(std::move(e));
@@ -82,37 +82,49 @@ memory PackedWeights::find_or_add(Context& ctx, Entry e) {
 }
 
 memory PackedWeights::linear(Context& ctx, const Parameter& weight, const memory::desc& md,
-                             int64_t first, int64_t rows, float scale) {
+                             int64_t first, int64_t rows, float scale, const Parameter* out_scale) {
   const int64_t out = weight.dims[0], in = weight.value.numel() / out;
   if (rows < 0) rows = out;
   require(first >= 0 && first + rows <= out,
           "PackedWeights: rows out of range of '" + weight.name + "'");
+  require(!out_scale || out_scale->value.numel() >= first + rows,
+          "PackedWeights: '" + weight.name + "' has more output features than its scale");
   const float* values = weight.value.data() + first * in;
   // torch's Linear weight [out, in] is Wᵀ [in, out] with swapped strides; a reorder converts it
-  // to the packed layout (and type), multiplying by `scale` on the way.
-  auto fill = [values, in, rows, scale](Context& c, const memory& packed_memory) {
+  // to the packed layout (and type), multiplying by `scale` (per column: by the scale vector)
+  // on the way.
+  auto fill = [values, in, first, rows, scale, out_scale](Context& c, const memory& packed_memory) {
     memory packed = packed_memory;  // a handle: the same memory
     memory src(fused_desc({in, rows}, memory::data_type::f32, {1, in}), c.eng,
                const_cast<float*>(values));
     dnnl::primitive_attr attr;
-    attr.set_output_scales(0, {scale});
+    if (out_scale) {
+      std::vector<float> scales(static_cast<size_t>(rows));
+      for (int64_t j = 0; j < rows; ++j) scales[j] = scale * out_scale->value[first + j];
+      attr.set_output_scales(1 << 1, scales);
+    } else {
+      attr.set_output_scales(0, {scale});
+    }
     dnnl::reorder(dnnl::reorder::primitive_desc(src, packed, attr)).execute(c.strm, src, packed);
   };
-  return find_or_add(ctx, {&weight, first, rows, scale, -1, md, {}, fill, std::nullopt});
+  return find_or_add(ctx, {&weight, first, rows, scale, -1, out_scale, md, {}, fill, std::nullopt});
 }
 
 memory PackedWeights::vector(Context& ctx, const Parameter& p, int64_t first, int64_t n,
-                             float scale) {
+                             float scale, const Parameter* out_scale) {
   require(first >= 0 && first + n <= p.value.numel(),
           "PackedWeights: elements out of range of '" + p.name + "'");
+  require(!out_scale || out_scale->value.numel() >= first + n,
+          "PackedWeights: '" + p.name + "' has more elements than its scale");
   const memory::desc md = fused_desc({1, n}, memory::data_type::f32);
-  if (scale == 1.0f) return memory(md, ctx.eng, p.value.data() + first);
+  if (scale == 1.0f && !out_scale) return memory(md, ctx.eng, p.value.data() + first);
   const float* values = p.value.data() + first;
-  auto fill = [values, n, scale](Context&, const memory& m) {
+  const float* scales = out_scale ? out_scale->value.data() + first : nullptr;
+  auto fill = [values, scales, n, scale](Context&, const memory& m) {
     float* dst = static_cast<float*>(m.get_data_handle());
-    for (int64_t i = 0; i < n; ++i) dst[i] = values[i] * scale;
+    for (int64_t i = 0; i < n; ++i) dst[i] = values[i] * scale * (scales ? scales[i] : 1.0f);
   };
-  return find_or_add(ctx, {&p, first, n, scale, -2, md, {}, fill, std::nullopt});
+  return find_or_add(ctx, {&p, first, n, scale, -2, out_scale, md, {}, fill, std::nullopt});
 }
 
 memory PackedWeights::derived(Context& ctx, const void* owner, int tag, const memory::desc& md,
@@ -121,7 +133,7 @@ memory PackedWeights::derived(Context& ctx, const void* owner, int tag, const me
   auto fill_memory = [fill = std::move(fill)](Context&, const memory& m) {
     fill(static_cast<float*>(m.get_data_handle()));
   };
-  return find_or_add(ctx, {owner, 0, 0, 1.0f, tag, md, {}, fill_memory, std::nullopt});
+  return find_or_add(ctx, {owner, 0, 0, 1.0f, tag, nullptr, md, {}, fill_memory, std::nullopt});
 }
 
 void PackedWeights::refresh(Context& ctx) {

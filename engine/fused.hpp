@@ -34,13 +34,15 @@ class PackedWeights {
   explicit PackedWeights(const ParameterStore& store) : store_(store) {}
 
   // Output features [first, first + rows) of a torch Linear weight [out, in] (rows < 0: all),
-  // times `scale`, as a matmul's weights [in, rows] in layout `md` (and md's data type).
+  // times `scale` and, per output feature j, times out_scale[j] when given, as a matmul's
+  // weights [in, rows] in layout `md` (and md's data type).
   dnnl::memory linear(Context& ctx, const Parameter& weight, const dnnl::memory::desc& md,
-                      int64_t first = 0, int64_t rows = -1, float scale = 1.0f);
-  // f32 [1, n]: elements [first, first + n) of a parameter times `scale`. Unscaled, a view of
-  // the store itself (no copy).
+                      int64_t first = 0, int64_t rows = -1, float scale = 1.0f,
+                      const Parameter* out_scale = nullptr);
+  // f32 [1, n]: elements [first, first + n) of a parameter times `scale` (and elementwise
+  // times out_scale[first..] when given). Unscaled, a view of the store itself (no copy).
   dnnl::memory vector(Context& ctx, const Parameter& p, int64_t first, int64_t n,
-                      float scale = 1.0f);
+                      float scale = 1.0f, const Parameter* out_scale = nullptr);
   // An f32 table of md's size that `fill` computes from the parameters; `owner` and `tag`
   // identify it, so that plans of every batch size share one.
   dnnl::memory derived(Context& ctx, const void* owner, int tag, const dnnl::memory::desc& md,
@@ -57,6 +59,7 @@ class PackedWeights {
     int64_t first, rows;
     float scale;
     int tag;  // -1: packed weight, -2: vector, else a derived table's tag
+    const Parameter* out_scale;
     dnnl::memory::desc md;
     dnnl::memory mem;
     std::function<void(Context&, const dnnl::memory&)> fill;

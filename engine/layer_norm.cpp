@@ -81,15 +81,19 @@ const Tensor& LayerNorm::backward(Context& ctx, const Tensor& diff_dst) {
   return p.diff_src_tensor;
 }
 
-LayerNorm::Fused LayerNorm::fused(FusedBuild& f, int64_t rows) const {
+LayerNorm::Fused LayerNorm::fused(FusedBuild& f, int64_t rows, float scale) const {
   const memory::desc data_md = plain_desc({rows, dim});
   Fused out;
   out.prim = dnnl::layer_normalization_forward(
       {{dnnl::prop_kind::forward_inference, data_md, eps,
         normalization_flags::use_scale | normalization_flags::use_shift},
        f.ctx.eng});
-  out.scale = memory_over(f.ctx, plain_desc({dim}), weight->value.data());
-  out.shift = memory_over(f.ctx, plain_desc({dim}), bias->value.data());
+  auto vector = [&](const Parameter& p) {
+    const memory v = f.packed.vector(f.ctx, p, 0, dim, scale);
+    return memory(plain_desc({dim}), f.ctx.eng, v.get_data_handle());
+  };
+  out.scale = vector(*weight);
+  out.shift = vector(*bias);
   return out;
 }
 

@@ -25,7 +25,8 @@ struct LayerNorm {
     dnnl::memory scale, shift;
     void run(dnnl::stream& s, const dnnl::memory& src, const dnnl::memory& dst) const;
   };
-  Fused fused(FusedBuild& f, int64_t rows) const;
+  // With `scale`, the output times scale (folded into the weight and bias).
+  Fused fused(FusedBuild& f, int64_t rows, float scale = 1.0f) const;
 
   int64_t dim;
   float eps;

@@ -129,8 +129,8 @@ const Tensor& Linear::backward(Context& ctx, const Tensor& diff_dst) {
 }
 
 Linear::Fused Linear::fused(FusedBuild& f, const memory::desc& src, const memory::desc& dst,
-                            const dnnl::post_ops& ops, int64_t first, int64_t rows,
-                            float scale) const {
+                            const dnnl::post_ops& ops, int64_t first, int64_t rows, float scale,
+                            const Parameter* out_scale) const {
   if (rows < 0) rows = out_features;
   dnnl::primitive_attr attr;
   attr.set_post_ops(ops);
@@ -139,8 +139,8 @@ Linear::Fused Linear::fused(FusedBuild& f, const memory::desc& src, const memory
   const dnnl::matmul::primitive_desc pd({src, weights, bias_md, dst}, attr, f.ctx.eng);
   Fused out;
   out.prim = f.matmul(pd);
-  out.weight = f.packed.linear(f.ctx, *weight, pd.weights_desc(), first, rows, scale);
-  if (bias) out.bias = f.packed.vector(f.ctx, *bias, first, rows, scale);
+  out.weight = f.packed.linear(f.ctx, *weight, pd.weights_desc(), first, rows, scale, out_scale);
+  if (bias) out.bias = f.packed.vector(f.ctx, *bias, first, rows, scale, out_scale);
   return out;
 }
 

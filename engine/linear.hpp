@@ -31,7 +31,9 @@ struct Linear {
   // for the kernel (format_tag::any) in src's data type, the bias f32; the training path must
   // read them through a transposed view, which costs the kernel a copy on every call. With
   // rows >= 0 only output features [first, first + rows), and all times `scale` (the bias
-  // too): attention's q, k and v from its one qkv weight, q's with 1/√d folded in.
+  // too): attention's q, k and v from its one qkv weight, q's with 1/√d folded in. With
+  // out_scale [out], output feature j is also multiplied by out_scale[j] (a LayerScale folded
+  // into the layer before it).
   struct Fused {
     dnnl::matmul prim;
     dnnl::memory weight, bias;  // bias: empty when the layer has none
@@ -39,7 +41,7 @@ struct Linear {
   };
   Fused fused(FusedBuild& f, const dnnl::memory::desc& src, const dnnl::memory::desc& dst,
               const dnnl::post_ops& ops = dnnl::post_ops(), int64_t first = 0, int64_t rows = -1,
-              float scale = 1.0f) const;
+              float scale = 1.0f, const Parameter* out_scale = nullptr) const;
 
   int64_t in_features, out_features;
   bool input_gradient = true;  // false: backward skips diff_src (the network's first layer)

@@ -84,7 +84,7 @@ class UniformAttention : public Attention {
         {{p->uniform.get_desc(), p->values.get_desc(), p->mixed.get_desc()}, f.ctx.eng});
     dnnl::post_ops add_residual;
     add_residual.append_sum(1.0f);
-    p->proj = proj.fused(f, rows, t.x.get_desc(), add_residual);
+    p->proj = proj.fused(f, rows, t.x.get_desc(), add_residual, 0, -1, 1.0f, t.out_scale);
     return p;
   }
 

@@ -1,4 +1,4 @@
-// Dropout, the residual Add and Accumulate, and SoftmaxCrossEntropy.
+// Dropout, the residual Add and Accumulate, LayerScale, and SoftmaxCrossEntropy.
 #include <cmath>
 
 #include <doctest/doctest.h>
@@ -6,6 +6,7 @@
 #include "check.hpp"
 #include "engine/binary.hpp"
 #include "engine/cross_entropy.hpp"
+#include "engine/layer_scale.hpp"
 
 using namespace engine;
 
@@ -77,6 +78,36 @@ TEST_CASE("Add and Accumulate") {
   for (int64_t i = 0; i < a.numel(); ++i) CHECK(a[i] == doctest::Approx(a0[i] + 2.0 * b[i]));
   Tensor wrong(ctx.eng, {4, 3});
   CHECK_THROWS_AS(add.forward(ctx, a, wrong), Error);
+}
+
+TEST_CASE("LayerScale: x times a per-channel gamma that starts at init_values, gradients by FD") {
+  Context ctx(6);
+  std::mt19937_64 rng(106);
+  ParameterStore store;
+  LayerScale ls(store, "ls1", 3, 1e-5f);
+  store.allocate(ctx.eng);
+  ls.reset_parameters();
+  CHECK(store["ls1.gamma"].dims == Dims{3});
+  CHECK_FALSE(store["ls1.gamma"].decay);
+  for (int i = 0; i < 3; ++i) CHECK(ls.gamma->value[i] == 1e-5f);
+  ls.gamma->value[0] = 2.0f, ls.gamma->value[1] = -1.0f, ls.gamma->value[2] = 0.5f;
+  Tensor x(ctx.eng, {2, 1, 3});
+  for (int i = 0; i < 6; ++i) x[i] = float(i + 1);
+  const Tensor& y = ls.forward(ctx, x);
+  ctx.wait();
+  const float want[] = {2, -2, 1.5f, 8, -5, 3};
+  for (int i = 0; i < 6; ++i) CHECK(y[i] == want[i]);
+
+  Tensor big = check::random_tensor(ctx, {4, 5, 3}, rng);
+  auto forward = [&]() -> const Tensor& { return ls.forward(ctx, big); };
+  Tensor r = check::random_tensor(ctx, forward().dims(), rng);
+  const Tensor& dx = ls.backward(ctx, r);
+  ctx.wait();
+  check::check_gradients(ctx, forward, r,
+                         {{"x", big.data(), big.numel(), dx.data()},
+                          {"gamma", ls.gamma->value.data(), 3, ls.gamma->grad.data()}});
+  check::check_backward_overwrites(
+      ctx, forward, [&]() -> const Tensor& { return ls.backward(ctx, r); }, store);
 }
 
 TEST_CASE("SoftmaxCrossEntropy hand-computed cases") {

@@ -36,24 +36,33 @@ double max_abs_diff(Context& ctx, const Tensor& a, const Tensor& b) {
 std::vector<GradTarget> parameter_targets(ParameterStore& store, int64_t limit = 1 << 30) {
   std::vector<GradTarget> targets;
   for (engine::Parameter& p : store.parameters())
-    if (p.trainable)
+    // k_norm's bias has a zero gradient (see check_every_gradient), nothing to difference.
+    if (p.trainable && !p.name.ends_with(".attn.k_norm.bias"))
       targets.push_back({p.name, p.value.data(), std::min(limit, p.value.numel()), p.grad.data()});
   return targets;
 }
 
 // Every element of every parameter's gradient is non-zero, but for the keys' bias: adding the
 // same vector to every key adds q·b to all of a query's scores, which the softmax ignores, so its
-// gradient is zero (up to rounding).
+// gradient is zero (up to rounding). With qk_norm the same holds for k_norm's bias instead.
 void check_every_gradient(const ParameterStore& store, const VitConfig& c) {
+  double overall = 0;  // the largest gradient element of the model
+  for (const engine::Parameter& p : store.parameters())
+    for (int64_t i = 0; i < p.grad.numel(); ++i)
+      overall = std::max(overall, double(std::abs(p.grad[i])));
   for (const engine::Parameter& p : store.parameters()) {
     INFO(p.name);
-    const bool qkv_bias = p.name.ends_with(".attn.qkv.bias");
+    // Softmax over keys ignores what adds the same to every score of a query: the key bias
+    // (unless qk_norm normalizes k after it) and k_norm's bias.
+    const bool qkv_bias = p.name.ends_with(".attn.qkv.bias") && !c.qk_norm;
+    const bool k_norm_bias = p.name.ends_with(".attn.k_norm.bias");
     double largest = 0;
     for (int64_t i = 0; i < p.grad.numel(); ++i)
       largest = std::max(largest, double(std::abs(p.grad[i])));
+    if (k_norm_bias) largest = overall;
     int64_t zero = 0, key_bias_off = 0;
     for (int64_t i = 0; i < p.grad.numel(); ++i) {
-      const bool key_bias = qkv_bias && i >= c.embed_dim && i < 2 * c.embed_dim;
+      const bool key_bias = (qkv_bias && i >= c.embed_dim && i < 2 * c.embed_dim) || k_norm_bias;
       if (key_bias)
         key_bias_off += std::abs(p.grad[i]) > 1e-5 * largest;
       else
@@ -345,10 +354,24 @@ std::vector<VitConfig> variant_configs() {
   c = tiny_config();
   c.reg_tokens = 3, c.no_embed_class = true, c.global_pool = "avg", c.fc_norm = false;
   out.push_back(c);  // DINOv2's layout: no positions on the prefix; avg then the final norm
+  c = tiny_config();
+  c.init_values = 0.1, c.qk_norm = true, c.act_layer = "gelu_tanh";
+  out.push_back(c);  // LayerScale (DeiT III, DINOv2) and qk_norm
+  c = tiny_config();
+  c.pre_norm = true, c.norm_eps = 1e-5, c.act_layer = "quick_gelu";
+  out.push_back(c);  // CLIP's: norm_pre, no patch_embed bias, QuickGELU
+  c = tiny_config();
+  c.distilled = true;
+  out.push_back(c);  // DeiT distilled: dist token, two heads averaged
+  c = tiny_config();
+  c.num_classes = 0, c.reg_tokens = 1, c.init_values = 1.0;
+  out.push_back(c);  // no head: the pooled features
   return out;
 }
 
-TEST_CASE("VisionTransformer variants: prefix tokens and pooling, gradients by FD, both paths") {
+TEST_CASE(
+    "VisionTransformer variants: tokens, pooling, LayerScale, qk_norm, pre_norm, DeiT heads, "
+    "no head: gradients by FD, both paths") {
   Context ctx(8);
   std::mt19937_64 rng(159);
   for (const VitConfig& c : variant_configs()) {
@@ -361,6 +384,17 @@ TEST_CASE("VisionTransformer variants: prefix tokens and pooling, gradients by F
     CHECK((store.find("fc_norm.weight") != nullptr) == c.fc_norm);
     CHECK((store.find("norm.weight") != nullptr) == !c.fc_norm);
     CHECK(store["pos_embed"].dims == Dims{1, c.pos_embed_len(), c.embed_dim});
+    CHECK((store.find("blocks.1.ls2.gamma") != nullptr) == (c.init_values > 0));
+    CHECK((store.find("blocks.0.attn.k_norm.weight") != nullptr) == c.qk_norm);
+    CHECK((store.find("norm_pre.bias") != nullptr) == c.pre_norm);
+    CHECK((store.find("patch_embed.proj.bias") != nullptr) == !c.pre_norm);
+    CHECK((store.find("dist_token") != nullptr) == c.distilled);
+    CHECK((store.find("head_dist.weight") != nullptr) == c.distilled);
+    CHECK((store.find("head.weight") != nullptr) == (c.num_classes > 0));
+    if (c.init_values > 0) {  // LayerScale starts at init_values
+      model.init_weights(ctx);
+      CHECK(store["blocks.0.ls1.gamma"].value[3] == float(c.init_values));
+    }
     randomize_for_fd(store, rng, 0.4f);
     Tensor patches = check::random_tensor(ctx, {2, 4, 32}, rng);
     auto forward = [&]() -> const Tensor& { return model.forward(ctx, patches); };
@@ -372,7 +406,7 @@ TEST_CASE("VisionTransformer variants: prefix tokens and pooling, gradients by F
     check::check_gradients(ctx, forward, r, parameter_targets(store, 6), 1e-2f);
 
     model.train(false);
-    Tensor want(ctx.eng, {2, c.num_classes});
+    Tensor want(ctx.eng, {2, c.num_outputs()});
     want.copy_from(model.forward(ctx, patches));
     for (auto precision : {engine::Precision::f32, engine::Precision::bf16}) {
       if (!engine::precision_supported(precision)) continue;
@@ -407,7 +441,8 @@ TEST_CASE("VitConfig: every key to_json writes is read back, unknown keys are re
   VitConfig c = tiny_config();
   c.qkv_bias = false, c.drop_rate = 0.125, c.attn_drop_rate = 0.25, c.drop_path_rate = 0.5;
   c.class_token = false, c.reg_tokens = 2, c.no_embed_class = true, c.global_pool = "avg";
-  c.fc_norm = false;
+  c.fc_norm = false, c.init_values = 0.25, c.qk_norm = true, c.pre_norm = true;
+  c.distilled = true, c.norm_eps = 1e-5, c.act_layer = "quick_gelu";
   const nlohmann::json j = c;
   CHECK(j.get<VitConfig>() == c);
   for (const auto& [key, value] : j.items()) {  // each key matters: flipping it changes the config

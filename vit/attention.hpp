@@ -19,6 +19,9 @@ struct FusedTokens {
   int64_t images, tokens;  // B, N
   dnnl::memory normed;     // [B·N, D] the block's LayerNorm output, in the matmul operand type
   dnnl::memory x;          // f32 [B·N, D] the residual stream, to which the piece adds its output
+  // The block's LayerScale γ [D] (or nullptr): the piece adds γ · attention(normed), folded into
+  // its output projection.
+  const engine::Parameter* out_scale = nullptr;
 };
 
 class Attention {

@@ -5,12 +5,22 @@ namespace vit {
 using dnnl::memory;
 using engine::fused_desc;
 
+static std::optional<engine::LayerScale> layer_scale(ParameterStore& store, const std::string& name,
+                                                     const VitConfig& c) {
+  if (c.init_values == 0.0) return std::nullopt;
+  return std::optional<engine::LayerScale>(std::in_place, store, name, c.embed_dim,
+                                           static_cast<float>(c.init_values));
+}
+
+// Members are built in timm's state-dict order: norm1, attn, ls1, norm2, mlp, ls2.
 Block::Block(ParameterStore& store, const std::string& prefix, const VitConfig& c, float drop_path)
-    : norm1(store, prefix + ".norm1", c.embed_dim),
+    : norm1(store, prefix + ".norm1", c.embed_dim, static_cast<float>(c.norm_eps)),
       attn(make_attention(store, prefix + ".attn", c)),
+      ls1(layer_scale(store, prefix + ".ls1", c)),
       drop_path1(drop_path),
-      norm2(store, prefix + ".norm2", c.embed_dim),
+      norm2(store, prefix + ".norm2", c.embed_dim, static_cast<float>(c.norm_eps)),
       mlp(store, prefix + ".mlp", c),
+      ls2(layer_scale(store, prefix + ".ls2", c)),
       drop_path2(drop_path) {
   // Every block's gradient buffers are the same memory: block i's backward is over before
   // block i-1's begins, and only its result (grad_sum1's output) crosses over, read by the
@@ -19,6 +29,8 @@ Block::Block(ParameterStore& store, const std::string& prefix, const VitConfig& 
   norm1.grad_slot = "block.norm1";
   attn->share_gradients("block.attn");
   drop_path1.grad_slot = "block.drop_path1";
+  if (ls1) ls1->grad_slot = "block.ls1";
+  if (ls2) ls2->grad_slot = "block.ls2";
   norm2.grad_slot = "block.norm2";
   mlp.share_gradients("block.mlp");
   drop_path2.grad_slot = "block.drop_path2";
@@ -42,21 +54,27 @@ void Block::init_weights(Context& ctx) {
   norm2.reset_parameters();
   attn->init_weights(ctx);
   mlp.init_weights(ctx);
+  if (ls1) ls1->reset_parameters();
+  if (ls2) ls2->reset_parameters();
 }
 
 const Tensor& Block::forward(Context& ctx, const Tensor& x) {
-  const Tensor& x1 =
-      residual1.forward(ctx, x, drop_path1.forward(ctx, attn->forward(ctx, norm1.forward(ctx, x))));
-  return residual2.forward(ctx, x1,
-                           drop_path2.forward(ctx, mlp.forward(ctx, norm2.forward(ctx, x1))));
+  const Tensor* a = &attn->forward(ctx, norm1.forward(ctx, x));
+  if (ls1) a = &ls1->forward(ctx, *a);
+  const Tensor& x1 = residual1.forward(ctx, x, drop_path1.forward(ctx, *a));
+  const Tensor* m = &mlp.forward(ctx, norm2.forward(ctx, x1));
+  if (ls2) m = &ls2->forward(ctx, *m);
+  return residual2.forward(ctx, x1, drop_path2.forward(ctx, *m));
 }
 
 const Tensor& Block::backward(Context& ctx, const Tensor& diff_dst) {
-  const Tensor& d_branch2 = norm2.backward(
-      ctx, mlp.backward(ctx, drop_path2.backward(ctx, residual2.backward(diff_dst))));
+  const Tensor* d = &drop_path2.backward(ctx, residual2.backward(diff_dst));
+  if (ls2) d = &ls2->backward(ctx, *d);
+  const Tensor& d_branch2 = norm2.backward(ctx, mlp.backward(ctx, *d));
   const Tensor& d_x1 = grad_sum2.forward(ctx, diff_dst, d_branch2);
-  const Tensor& d_branch1 =
-      norm1.backward(ctx, attn->backward(ctx, drop_path1.backward(ctx, residual1.backward(d_x1))));
+  d = &drop_path1.backward(ctx, residual1.backward(d_x1));
+  if (ls1) d = &ls1->backward(ctx, *d);
+  const Tensor& d_branch1 = norm1.backward(ctx, attn->backward(ctx, *d));
   return grad_sum1.forward(ctx, d_x1, d_branch1);
 }
 
@@ -72,8 +90,9 @@ std::unique_ptr<FusedStep> Block::fused(FusedBuild& f, int64_t tokens) const {
   }
   p->norm1 = norm1.fused(f, M);
   p->norm2 = norm2.fused(f, M);
-  const FusedTokens t{f.images, tokens, p->normed_low, p->x};
+  FusedTokens t{f.images, tokens, p->normed_low, p->x, ls1 ? ls1->gamma : nullptr};
   p->attn = attn->fused(f, t);
+  t.out_scale = ls2 ? ls2->gamma : nullptr;
   p->mlp = mlp.fused(f, t);
   return p;
 }

@@ -1,8 +1,12 @@
-// timm's pre-norm Block: x = x + drop_path(attn(norm1(x))); x = x + drop_path(mlp(norm2(x))).
-// The attention is whichever variant the config names (vit/attention.hpp).
+// timm's pre-norm Block: x = x + drop_path(ls1(attn(norm1(x)))); x = x + drop_path(ls2(mlp(
+// norm2(x)))), ls1 and ls2 LayerScales when init_values is set. The attention is whichever
+// variant the config names (vit/attention.hpp).
 #pragma once
 
+#include <optional>
+
 #include "engine/layer_norm.hpp"
+#include "engine/layer_scale.hpp"
 #include "vit/attention.hpp"
 #include "vit/mlp.hpp"
 
@@ -18,15 +22,18 @@ struct Block {
 
   engine::LayerNorm norm1;
   std::unique_ptr<Attention> attn;
+  std::optional<engine::LayerScale> ls1;
   engine::DropPath drop_path1;
   engine::Add residual1;
   engine::LayerNorm norm2;
   Mlp mlp;
+  std::optional<engine::LayerScale> ls2;
   engine::DropPath drop_path2;
   engine::Add residual2;
   engine::Add grad_sum1, grad_sum2;  // where x and x1 fan out, their gradients add
 
-  // The fused piece, on the residual stream x [B·N, D] in place. With bf16 the LayerNorm
+  // The fused piece, on the residual stream x [B·N, D] in place; the LayerScales are folded
+  // into the branches' output projections. With bf16 the LayerNorm
   // output is converted for the matmuls (oneDNN 2.6 has no LayerNorm writing bf16 from f32);
   // the stream, the norms and the softmax input stay f32, as under torch.autocast.
   struct Fused : FusedStep {

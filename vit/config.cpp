@@ -19,7 +19,8 @@ void VitConfig::validate() const {
   positive(img_size, "img-size");
   positive(patch_size, "patch-size");
   positive(in_chans, "in-chans");
-  positive(num_classes, "num-classes");
+  require(num_classes >= 0,
+          "--num-classes must not be negative, got " + std::to_string(num_classes));
   positive(embed_dim, "embed-dim");
   positive(depth, "depth");
   positive(num_heads, "num-heads");
@@ -54,6 +55,15 @@ void VitConfig::validate() const {
           "--global-pool token needs the class token (or pool by avg)");
   require(attention_registered(attn_layer), "--attn-layer: no attention named '" + attn_layer +
                                                 "' (known: " + attention_names() + ")");
+  require(
+      init_values >= 0.0 && init_values <= 1e3,
+      "--init-values must be in [0, 1000] (0: no LayerScale), got " + std::to_string(init_values));
+  require(norm_eps > 0.0 && norm_eps < 1.0,
+          "--norm-eps must be in (0, 1), got " + std::to_string(norm_eps));
+  require(act_layer == "gelu" || act_layer == "gelu_tanh" || act_layer == "quick_gelu",
+          "--act-layer must be gelu, gelu_tanh or quick_gelu, got '" + act_layer + "'");
+  require(!distilled || (class_token && reg_tokens == 0 && global_pool == "token"),
+          "--distilled (DeiT's dist_token) needs the class token, token pooling and no registers");
   for (auto [rate, flag] : {std::pair{drop_rate, "drop-rate"},
                             {attn_drop_rate, "attn-drop-rate"},
                             {drop_path_rate, "drop-path-rate"}})
@@ -66,7 +76,8 @@ double VitConfig::flops_per_image() const {
                F = double(mlp_hidden());
   const double patch = L * double(patch_dim()) * D;
   const double block = N * (3 * D * D + D * D + 2 * D * F) + 2 * N * N * D;
-  return 2.0 * (patch + double(depth) * block + D * double(num_classes));
+  const double heads = distilled ? 2.0 : 1.0;
+  return 2.0 * (patch + double(depth) * block + heads * D * double(num_classes));
 }
 
 void to_json(nlohmann::json& j, const VitConfig& c) {
@@ -88,7 +99,14 @@ void to_json(nlohmann::json& j, const VitConfig& c) {
        {"global_pool", c.global_pool},
        {"fc_norm", c.fc_norm}};
   // Only a variant is named: a file of timm's own architecture carries none of our keys.
-  if (c.attn_layer != VitConfig{}.attn_layer) j["attn_layer"] = c.attn_layer;
+  const VitConfig plain;
+  if (c.attn_layer != plain.attn_layer) j["attn_layer"] = c.attn_layer;
+  if (c.init_values != plain.init_values) j["init_values"] = c.init_values;
+  if (c.qk_norm) j["qk_norm"] = true;
+  if (c.pre_norm) j["pre_norm"] = true;
+  if (c.distilled) j["distilled"] = true;
+  if (c.norm_eps != plain.norm_eps) j["norm_eps"] = c.norm_eps;
+  if (c.act_layer != plain.act_layer) j["act_layer"] = c.act_layer;
 }
 
 void from_json(const nlohmann::json& j, VitConfig& c) {
@@ -99,7 +117,8 @@ void from_json(const nlohmann::json& j, VitConfig& c) {
       "img_size",       "patch_size",     "in_chans",    "num_classes", "embed_dim",
       "depth",          "num_heads",      "mlp_ratio",   "qkv_bias",    "drop_rate",
       "attn_drop_rate", "drop_path_rate", "class_token", "reg_tokens",  "no_embed_class",
-      "global_pool",    "fc_norm",        "attn_layer"};
+      "global_pool",    "fc_norm",        "attn_layer",  "init_values", "qk_norm",
+      "pre_norm",       "distilled",      "norm_eps",    "act_layer"};
   for (const auto& [key, value] : j.items())
     require(std::find(std::begin(known), std::end(known), key) != std::end(known),
             "'" + key + "' is not a setting of a ViT");
@@ -123,7 +142,17 @@ void from_json(const nlohmann::json& j, VitConfig& c) {
   // timm's fc_norm=None: on exactly for average pooling.
   c.fc_norm = j.contains("fc_norm") && !j["fc_norm"].is_null() ? json_bool(j, "fc_norm", false)
                                                                : c.global_pool == "avg";
-  c.attn_layer = json_string(j, "attn_layer", VitConfig{}.attn_layer);
+  const VitConfig plain;
+  c.attn_layer = json_string(j, "attn_layer", plain.attn_layer);
+  // timm's init_values=None: no LayerScale.
+  c.init_values = j.contains("init_values") && !j["init_values"].is_null()
+                      ? json_double(j, "init_values", 0.0)
+                      : 0.0;
+  c.qk_norm = json_bool(j, "qk_norm", false);
+  c.pre_norm = json_bool(j, "pre_norm", false);
+  c.distilled = json_bool(j, "distilled", false);
+  c.norm_eps = json_double(j, "norm_eps", plain.norm_eps);
+  c.act_layer = json_string(j, "act_layer", plain.act_layer);
 }
 
 static VitConfig make(int64_t img, int64_t patch, int64_t chans, int64_t dim, int64_t depth,

@@ -14,7 +14,7 @@ struct VitConfig {
   int64_t img_size = 224;
   int64_t patch_size = 16;
   int64_t in_chans = 3;
-  int64_t num_classes = 1000;
+  int64_t num_classes = 1000;  // 0: no head, the model gives its pooled features [B, D]
   int64_t embed_dim = 768;
   int64_t depth = 12;
   int64_t num_heads = 12;
@@ -35,10 +35,23 @@ struct VitConfig {
   bool fc_norm = false;
   // The Block's attention, by its registered name (vit/attention.hpp).
   std::string attn_layer = "attention";
+  // LayerScale (timm's init_values; CaiT, DeiT III, DINOv2): each residual branch is multiplied
+  // by a learned per-channel γ (blocks.i.ls1.gamma, ls2.gamma) that starts at this value;
+  // 0 is timm's None, no LayerScale.
+  double init_values = 0.0;
+  bool qk_norm = false;    // a LayerNorm over each head's q and k (attn.q_norm, attn.k_norm)
+  bool pre_norm = false;   // norm_pre after the token embedding; patch_embed has no bias (CLIP)
+  bool distilled = false;  // DeiT's dist_token after cls_token, and head_dist; heads averaged
+  double norm_eps = 1e-6;  // every LayerNorm's (timm 1e-6, Hugging Face's ViT 1e-12, CLIP 1e-5)
+  std::string act_layer = "gelu";  // the MLP's: gelu (erf), gelu_tanh, quick_gelu (x·σ(1.702x))
 
   int64_t grid() const { return img_size / patch_size; }
+  // Per image out of the model: the logits, or the pooled features without a head.
+  int64_t num_outputs() const { return num_classes > 0 ? num_classes : embed_dim; }
   int64_t num_patches() const { return grid() * grid(); }  // L
-  int64_t num_prefix_tokens() const { return (class_token ? 1 : 0) + reg_tokens; }
+  int64_t num_prefix_tokens() const {
+    return (class_token ? 1 : 0) + (distilled ? 1 : 0) + reg_tokens;
+  }
   int64_t num_tokens() const { return num_patches() + num_prefix_tokens(); }  // N
   int64_t pos_embed_len() const { return no_embed_class ? num_patches() : num_tokens(); }
   int64_t patch_dim() const { return in_chans * patch_size * patch_size; }  // C·P·P

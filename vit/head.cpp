@@ -7,21 +7,22 @@ using dt = memory::data_type;
 using engine::fused_desc;
 using engine::fused_view;
 
+// Parameters in timm's state-dict order: fc_norm, head, head_dist.
 Head::Head(ParameterStore& store, const VitConfig& c)
     : avg(c.global_pool == "avg"),
       num_prefix(c.num_prefix_tokens()),
       embed_dim(c.embed_dim),
-      head_drop(static_cast<float>(c.drop_rate)),
-      // fc_norm (constructed empty above) registers its parameters before head's, as in timm's
-      // state dict.
-      head([&]() -> engine::Linear {
-        if (c.fc_norm) fc_norm.emplace(store, "fc_norm", c.embed_dim);
-        return engine::Linear(store, "head", c.embed_dim, c.num_classes);
-      }()) {}
+      head_drop(static_cast<float>(c.drop_rate)) {
+  if (c.fc_norm) fc_norm.emplace(store, "fc_norm", c.embed_dim, static_cast<float>(c.norm_eps));
+  if (c.num_classes > 0) head.emplace(store, "head", c.embed_dim, c.num_classes);
+  if (c.num_classes > 0 && c.distilled)
+    head_dist.emplace(store, "head_dist", c.embed_dim, c.num_classes);
+}
 
 void Head::init_weights(Context& ctx) {
   if (fc_norm) fc_norm->reset_parameters();
-  init_linear(ctx, head);
+  if (head) init_linear(ctx, *head);
+  if (head_dist) init_linear(ctx, *head_dist);
 }
 
 const Tensor& Head::forward(Context& ctx, const Tensor& features) {
@@ -31,8 +32,16 @@ const Tensor& Head::forward(Context& ctx, const Tensor& features) {
     b->pooled = Tensor(ctx.eng, {B, D});
     b->diff_features = Tensor(ctx.eng, {B, N, D});  // rows not pooled stay zero
     if (avg) b->patch_rows = Tensor(ctx.eng, {B, 1, L, D});
+    if (head_dist) b->pooled_dist = Tensor(ctx.eng, {B, D});
     return b;
   });
+  if (head_dist) {  // timm's VisionTransformerDistilled: (head(x[:, 0]) + head_dist(x[:, 1])) / 2
+    copy_(ctx, View{features.data(), {B, D}, {N * D, 1}}, buf.pooled.as_view());
+    copy_(ctx, View{features.data() + D, {B, D}, {N * D, 1}}, buf.pooled_dist.as_view());
+    const Tensor& sum = sum_heads_.forward(ctx, head->forward(ctx, buf.pooled),
+                                           head_dist->forward(ctx, buf.pooled_dist));
+    return halve_.forward(ctx, sum);
+  }
   const Tensor* pooled = &buf.pooled;
   if (avg) {  // timm's x[:, num_prefix_tokens:].mean(1)
     copy_(ctx, View{features.data() + P * D, {B, L, D}, {N * D, D, 1}},
@@ -41,16 +50,26 @@ const Tensor& Head::forward(Context& ctx, const Tensor& features) {
   } else {                                         // timm's x[:, 0]
     copy_(ctx, View{features.data(), {B, D}, {N * D, 1}}, buf.pooled.as_view());
   }
-  const Tensor flat = pooled->reshaped({B, D});
-  const Tensor& normed = fc_norm ? fc_norm->forward(ctx, flat) : flat;
-  return head.forward(ctx, head_drop.forward(ctx, normed));
+  buf.flat = pooled->reshaped({B, D});
+  const Tensor& normed = fc_norm ? fc_norm->forward(ctx, buf.flat) : buf.flat;
+  if (!head) return normed;
+  return head->forward(ctx, head_drop.forward(ctx, normed));
 }
 
 const Tensor& Head::backward(Context& ctx, const Tensor& diff_logits) {
   Buffers& buf = buffers_.current("Head");
   const int64_t B = diff_logits.dim(0), N = buf.diff_features.dim(1), D = embed_dim, P = num_prefix,
                 L = N - P;
-  const Tensor* d = &head_drop.backward(ctx, head.backward(ctx, diff_logits));
+  if (head_dist) {
+    const Tensor& d_each = halve_.backward(ctx, diff_logits);
+    copy_(ctx, head->backward(ctx, d_each).as_view(),
+          View{buf.diff_features.data(), {B, D}, {N * D, 1}});
+    copy_(ctx, head_dist->backward(ctx, d_each).as_view(),
+          View{buf.diff_features.data() + D, {B, D}, {N * D, 1}});
+    return buf.diff_features;
+  }
+  const Tensor* d =
+      head ? &head_drop.backward(ctx, head->backward(ctx, diff_logits)) : &diff_logits;
   if (fc_norm) d = &fc_norm->backward(ctx, *d);
   if (avg) {
     const Tensor& d_rows = pool_.backward(ctx, d->reshaped({B, 1, 1, D}));  // [B, 1, L, D]
@@ -66,9 +85,10 @@ std::unique_ptr<Head::Fused> Head::fused(FusedBuild& f, const memory& x, int64_t
                                          const engine::LayerNorm* norm) const {
   const dnnl::engine& eng = f.ctx.eng;
   const int64_t B = f.images, N = tokens, D = embed_dim, P = num_prefix, L = N - P;
+  const int64_t rows = head_dist ? 2 : 1;  // pooled rows per image
   auto p = std::make_unique<Fused>();
   p->x = x;
-  p->pooled = f.buffer("head.pooled", fused_desc({B, D}, dt::f32));
+  p->pooled = f.buffer("head.pooled", fused_desc({B * rows, D}, dt::f32));
   if (avg) {
     // Normalize every row, make the patch rows dense, average them.
     memory src = x;
@@ -94,17 +114,34 @@ std::unique_ptr<Head::Fused> Head::fused(FusedBuild& f, const memory& x, int64_t
                                       {0, 0}},
                                      eng});
   } else {
-    // Take the cls rows, then normalize only them.
-    p->rows_src = fused_view(eng, fused_desc({B, D}, dt::f32, {N * D, 1}), x);
-    p->rows = p->pooled;
-    if (norm) p->norm_pooled = norm->fused(f, B);
+    // Take the cls rows (and the dist rows after them), then normalize only those.
+    p->rows_src = fused_view(eng, fused_desc({B, rows, D}, dt::f32, {N * D, D, 1}), x);
+    p->rows = memory(fused_desc({B, rows, D}, dt::f32), eng, p->pooled.get_data_handle());
+    if (norm) p->norm_pooled = norm->fused(f, B * rows);
   }
   p->take = dnnl::reorder(p->rows_src, p->rows);
   if (fc_norm) p->norm_pooled = fc_norm->fused(f, B);
-  p->pooled_normed =
-      p->norm_pooled ? f.buffer("head.pooled_normed", fused_desc({B, D}, dt::f32)) : p->pooled;
-  p->logits = f.buffer("head.logits", fused_desc({B, head.out_features}, dt::f32));
-  p->classifier = head.fused(f, p->pooled_normed.get_desc(), p->logits.get_desc());
+  p->pooled_normed = p->norm_pooled
+                         ? f.buffer("head.pooled_normed", fused_desc({B * rows, D}, dt::f32))
+                         : p->pooled;
+  if (!head) {
+    p->logits = p->pooled_normed;
+    return p;
+  }
+  const int64_t K = head->out_features;
+  p->logits = f.buffer("head.logits", fused_desc({B, K}, dt::f32));
+  const memory::desc head_src_md = fused_desc({B, D}, dt::f32, {rows * D, 1});
+  p->head_src = fused_view(eng, head_src_md, p->pooled_normed);
+  if (head_dist) {
+    // logits = head/2 + head_dist/2, each half folded into its packed weights.
+    p->dist_src = fused_view(eng, head_src_md, p->pooled_normed, D);
+    dnnl::post_ops add;
+    add.append_sum(1.0f);
+    p->classifier = head->fused(f, head_src_md, p->logits.get_desc(), {}, 0, -1, 0.5f);
+    p->classifier_dist = head_dist->fused(f, head_src_md, p->logits.get_desc(), add, 0, -1, 0.5f);
+  } else {
+    p->classifier = head->fused(f, head_src_md, p->logits.get_desc());
+  }
   return p;
 }
 
@@ -113,7 +150,8 @@ void Head::Fused::run(dnnl::stream& s) {
   take.execute(s, rows_src, rows);
   if (pool) pool.execute(s, {{DNNL_ARG_SRC, pool_src}, {DNNL_ARG_DST, pool_dst}});
   if (norm_pooled) norm_pooled->run(s, pooled, pooled_normed);
-  classifier.run(s, pooled_normed, logits);
+  if (classifier) classifier->run(s, head_src, logits);
+  if (classifier_dist) classifier_dist->run(s, dist_src, logits);
 }
 
 }  // namespace vit

@@ -1,14 +1,18 @@
 // timm's forward_head: pool the final tokens ("token": the cls token's row; "avg": the mean of
 // the patch rows), fc_norm (a LayerNorm after pooling, when the config puts the final norm
-// there), dropout, and the classifier. [B, N, D] -> [B, K].
+// there), dropout, and the classifier. [B, N, D] -> [B, K]. DeiT's distilled model adds
+// head_dist on the dist token's row and averages the two heads (timm's evaluation, and its
+// training unless distilled_training); without a head (num_classes 0) the output is the pooled
+// features [B, D].
 #pragma once
 
 #include <optional>
+
 #include "engine/binary.hpp"
+#include "engine/eltwise.hpp"
 #include "engine/layer_norm.hpp"
 #include "engine/pooling.hpp"
 #include "engine/reorder.hpp"
-
 #include "vit/module.hpp"
 
 namespace vit {
@@ -24,21 +28,25 @@ struct Head {
   int64_t num_prefix, embed_dim;  // P, D
   std::optional<engine::LayerNorm> fc_norm;
   engine::Dropout head_drop;
-  engine::Linear head;  // D -> K
+  std::optional<engine::Linear> head;       // D -> K; none for num_classes 0
+  std::optional<engine::Linear> head_dist;  // distilled: D -> K on the dist token
 
   // The fused piece, from the residual stream x [B·N, D] after the last block: the model's
   // final `norm` (when it has one; LayerNorm is per row, so for "token" only the pooled rows
-  // are normalized), pooling, fc_norm and the classifier, into logits f32 [B, K].
+  // are normalized), pooling, fc_norm and the classifier, into logits f32 [B, K] (or the
+  // features [B, D] without a head). Distilled: the cls and dist rows are taken together and
+  // both heads write half their output, the second as a sum post-op.
   struct Fused : FusedStep {
-    dnnl::reorder take;           // the cls rows, or the patch rows made dense
+    dnnl::reorder take;           // the cls rows (and dist rows), or the patch rows made dense
     dnnl::memory rows_src, rows;  // its source (a view of x or of normed) and dest
     std::optional<engine::LayerNorm::Fused> norm_all, norm_pooled;  // before / after pooling
     dnnl::memory x, normed;              // f32 [B·N, D]: the stream, its norm ("avg" only)
     dnnl::pooling_forward pool;          // "avg": [B, L, D] -> [B, D]
     dnnl::memory pool_src, pool_dst;     // rows and pooled, as the pooling's NHWC images
-    dnnl::memory pooled, pooled_normed;  // f32 [B, D]
-    engine::Linear::Fused classifier;
-    dnnl::memory logits;  // f32 [B, K]
+    dnnl::memory pooled, pooled_normed;  // f32 [B, D] ([B, 2, D] distilled)
+    std::optional<engine::Linear::Fused> classifier, classifier_dist;
+    dnnl::memory head_src, dist_src;  // the rows each head reads
+    dnnl::memory logits;              // f32 [B, K]; pooled_normed without a head
     void run(dnnl::stream& s) override;
   };
   std::unique_ptr<Fused> fused(FusedBuild& f, const dnnl::memory& x, int64_t tokens,
@@ -48,9 +56,13 @@ struct Head {
   struct Buffers {
     Tensor pooled, diff_features;  // [B, D]; [B, N, D] with only the pooled rows written
     Tensor patch_rows;             // "avg": [B, 1, L, D], the patch rows made dense
+    Tensor flat;                   // the pooled rows [B, D] (a view)
+    Tensor pooled_dist;            // distilled: [B, D] the dist rows
   };
   engine::Reorder copy_;
   engine::GlobalAvgPool2d pool_{engine::Layout::nhwc};
+  engine::Add sum_heads_;
+  engine::Eltwise halve_{dnnl::algorithm::eltwise_linear, 0.5f};
   engine::PlanCache<Buffers> buffers_;
 };
 

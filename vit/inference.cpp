@@ -28,7 +28,7 @@ const Tensor& VitInference::forward(Context& ctx, const Tensor& patches) {
   const VitConfig& c = model_.config;
   engine::check_same_dims(patches.dims(), {patches.dim(0), c.num_patches(), c.patch_dim()},
                           "VitInference", "patches");
-  const int64_t B = patches.dim(0), K = c.num_classes;
+  const int64_t B = patches.dim(0), K = c.num_outputs();
   engine::require(B > 0, "VitInference: an empty batch");
   const int64_t per_image = patches.numel() / B;
   if (logits_.empty() || logits_.dim(0) != B) logits_ = Tensor(ctx.eng, {B, K});

@@ -1,4 +1,5 @@
-// timm's Mlp: fc1, GELU, dropout, fc2, dropout. [B, N, D] -> [B, N, D] through F hidden features.
+// timm's Mlp: fc1, the activation (GELU; act_layer), dropout, fc2, dropout. [B, N, D] -> [B, N, D]
+// through F hidden features.
 #pragma once
 
 #include "engine/binary.hpp"
@@ -17,13 +18,15 @@ struct Mlp {
   void share_gradients(const std::string& slot);
 
   engine::Linear fc1;  // D -> F
-  engine::Gelu act;
+  dnnl::algorithm act_algorithm;
+  float act_alpha;
+  engine::Eltwise act;
   engine::Dropout drop1;
   engine::Linear fc2;  // F -> D
   engine::Dropout drop2;
 
-  // The fused piece: x += fc2(gelu(fc1(normed))), GELU a post-op of fc1, the residual add a sum
-  // post-op of fc2 (about 10 % faster fc2 than a binary add from a second buffer).
+  // The fused piece: x += fc2(act(fc1(normed))), the activation a post-op of fc1, the residual add
+  // a sum post-op of fc2 (about 10 % faster fc2 than a binary add from a second buffer).
   struct Fused : FusedStep {
     engine::Linear::Fused fc1, fc2;
     dnnl::memory normed, hidden, x;  // low [M, D], low [M, F], f32 [M, D]

@@ -14,6 +14,12 @@ MultiHeadAttention::MultiHeadAttention(ParameterStore& store, const std::string&
     : num_heads(c.num_heads),
       head_dim(c.head_dim()),
       qkv(store, prefix + ".qkv", c.embed_dim, 3 * c.embed_dim, c.qkv_bias),
+      q_norm(c.qk_norm ? std::optional<engine::LayerNorm>(std::in_place, store, prefix + ".q_norm",
+                                                          c.head_dim(), float(c.norm_eps))
+                       : std::nullopt),
+      k_norm(c.qk_norm ? std::optional<engine::LayerNorm>(std::in_place, store, prefix + ".k_norm",
+                                                          c.head_dim(), float(c.norm_eps))
+                       : std::nullopt),
       scores_mm(1.0f / std::sqrt(static_cast<float>(c.head_dim()))),
       attn_drop(static_cast<float>(c.attn_drop_rate)),
       proj(store, prefix + ".proj", c.embed_dim, c.embed_dim),
@@ -26,6 +32,7 @@ void MultiHeadAttention::set_precision(engine::Precision p) {
 
 void MultiHeadAttention::init_weights(Context& ctx) {
   init_linear(ctx, qkv);
+  if (q_norm) q_norm->reset_parameters(), k_norm->reset_parameters();
   init_linear(ctx, proj);
 }
 
@@ -36,6 +43,12 @@ void MultiHeadAttention::share_gradients(const std::string& slot) {
   attn_drop.grad_slot = slot + ".attn_drop";
   proj.grad_slot = slot + ".proj.diff_src";
   proj_drop.grad_slot = slot + ".proj_drop";
+  if (q_norm) q_norm->grad_slot = slot + ".q_norm", k_norm->grad_slot = slot + ".k_norm";
+}
+
+View MultiHeadAttention::tokens_heads(float* data, int64_t B, int64_t N) const {
+  const int64_t D = num_heads * head_dim;
+  return View{data, {B, num_heads, N, head_dim}, {N * D, head_dim, D, 1}};
 }
 
 View MultiHeadAttention::head(const Tensor& qkv_out, int which) const {
@@ -53,10 +66,25 @@ const Tensor& MultiHeadAttention::forward(Context& ctx, const Tensor& x) {
     b->diff_heads = engine::gradient_buffer(ctx, s.empty() ? s : s + ".heads", {B, H, N, d});
     b->diff_probs = engine::gradient_buffer(ctx, s.empty() ? s : s + ".probs", {B, H, N, N});
     b->diff_qkv = engine::gradient_buffer(ctx, s.empty() ? s : s + ".qkv", {B, N, 3 * D});
+    if (q_norm)
+      for (int i = 0; i < 2; ++i) {
+        b->qk_raw[i] = Tensor(ctx.eng, {B, N, H, d});
+        b->diff_qk_normed[i] = engine::gradient_buffer(
+            ctx, s.empty() ? s : s + ".qk_normed" + std::to_string(i), {B, N, H, d});
+      }
     return b;
   });
   const Tensor& qkv_out = qkv.forward(ctx, x);
-  const Tensor& scores = scores_mm.forward(ctx, head(qkv_out, 0), head(qkv_out, 1).transposed());
+  View q = head(qkv_out, 0), k = head(qkv_out, 1);
+  if (q_norm) {  // timm's q_norm(q), k_norm(k): per head, over d
+    View* parts[2] = {&q, &k};
+    engine::LayerNorm* norms[2] = {&*q_norm, &*k_norm};
+    for (int i = 0; i < 2; ++i) {
+      copy_qk_(ctx, *parts[i], tokens_heads(buf.qk_raw[i].data(), B, N));
+      *parts[i] = tokens_heads(norms[i]->forward(ctx, buf.qk_raw[i]).data(), B, N);
+    }
+  }
+  const Tensor& scores = scores_mm.forward(ctx, q, k.transposed());
   const Tensor& probs = attn_drop.forward(ctx, softmax.forward(ctx, scores));
   const Tensor& heads = context_mm.forward(ctx, probs.as_view(), head(qkv_out, 2));
   merge(ctx, heads.as_view(), View{buf.merged.data(), {B, H, N, d}, {N * D, d, D, 1}});
@@ -70,7 +98,16 @@ const Tensor& MultiHeadAttention::backward(Context& ctx, const Tensor& diff_dst)
   merge(ctx, View{diff_merged.data(), {B, H, N, d}, {N * D, d, D, 1}}, buf.diff_heads.as_view());
   context_mm.backward(ctx, buf.diff_heads, buf.diff_probs.as_view(), head(buf.diff_qkv, 2));
   const Tensor& diff_scores = softmax.backward(ctx, attn_drop.backward(ctx, buf.diff_probs));
-  scores_mm.backward(ctx, diff_scores, head(buf.diff_qkv, 0), head(buf.diff_qkv, 1).transposed());
+  if (q_norm) {
+    scores_mm.backward(ctx, diff_scores, tokens_heads(buf.diff_qk_normed[0].data(), B, N),
+                       tokens_heads(buf.diff_qk_normed[1].data(), B, N).transposed());
+    engine::LayerNorm* norms[2] = {&*q_norm, &*k_norm};
+    for (int i = 0; i < 2; ++i)
+      copy_qk_(ctx, tokens_heads(norms[i]->backward(ctx, buf.diff_qk_normed[i]).data(), B, N),
+               head(buf.diff_qkv, i));
+  } else {
+    scores_mm.backward(ctx, diff_scores, head(buf.diff_qkv, 0), head(buf.diff_qkv, 1).transposed());
+  }
   return qkv.backward(ctx, buf.diff_qkv);
 }
 
@@ -119,8 +156,28 @@ std::unique_ptr<FusedStep> MultiHeadAttention::fused(FusedBuild& f, const FusedT
   // exact when √d is a power of two (d = 64).
   const float q_scale = 1.0f / std::sqrt(float(d));
   const memory::desc rows_md = fused_desc({M, D}, low);
-  p->q = qkv.fused(f, t.normed.get_desc(), rows_md, {}, 0, D, q_scale);
-  p->k = qkv.fused(f, t.normed.get_desc(), rows_md, {}, D, D);
+  if (q_norm) {
+    // q_norm(q)/√d: the scale moves into q_norm's weight and bias.
+    const memory::desc raw_md = fused_desc({M, D}, dt::f32);
+    p->raw = f.buffer("attn.qk_raw", raw_md);
+    p->q = qkv.fused(f, t.normed.get_desc(), raw_md, {}, 0, D);
+    p->k = qkv.fused(f, t.normed.get_desc(), raw_md, {}, D, D);
+    p->q_norm = q_norm->fused(f, M * H, q_scale);
+    p->k_norm = k_norm->fused(f, M * H);
+    const memory::desc head_rows_md = fused_desc({M * H, d}, dt::f32);
+    p->raw_rows = fused_view(eng, head_rows_md, p->raw);
+    for (int i = 0; i < 2; ++i) {
+      p->normed_f32[i] = p->qkv_parts[i];
+      if (f.bf16()) {
+        p->normed_f32[i] = f.buffer("attn.qk_normed", raw_md);
+        p->to_low[i] = dnnl::reorder(p->normed_f32[i], p->qkv_parts[i]);
+      }
+      p->normed_rows[i] = fused_view(eng, head_rows_md, p->normed_f32[i]);
+    }
+  } else {
+    p->q = qkv.fused(f, t.normed.get_desc(), rows_md, {}, 0, D, q_scale);
+    p->k = qkv.fused(f, t.normed.get_desc(), rows_md, {}, D, D);
+  }
   p->v = qkv.fused(f, t.normed.get_desc(), rows_md, {}, 2 * D, D);
   p->scores_mm = f.matmul({{heads_md, k_t_md, p->scores.get_desc()}, eng});
   p->softmax = dnnl::softmax_v2_forward(
@@ -132,13 +189,23 @@ std::unique_ptr<FusedStep> MultiHeadAttention::fused(FusedBuild& f, const FusedT
   // add from a second buffer.
   dnnl::post_ops add_residual;
   add_residual.append_sum(1.0f);
-  p->proj = proj.fused(f, rows_md, t.x.get_desc(), add_residual);
+  p->proj = proj.fused(f, rows_md, t.x.get_desc(), add_residual, 0, -1, 1.0f, t.out_scale);
   return p;
 }
 
 void MultiHeadAttention::Fused::run(dnnl::stream& s) {
-  q.run(s, normed, qkv_parts[0]);
-  k.run(s, normed, qkv_parts[1]);
+  if (q_norm) {
+    const engine::LayerNorm::Fused* norms[2] = {&*q_norm, &*k_norm};
+    const engine::Linear::Fused* projections[2] = {&q, &k};
+    for (int i = 0; i < 2; ++i) {
+      projections[i]->run(s, normed, raw);
+      norms[i]->run(s, raw_rows, normed_rows[i]);
+      if (to_low[i]) to_low[i].execute(s, normed_f32[i], qkv_parts[i]);
+    }
+  } else {
+    q.run(s, normed, qkv_parts[0]);
+    k.run(s, normed, qkv_parts[1]);
+  }
   v.run(s, normed, qkv_parts[2]);
   for (size_t g = 0; g < q_heads.size(); ++g) {
     scores_mm.execute(

@@ -1,9 +1,13 @@
 // timm's Attention: multi-head self-attention with a fused qkv projection, softmax(q·kᵀ/√d)·v
-// per head, heads merged and projected. Registered as "attention", the default.
+// per head, heads merged and projected; with qk_norm, q and k each pass a LayerNorm over the
+// head dimension first. Registered as "attention", the default.
 #pragma once
 
+#include <optional>
 #include "engine/batched_matmul.hpp"
+
 #include "engine/binary.hpp"
+#include "engine/layer_norm.hpp"
 #include "engine/reorder.hpp"
 #include "engine/softmax.hpp"
 #include "vit/attention.hpp"
@@ -27,9 +31,10 @@ class MultiHeadAttention : public Attention {
   std::unique_ptr<FusedStep> fused(FusedBuild& f, const FusedTokens& t) const override;
 
   int64_t num_heads, head_dim;
-  std::string grad_slot;            // non-empty: see share_gradients
-  engine::Linear qkv;               // [B, N, 3·D], laid out [B, N, 3, H, d]
-  engine::BatchedMatmul scores_mm;  // q·kᵀ/√d  [B, H, N, N]
+  std::string grad_slot;                            // non-empty: see share_gradients
+  engine::Linear qkv;                               // [B, N, 3·D], laid out [B, N, 3, H, d]
+  std::optional<engine::LayerNorm> q_norm, k_norm;  // over d, on [B, N, H, d] copies
+  engine::BatchedMatmul scores_mm;                  // q·kᵀ/√d  [B, H, N, N]
   engine::Softmax softmax;
   engine::Dropout attn_drop;
   engine::BatchedMatmul context_mm;  // probs·v  [B, H, N, d]
@@ -49,6 +54,12 @@ class MultiHeadAttention : public Attention {
     dnnl::memory qkv_parts[3];   // low [M, D] each: q, k, v
     dnnl::memory scores, probs;  // f32 / low [G, H, N, N]; the same memory in f32
     dnnl::memory context;        // low [M, D]: heads merged
+    // qk_norm: q and k land in raw f32 [M, D], are normalized per head (q's 1/√d folded into
+    // q_norm) into normed_f32 and, in bf16, converted into the slab.
+    std::optional<engine::LayerNorm::Fused> q_norm, k_norm;
+    dnnl::memory raw, normed_f32[2];
+    dnnl::memory raw_rows, normed_rows[2];  // the same as [M·H, d]: a row per token and head
+    dnnl::reorder to_low[2];
     // Per group of G images, views of the slabs: [G, H, N, d], [G, H, d, N], [G, H, N, d], and
     // the context's heads in place.
     std::vector<dnnl::memory> q_heads, k_t, v_heads, context_heads;
@@ -57,9 +68,13 @@ class MultiHeadAttention : public Attention {
 
  private:
   engine::View head(const Tensor& qkv_out, int which) const;  // 0 q, 1 k, 2 v: [B, H, N, d]
+  // A dense [B, N, H, d] buffer seen as heads [B, H, N, d].
+  engine::View tokens_heads(float* data, int64_t B, int64_t N) const;
   struct Buffers {
     Tensor merged, diff_heads, diff_probs, diff_qkv;
+    Tensor qk_raw[2], diff_qk_normed[2];  // qk_norm: q and k as [B, N, H, d], and their gradients
   };
+  engine::Reorder copy_qk_;
   engine::PlanCache<Buffers> buffers_;
 };
 

@@ -5,7 +5,7 @@ namespace vit {
 using dnnl::memory;
 
 PatchEmbed::PatchEmbed(ParameterStore& store, const VitConfig& c)
-    : proj(store, "patch_embed.proj", c.patch_dim(), c.embed_dim, true,
+    : proj(store, "patch_embed.proj", c.patch_dim(), c.embed_dim, /*bias=*/!c.pre_norm,
            {c.embed_dim, c.in_chans, c.patch_size, c.patch_size}) {
   proj.input_gradient = false;  // the patches are data
 }

@@ -15,7 +15,7 @@ struct PatchEmbed {
   void set_precision(engine::Precision p) { proj.set_precision(p); }
   void init_weights(Context& ctx) { proj.reset_parameters(ctx); }  // torch's conv default
 
-  engine::Linear proj;  // patch_embed.proj, weight [D, C, P, P]
+  engine::Linear proj;  // patch_embed.proj, weight [D, C, P, P]; no bias with pre_norm
 
   // The fused piece: f32 patches, their handle set before each run, to f32 [B·L, D].
   struct Fused : FusedStep {

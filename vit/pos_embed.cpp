@@ -14,6 +14,7 @@ PosEmbed::PosEmbed(ParameterStore& store, const VitConfig& c)
   const int64_t D = c.embed_dim;
   // timm's state-dict order, none of them decayed.
   cls_token = c.class_token ? &store.add("cls_token", {1, 1, D}, /*decay=*/false) : nullptr;
+  dist_token = c.distilled ? &store.add("dist_token", {1, 1, D}, false) : nullptr;
   reg_token = c.reg_tokens > 0 ? &store.add("reg_token", {1, c.reg_tokens, D}, false) : nullptr;
   pos_embed = &store.add("pos_embed", {1, c.pos_embed_len(), D}, /*decay=*/false);
 }
@@ -22,6 +23,7 @@ void PosEmbed::init_weights(Context& ctx) {
   engine::trunc_normal(ctx, pos_embed->value, 0.0f, 0.02f);
   if (cls_token) engine::normal(ctx, cls_token->value, 0.0f, 1e-6f);
   if (reg_token) engine::normal(ctx, reg_token->value, 0.0f, 1e-6f);
+  if (dist_token) engine::trunc_normal(ctx, dist_token->value, 0.0f, 0.02f);  // DeiT's
 }
 
 // Computed as tokens + table, where tokens has zero prefix rows and the patches after them, and
@@ -40,7 +42,7 @@ const Tensor& PosEmbed::forward(Context& ctx, const Tensor& patch_tokens) {
   copy_(ctx, View{pos_embed->value.data(), {pos_rows, D}, {D, 1}},
         View{table_.data() + first_pos * D, {pos_rows, D}, {D, 1}});
   int64_t row = 0;
-  for (engine::Parameter* token : {cls_token, reg_token}) {
+  for (engine::Parameter* token : {cls_token, dist_token, reg_token}) {
     if (!token) continue;
     const int64_t rows = token->value.numel() / D;
     const Tensor src = Tensor::view(ctx.eng, token->value.data(), {rows, D});
@@ -64,7 +66,7 @@ const Tensor& PosEmbed::backward(Context& ctx, const Tensor& diff_dst) {
   copy_(ctx, View{diff_table_.data() + first_pos * D, {pos_rows, D}, {D, 1}},
         View{pos_embed->grad.data(), {pos_rows, D}, {D, 1}});
   int64_t row = 0;
-  for (engine::Parameter* token : {cls_token, reg_token}) {
+  for (engine::Parameter* token : {cls_token, dist_token, reg_token}) {
     if (!token) continue;
     const int64_t rows = token->value.numel() / D;
     copy_(ctx, View{diff_table_.data() + row * D, {rows, D}, {D, 1}},
@@ -79,7 +81,7 @@ const Tensor& PosEmbed::backward(Context& ctx, const Tensor& diff_dst) {
 void PosEmbed::fill_prefix(float* table) const {
   const int64_t D = embed_dim;
   int64_t row = 0;
-  for (const engine::Parameter* token : {cls_token, reg_token}) {
+  for (const engine::Parameter* token : {cls_token, dist_token, reg_token}) {
     if (!token) continue;
     const int64_t n = token->value.numel();
     for (int64_t i = 0; i < n; ++i)

@@ -1,6 +1,6 @@
-// timm's _pos_embed, the token embedding: the prefix tokens (cls_token, then reg_tokens
-// registers) before the patch tokens, and the learned pos_embed added, over all N rows or,
-// with no_embed_class, over the patch rows only. [B, L, D] -> [B, N, D].
+// timm's _pos_embed, the token embedding: the prefix tokens (cls_token, DeiT's dist_token,
+// then reg_tokens registers) before the patch tokens, and the learned pos_embed added, over all N
+// rows or, with no_embed_class, over the patch rows only. [B, L, D] -> [B, N, D].
 #pragma once
 
 #include "engine/binary.hpp"
@@ -13,12 +13,14 @@ struct PosEmbed {
   PosEmbed(ParameterStore& store, const VitConfig& c);
   const Tensor& forward(Context& ctx, const Tensor& patch_tokens);
   const Tensor& backward(Context& ctx, const Tensor& diff_dst);  // -> diff of patch_tokens
-  // timm's init: pos_embed trunc_normal(0.02), cls_token and reg_token normal(1e-6).
+  // timm's init: pos_embed trunc_normal(0.02), cls_token and reg_token normal(1e-6),
+  // dist_token trunc_normal(0.02).
   void init_weights(Context& ctx);
 
   int64_t num_patches, num_prefix, embed_dim;  // L, P, D
   bool embed_prefix;                           // pos_embed has rows for the prefix tokens too
   engine::Parameter* cls_token;                // [1, 1, D], or nullptr
+  engine::Parameter* dist_token;               // [1, 1, D], or nullptr
   engine::Parameter* reg_token;                // [1, R, D], or nullptr
   engine::Parameter* pos_embed;                // [1, N, D], or [1, L, D] with no_embed_class
 

@@ -16,9 +16,11 @@ static std::vector<std::unique_ptr<Block>> make_blocks(ParameterStore& store, co
   return blocks;
 }
 
-static std::optional<engine::LayerNorm> make_norm(ParameterStore& store, const VitConfig& c) {
-  if (c.fc_norm) return std::nullopt;
-  return std::optional<engine::LayerNorm>(std::in_place, store, "norm", c.embed_dim);
+static std::optional<engine::LayerNorm> make_norm(ParameterStore& store, const char* name,
+                                                  bool wanted, const VitConfig& c) {
+  if (!wanted) return std::nullopt;
+  return std::optional<engine::LayerNorm>(std::in_place, store, name, c.embed_dim,
+                                          static_cast<float>(c.norm_eps));
 }
 
 // Members are built in timm's state-dict order, so the store lists parameters in that order.
@@ -27,8 +29,9 @@ VisionTransformer::VisionTransformer(ParameterStore& store, const VitConfig& c)
       pos_(store, c),
       patch_embed_(store, c),
       pos_drop_(static_cast<float>(c.drop_rate)),
+      norm_pre_(make_norm(store, "norm_pre", c.pre_norm, c)),
       blocks_(make_blocks(store, c)),
-      norm_(make_norm(store, c)),
+      norm_(make_norm(store, "norm", !c.fc_norm, c)),
       head_(store, c) {}
 
 void VisionTransformer::train(bool on) {
@@ -45,6 +48,7 @@ void VisionTransformer::set_precision(engine::Precision p) {
 void VisionTransformer::init_weights(Context& ctx) {
   pos_.init_weights(ctx);
   patch_embed_.init_weights(ctx);
+  if (norm_pre_) norm_pre_->reset_parameters();
   for (auto& b : blocks_) b->init_weights(ctx);
   if (norm_) norm_->reset_parameters();
   head_.init_weights(ctx);
@@ -55,6 +59,7 @@ const Tensor& VisionTransformer::forward_features(Context& ctx, const Tensor& pa
                           {patches.dim(0), config.num_patches(), config.patch_dim()},
                           "VisionTransformer", "patches");
   const Tensor* x = &pos_drop_.forward(ctx, pos_.forward(ctx, patch_embed_.forward(ctx, patches)));
+  if (norm_pre_) x = &norm_pre_->forward(ctx, *x);
   for (auto& block : blocks_) x = &block->forward(ctx, *x);
   return norm_ ? norm_->forward(ctx, *x) : *x;
 }
@@ -71,6 +76,7 @@ void VisionTransformer::backward(Context& ctx, const Tensor& diff_logits) {
   const Tensor* d = &head_.backward(ctx, diff_logits);
   if (norm_) d = &norm_->backward(ctx, *d);
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) d = &(*it)->backward(ctx, *d);
+  if (norm_pre_) d = &norm_pre_->backward(ctx, *d);
   patch_embed_.backward(ctx, pos_.backward(ctx, pos_drop_.backward(ctx, *d)));
 }
 
@@ -85,6 +91,7 @@ std::unique_ptr<VisionTransformer::Fused> VisionTransformer::fused(FusedBuild& f
       memory(fused_desc({B * L, D}, memory::data_type::f32), f.ctx.eng, normed.get_data_handle());
   p->patch_embed = patch_embed_.fused(f, patch_out);
   p->pos_embed = pos_.fused(f, patch_out, x);
+  if (norm_pre_) p->norm_pre = norm_pre_->fused(f, B * N), p->x = x;
   for (const auto& block : blocks_) p->blocks.push_back(block->fused(f, N));
   p->head = head_.fused(f, x, N, norm_ ? &*norm_ : nullptr);
   return p;
@@ -93,6 +100,7 @@ std::unique_ptr<VisionTransformer::Fused> VisionTransformer::fused(FusedBuild& f
 void VisionTransformer::Fused::run(dnnl::stream& s) {
   patch_embed->run(s);
   pos_embed->run(s);
+  if (norm_pre) norm_pre->run(s, x, x);  // in place
   for (auto& block : blocks) block->run(s);
   head->run(s);
 }

@@ -1,8 +1,9 @@
 // The Vision Transformer (Dosovitskiy et al., 2020) with timm's structure and state-dict names:
 // forward_features (patch embedding, token embedding, blocks, final norm) then forward_head
-// (pooling, fc_norm, classifier). Its variants are VitConfig fields: prefix tokens, pooling,
-// fc_norm, the attention (vit/attention.hpp). Every module holds its training forward and
-// backward and its fused-inference piece side by side; VitInference drives the pieces.
+// (pooling, fc_norm, classifier). Its variants are VitConfig fields: prefix tokens (registers,
+// DeiT's dist token), pooling, fc_norm, LayerScale, qk_norm, pre_norm, the norms' eps, the MLP's
+// activation, no head, and the attention (vit/attention.hpp). Every module holds its training
+// forward and backward and its fused-inference piece side by side; VitInference drives the pieces.
 #pragma once
 
 #include <memory>
@@ -38,6 +39,8 @@ class VisionTransformer {
   struct Fused : FusedStep {
     std::unique_ptr<PatchEmbed::Fused> patch_embed;
     std::unique_ptr<FusedStep> pos_embed;
+    std::optional<engine::LayerNorm::Fused> norm_pre;
+    dnnl::memory x;  // f32 [B·N, D] the residual stream
     std::vector<std::unique_ptr<FusedStep>> blocks;
     std::unique_ptr<Head::Fused> head;
     void set_input(float* patches) { patch_embed->input.set_data_handle(patches); }
@@ -54,6 +57,7 @@ class VisionTransformer {
   PosEmbed pos_;  // cls_token, reg_token and pos_embed first, as in timm's state dict
   PatchEmbed patch_embed_;
   engine::Dropout pos_drop_;
+  std::optional<engine::LayerNorm> norm_pre_;  // pre_norm (CLIP)
   std::vector<std::unique_ptr<Block>> blocks_;
   std::optional<engine::LayerNorm> norm_;  // the final norm, unless fc_norm replaces it
   Head head_;
