@@ -1,6 +1,7 @@
 #include "engine/safetensors.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/error.hpp"
+#include "engine/tensor.hpp"
 
 namespace engine {
 
@@ -122,12 +124,21 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
   std::string text(n, '\0');
   in.read(text.data(), static_cast<std::streamsize>(n));
   if (!in) throw Error(where + ": truncated header");
-  // Memory is bounded by the file's real size: every range is checked against it first.
+  // Every range is checked against the file's real size before the data is touched.
   const uint64_t data_size = file_size - 8 - n;
   parse_header(text, data_size, where);
-  data_.resize(data_size);
-  in.read(data_.data(), static_cast<std::streamsize>(data_size));
-  if (!in) throw Error(where + ": truncated data (the file changed while being read?)");
+  if (data_size == 0) return;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(where + ": cannot open: " + errno_text());
+  void* base = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const std::string why = errno_text();
+  ::close(fd);  // the mapping keeps the file
+  if (base == MAP_FAILED) throw Error(where + ": cannot map: " + why);
+  ::madvise(base, file_size, MADV_SEQUENTIAL);
+  map_offset_ = 8 + n;
+  data_ =
+      std::shared_ptr<const char>(static_cast<const char*>(base) + map_offset_,
+                                  [base, file_size](const char*) { ::munmap(base, file_size); });
 }
 
 SafetensorsFile::SafetensorsFile(std::string_view bytes, const std::string& name) : path_(name) {
@@ -137,7 +148,23 @@ SafetensorsFile::SafetensorsFile(std::string_view bytes, const std::string& name
       header_length(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), where);
   const uint64_t data_size = bytes.size() - 8 - n;
   parse_header(bytes.substr(8, n), data_size, where);
-  data_.assign(bytes.begin() + static_cast<std::ptrdiff_t>(8 + n), bytes.end());
+  char* copy = new char[data_size + 1];
+  std::memcpy(copy, bytes.data() + 8 + n, data_size);
+  data_ = std::shared_ptr<const char>(copy, std::default_delete<char[]>());
+}
+
+bool SafetensorsFile::is_float(const std::string& dtype) {
+  return dtype == "F32" || dtype == "F16" || dtype == "BF16";
+}
+
+void SafetensorsFile::release(uint64_t begin, uint64_t end) const {
+  if (map_offset_ == 0) return;
+  // Whole pages inside the range only: a neighbour's bytes may share its first and last page.
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t first = (map_offset_ + begin + page - 1) / page * page;
+  const uint64_t last = (map_offset_ + end) / page * page;
+  if (last > first)
+    ::madvise(const_cast<char*>(data_.get() - map_offset_ + first), last - first, MADV_DONTNEED);
 }
 
 void SafetensorsFile::parse_header(std::string_view text, uint64_t data_size,
@@ -237,12 +264,29 @@ const SafetensorsFile::Entry& SafetensorsFile::entry(const std::string& name) co
 
 void SafetensorsFile::read_f32(const std::string& name, const Dims& shape, float* dst) const {
   const Entry& e = entry(name);
-  if (e.dtype != "F32")
-    throw Error("'" + path_.string() + "': tensor '" + name + "' is " + e.dtype + ", expected F32");
+  if (!is_float(e.dtype))
+    throw Error("'" + path_.string() + "': tensor '" + name + "' is " + e.dtype +
+                ", expected F32, F16 or BF16");
   if (e.shape != shape)
     throw Error("'" + path_.string() + "': tensor '" + name + "' has shape " + to_string(e.shape) +
                 ", the model expects " + to_string(shape));
-  std::memcpy(dst, data_.data() + e.begin, e.end - e.begin);
+  const char* src = data_.get() + e.begin;
+  if (e.end == e.begin) return;
+  if (e.dtype == "F32") {
+    std::memcpy(dst, src, e.end - e.begin);
+  } else {
+    // A oneDNN reorder converts, on every core; it only reads its source.
+    using dt = dnnl::memory::data_type;
+    const dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+    dnnl::stream strm(eng);
+    const dnnl::memory::dims n{static_cast<int64_t>((e.end - e.begin) / 2)};
+    dnnl::memory from({n, e.dtype == "F16" ? dt::f16 : dt::bf16, dnnl::memory::format_tag::a}, eng,
+                      const_cast<char*>(src));
+    dnnl::memory to({n, dt::f32, dnnl::memory::format_tag::a}, eng, dst);
+    dnnl::reorder(from, to).execute(strm, from, to);
+    strm.wait();
+  }
+  release(e.begin, e.end);
 }
 
 std::vector<int64_t> SafetensorsFile::read_i64(const std::string& name) const {
@@ -250,7 +294,7 @@ std::vector<int64_t> SafetensorsFile::read_i64(const std::string& name) const {
   if (e.dtype != "I64")
     throw Error("'" + path_.string() + "': tensor '" + name + "' is " + e.dtype + ", expected I64");
   std::vector<int64_t> v((e.end - e.begin) / 8);
-  std::memcpy(v.data(), data_.data() + e.begin, e.end - e.begin);
+  if (!v.empty()) std::memcpy(v.data(), data_.get() + e.begin, e.end - e.begin);
   return v;
 }
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -39,7 +40,10 @@ class SafetensorsFile {
   // as the format's, no duplicate keys), known dtypes, shapes whose byte count neither
   // overflows nor differs from the tensor's byte range, and byte ranges that lie inside the
   // data section, do not overlap and cover it exactly. Throws Error naming the file and the
-  // problem. Memory used is bounded by the file's size.
+  // problem. The data is memory-mapped, not read: a tensor's pages are read from disk (or the
+  // page cache) when it is copied out, and released from this process right after, so
+  // loading holds one copy of the weights, the model's. (A file truncated by another process
+  // while mapped would fault; safetensors' own loaders share that.)
   explicit SafetensorsFile(const std::filesystem::path& path);
   // The same from bytes in memory; `name` is what errors call it (the fuzz target's entry).
   SafetensorsFile(std::string_view bytes, const std::string& name);
@@ -48,8 +52,11 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const std::map<std::string, Entry>& entries() const { return entries_; }
   bool contains(const std::string& name) const { return entries_.count(name) != 0; }
-  // Copies an F32 tensor after checking its shape; the error names the tensor and both shapes.
+  // Copies a floating-point tensor (F32, or F16 or BF16 converted) as f32 after checking its
+  // shape; the error names the tensor and both shapes.
   void read_f32(const std::string& name, const Dims& shape, float* dst) const;
+  // Whether a dtype converts to f32 exactly (F32, F16, BF16).
+  static bool is_float(const std::string& dtype);
   std::vector<int64_t> read_i64(const std::string& name) const;
 
  private:
@@ -58,7 +65,10 @@ class SafetensorsFile {
   std::filesystem::path path_;
   std::map<std::string, std::string> metadata_;
   std::map<std::string, Entry> entries_;
-  std::vector<char> data_;
+  std::shared_ptr<const char> data_;  // the data section: mapped, or a copy of given bytes
+  // Drops the pages of [begin, end) from this process (the mapping stays valid).
+  void release(uint64_t begin, uint64_t end) const;
+  uint64_t map_offset_ = 0;  // where the data section starts in the mapping (0: not mapped)
 };
 
 }  // namespace engine

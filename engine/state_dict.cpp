@@ -21,8 +21,9 @@ void check_state_dict(const ParameterStore& store, const SafetensorsFile& file, 
     if (!file.contains(p.name))
       throw Error(where + ": no tensor '" + p.name + "' (a model of another architecture?)");
     const SafetensorsFile::Entry& e = file.entries().at(p.name);
-    if (e.dtype != "F32")
-      throw Error(where + ": tensor '" + p.name + "' is " + e.dtype + ", expected F32");
+    if (!SafetensorsFile::is_float(e.dtype))
+      throw Error(where + ": tensor '" + p.name + "' is " + e.dtype +
+                  ", expected F32, F16 or BF16");
     if (e.shape != p.dims)
       throw Error(where + ": tensor '" + p.name + "' has shape " + to_string(e.shape) +
                   ", the model expects " + to_string(p.dims));

@@ -18,10 +18,11 @@ void save_state_dict(const std::filesystem::path& path, const ParameterStore& st
                      const std::vector<TensorToWrite>& extra = {});
 
 // Checks, without reading any data, that the file holds every parameter and buffer of the
-// store as F32 of the registered shape (the error names the tensor and both shapes) and, with
-// `strict`, nothing else but names starting with one of `ignore_prefixes`. Works on a store
-// not yet allocated, so a model file's config is checked against its tensors before the
-// model's memory is allocated: a hostile config cannot ask for more than the file holds.
+// store as a float tensor (F32, F16 or BF16) of the registered shape (the error names the tensor
+// and both shapes) and, with `strict`, nothing else but names starting with one of
+// `ignore_prefixes`. Works on a store not yet allocated, so a model file's config is checked
+// against its tensors before the model's memory is allocated: a hostile config cannot ask for more
+// than the file holds.
 void check_state_dict(const ParameterStore& store, const SafetensorsFile& file, bool strict,
                       const std::vector<std::string>& ignore_prefixes = {});
 

@@ -1,4 +1,5 @@
 // The safetensors container: a round trip, and the errors a bad file must give.
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -53,8 +54,34 @@ TEST_CASE("safetensors round trip with metadata, F32 and I64") {
                        doctest::Contains("has shape [2, 3], the model expects [3, 2]"), Error);
   CHECK_THROWS_WITH_AS(f.read_f32("missing", {1}, back), doctest::Contains("no tensor 'missing'"),
                        Error);
-  CHECK_THROWS_WITH_AS(f.read_f32("n", {1}, back), doctest::Contains("is I64, expected F32"),
-                       Error);
+  CHECK_THROWS_WITH_AS(f.read_f32("n", {1}, back),
+                       doctest::Contains("is I64, expected F32, F16 or BF16"), Error);
+}
+
+TEST_CASE("safetensors: F16 and BF16 tensors read as f32, exactly, from a mapped file or bytes") {
+  TempDir dir;
+  const fs::path file = dir.path / "half.safetensors";
+  // IEEE half: 1, -2, the smallest subnormal 2^-24, the largest finite 65504, 1/3 rounded
+  // (0x3555 = 0.333251953125), +inf. bfloat16 is the top half of an f32: 1, -3, 2^-126, 1/3's
+  // 0x3EAB = 0.333984375.
+  const uint16_t half[6] = {0x3C00, 0xC000, 0x0001, 0x7BFF, 0x3555, 0x7C00};
+  const uint16_t bf16[4] = {0x3F80, 0xC040, 0x0080, 0x3EAB};
+  const float half_want[6] = {1.0f, -2.0f, 0x1p-24f, 65504.0f, 0.333251953125f, INFINITY};
+  const float bf16_want[4] = {1.0f, -3.0f, 0x1p-126f, 0.333984375f};
+  write_safetensors(file, {{"h", "F16", {2, 3}, half}, {"b", "BF16", {4}, bf16}}, {});
+  std::ifstream in(file, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const SafetensorsFile mapped(file), copied(bytes, "half.safetensors");
+  for (const SafetensorsFile* f : {&mapped, &copied})
+    for (int round = 0; round < 2; ++round) {  // the mapped pages come back after being released
+      float h[6] = {}, b[4] = {};
+      f->read_f32("h", {2, 3}, h);
+      f->read_f32("b", {4}, b);
+      for (int i = 0; i < 6; ++i) CHECK(h[i] == half_want[i]);
+      for (int i = 0; i < 4; ++i) CHECK(b[i] == bf16_want[i]);
+    }
+  CHECK(SafetensorsFile::is_float("BF16"));
+  CHECK_FALSE(SafetensorsFile::is_float("I64"));
 }
 
 TEST_CASE("safetensors rejects malformed files with a message naming the file") {
