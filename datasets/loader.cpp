@@ -69,8 +69,9 @@ ImageSource::ImageSource(const ImageFolder& folder, const std::vector<size_t>& i
 }
 
 cv::Mat ImageSource::decode(const std::filesystem::path& path) const {
-  return resize_center_crop(load_image(path, preprocess_.in_chans), preprocess_.img_size,
-                            crop_pct_);
+  Preprocess p = preprocess_;
+  p.crop_pct = crop_pct_;
+  return eval_transform(load_image(path, p.in_chans), p);
 }
 
 cv::Mat ImageSource::image(size_t i) const {

@@ -37,6 +37,10 @@ void Preprocess::validate() const {
   for (float s : std) require(s > 0.0f && std::isfinite(s), "--std values must be positive");
   for (float m : mean) require(std::isfinite(m), "--mean values must be finite");
   require(crop_pct > 0.0 && crop_pct <= 1.0, "--crop-pct must be in (0, 1]");
+  require(interpolation.empty() || interpolation == "bilinear" || interpolation == "bicubic",
+          "interpolation must be bilinear or bicubic, got '" + interpolation + "'");
+  require(crop_mode == "center" || crop_mode == "squash" || crop_mode == "border",
+          "crop_mode must be center, squash or border, got '" + crop_mode + "'");
 }
 
 engine::Dims Preprocess::input_dims(int64_t batch) const {
@@ -48,6 +52,9 @@ engine::Dims Preprocess::input_dims(int64_t batch) const {
 void to_json(nlohmann::json& j, const Preprocess& p) {
   j = {{"img_size", p.img_size}, {"in_chans", p.in_chans}, {"patch_size", p.patch_size},
        {"mean", p.mean},         {"std", p.std},           {"crop_pct", p.crop_pct}};
+  // Only what differs from our own default, so files written before these existed are equal.
+  if (!p.interpolation.empty()) j["interpolation"] = p.interpolation;
+  if (p.crop_mode != "center") j["crop_mode"] = p.crop_mode;
 }
 
 void from_json(const nlohmann::json& j, Preprocess& p) {
@@ -58,6 +65,8 @@ void from_json(const nlohmann::json& j, Preprocess& p) {
   p.mean = json_floats(json_field(j, "mean"), "mean");
   p.std = json_floats(json_field(j, "std"), "std");
   p.crop_pct = engine::json_double(j, "crop_pct", 1.0);
+  p.interpolation = engine::json_string(j, "interpolation", "");
+  p.crop_mode = engine::json_string(j, "crop_mode", "center");
 }
 
 namespace {
@@ -293,20 +302,60 @@ cv::Mat load_image(const std::filesystem::path& path, int64_t in_chans) {
   return decode_image(bytes, in_chans, path.string());
 }
 
+namespace {
+
+// OpenCV's filter for a resize by `scale` (< 1: shrinking).
+int cv_interpolation(const std::string& name, double scale) {
+  if (name == "bicubic") return cv::INTER_CUBIC;
+  if (name == "bilinear") return cv::INTER_LINEAR;
+  return scale < 1.0 ? cv::INTER_AREA : cv::INTER_LINEAR;
+}
+
+cv::Mat resize_to(const cv::Mat& image, int h, int w, const std::string& interpolation) {
+  if (image.rows == h && image.cols == w) return image;
+  const double scale = std::min(double(h) / image.rows, double(w) / image.cols);
+  cv::Mat out;
+  cv::resize(image, out, cv::Size(w, h), 0, 0, cv_interpolation(interpolation, scale));
+  return out;
+}
+
+// The centre s × s of an image at least that large.
+cv::Mat center_crop(const cv::Mat& image, int s) {
+  const int top = (image.rows - s) / 2, left = (image.cols - s) / 2;
+  return image(cv::Rect(left, top, s, s)).clone();
+}
+
+}  // namespace
+
 cv::Mat resize_center_crop(const cv::Mat& image, int64_t img_size, double crop_pct) {
-  const int target = static_cast<int>(std::floor(static_cast<double>(img_size) / crop_pct));
+  Preprocess p;
+  p.img_size = img_size, p.crop_pct = crop_pct;
+  return eval_transform(image, p);
+}
+
+cv::Mat eval_transform(const cv::Mat& image, const Preprocess& p) {
+  const int s = static_cast<int>(p.img_size);
+  const int target = static_cast<int>(std::floor(static_cast<double>(p.img_size) / p.crop_pct));
   const int h = image.rows, w = image.cols;
-  cv::Mat resized = image;
-  if (std::min(h, w) != target) {
-    const double scale = static_cast<double>(target) / std::min(h, w);
-    const int nh = std::max(target, static_cast<int>(std::lround(h * scale)));
-    const int nw = std::max(target, static_cast<int>(std::lround(w * scale)));
-    cv::resize(image, resized, cv::Size(nw, nh), 0, 0,
-               scale < 1.0 ? cv::INTER_AREA : cv::INTER_LINEAR);
+  if (p.crop_mode == "squash")
+    return center_crop(resize_to(image, target, target, p.interpolation), s);
+  if (p.crop_mode == "border") {
+    // timm's ResizeKeepRatio(longest=1) then CenterCropOrPad, padded with the mean colour.
+    const double scale = static_cast<double>(target) / std::max(h, w);
+    const int nh = std::max(1, static_cast<int>(std::lround(h * scale)));
+    const int nw = std::max(1, static_cast<int>(std::lround(w * scale)));
+    const cv::Mat resized = resize_to(image, nh, nw, p.interpolation);
+    cv::Scalar fill;
+    for (int c = 0; c < image.channels() && c < 4; ++c) fill[c] = std::round(255.0 * p.mean[c]);
+    cv::Mat square(std::max(s, nh), std::max(s, nw), image.type(), fill);
+    resized.copyTo(square(cv::Rect((square.cols - nw) / 2, (square.rows - nh) / 2, nw, nh)));
+    return center_crop(square, s);
   }
-  const int s = static_cast<int>(img_size);
-  const int top = (resized.rows - s) / 2, left = (resized.cols - s) / 2;
-  return resized(cv::Rect(left, top, s, s)).clone();
+  // center: the shorter side to target, the aspect kept.
+  const double scale = static_cast<double>(target) / std::min(h, w);
+  const int nh = std::max(target, static_cast<int>(std::lround(h * scale)));
+  const int nw = std::max(target, static_cast<int>(std::lround(w * scale)));
+  return center_crop(resize_to(image, nh, nw, p.interpolation), s);
 }
 
 cv::Mat normalize(const cv::Mat& image, const Preprocess& p) {

@@ -25,6 +25,14 @@ struct Preprocess {
   std::vector<float> mean{0.5f, 0.5f, 0.5f};
   std::vector<float> std{0.5f, 0.5f, 0.5f};
   double crop_pct = 1.0;  // eval: resize the shorter side to img_size / crop_pct, centre crop
+  // The resampling filter: "" (ours: area when shrinking, bilinear when growing), "bilinear"
+  // or "bicubic" (what a timm or Hugging Face checkpoint asks for).
+  std::string interpolation;
+  // timm's crop_mode: "center" (the shorter side to img_size / crop_pct, then the centre
+  // crop), "squash" (both sides to img_size / crop_pct, ignoring the aspect, then the centre
+  // crop; Hugging Face's resize), "border" (the longer side to img_size / crop_pct, then
+  // padded with the mean colour to the square).
+  std::string crop_mode = "center";
 
   void validate() const;
   // Floats per image: L·C·P·P for patches, C·H·W for whole images (the same count).
@@ -59,6 +67,9 @@ cv::Mat decode_image(const std::vector<unsigned char>& bytes, int64_t in_chans,
 // timm's eval transform: shorter side to img_size / crop_pct (area interpolation shrinking,
 // bilinear growing), then the centre img_size × img_size crop.
 cv::Mat resize_center_crop(const cv::Mat& image, int64_t img_size, double crop_pct);
+// The eval transform `p` describes (crop_mode, interpolation, crop_pct): uint8 image ->
+// img_size × img_size.
+cv::Mat eval_transform(const cv::Mat& image, const Preprocess& p);
 
 // uint8 image -> float HWC, scaled to [0, 1] and normalized by the mean and std.
 cv::Mat normalize(const cv::Mat& image, const Preprocess& p);

@@ -118,3 +118,46 @@ TEST_CASE("DataLoader: mixup and cutmix give soft targets that sum to one") {
     CHECK(mixed == loader.num_batches());  // mix_prob 1: every batch
   }
 }
+
+TEST_CASE("eval transform: timm's crop modes center, squash and border, by hand") {
+  // A 4 × 8 grayscale image whose pixel (r, c) is 10·c + r.
+  cv::Mat image(4, 8, CV_8UC1);
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 8; ++c) image.at<uint8_t>(r, c) = uint8_t(10 * c + r);
+  datasets::Preprocess p;
+  p.img_size = 4, p.in_chans = 1, p.patch_size = 2, p.mean = {0.2f}, p.std = {1.0f};
+  p.validate();
+  // center: the shorter side is already 4, so the centre columns 2..5 are taken as they are.
+  cv::Mat out = datasets::eval_transform(image, p);
+  REQUIRE(out.rows == 4);
+  REQUIRE(out.cols == 4);
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 4; ++c) CHECK(out.at<uint8_t>(r, c) == 10 * (c + 2) + r);
+  // squash: all 8 columns squeezed into 4, so the first and last columns of the image survive
+  // averaged in pairs (area shrinking): (0, 10) -> 5, (60, 70) -> 65 in row 0.
+  p.crop_mode = "squash";
+  out = datasets::eval_transform(image, p);
+  CHECK(out.at<uint8_t>(0, 0) == 5);
+  CHECK(out.at<uint8_t>(0, 3) == 65);
+  // border: the longer side to 4 (the image becomes 2 × 4), padded above and below with the
+  // mean colour, round(255 · 0.2) = 51.
+  p.crop_mode = "border";
+  out = datasets::eval_transform(image, p);
+  for (int c = 0; c < 4; ++c) {
+    CHECK(out.at<uint8_t>(0, c) == 51);
+    CHECK(out.at<uint8_t>(3, c) == 51);
+    CHECK(out.at<uint8_t>(1, c) != 51);
+  }
+  p.crop_mode = "letterbox";
+  CHECK_THROWS_WITH_AS(
+      p.validate(), doctest::Contains("crop_mode must be center, squash or border"), engine::Error);
+  p.crop_mode = "center", p.interpolation = "lanczos";
+  CHECK_THROWS_AS(p.validate(), engine::Error);
+  // Written only when not our default, and read back.
+  p.interpolation = "bicubic", p.crop_mode = "squash";
+  const nlohmann::json j = p;
+  CHECK(j.at("interpolation") == "bicubic");
+  const datasets::Preprocess back = j.get<datasets::Preprocess>();
+  CHECK(back.crop_mode == "squash");
+  CHECK_FALSE(nlohmann::json(datasets::Preprocess{}).contains("crop_mode"));
+}

@@ -153,8 +153,7 @@ int run_classify(const std::vector<std::string>& args) {
     for (size_t i = begin; i < std::min(paths.size(), begin + static_cast<size_t>(batch_size));
          ++i) {
       try {
-        images.push_back(datasets::resize_center_crop(datasets::load_image(paths[i], p.in_chans),
-                                                      p.img_size, p.crop_pct));
+        images.push_back(datasets::eval_transform(datasets::load_image(paths[i], p.in_chans), p));
         ok.push_back(paths[i]);
       } catch (const engine::Error& e) {
         std::fprintf(stderr, "vit: %s\n", e.what());
