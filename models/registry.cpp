@@ -2,6 +2,7 @@
 
 #include "engine/error.hpp"
 #include "engine/state_dict.hpp"
+#include "models/hub.hpp"
 #include "models/resnet.hpp"
 #include "models/vit_model.hpp"
 
@@ -118,6 +119,7 @@ std::unique_ptr<engine::Model> inspect_model(const engine::SafetensorsFile& file
 
 LoadedModel load_model(const std::filesystem::path& path, Context& ctx,
                        const std::vector<std::string>& extra_prefixes) {
+  if (is_hub_checkpoint(path)) return load_hub_model(path, ctx);
   const engine::SafetensorsFile file(path);
   LoadedModel loaded;
   loaded.metadata = file.metadata();

@@ -1,0 +1,182 @@
+// Checkpoints in the Hugging Face hub's layouts (timm and transformers folders, F32, F16 and
+// BF16 weights) against the torch references of tests/fixtures/export_hub_vits.py, through
+// the layers and the fused path; what the readers make of their configs; what they refuse.
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+#include <doctest/doctest.h>
+#include <opencv2/core.hpp>
+
+#include "datasets/preprocess.hpp"
+#include "engine/error.hpp"
+#include "models/hub.hpp"
+#include "models/vit_model.hpp"
+
+namespace fs = std::filesystem;
+using engine::Context;
+using engine::Tensor;
+
+namespace {
+
+const fs::path kHub = fs::path(VIT_FIXTURES) / "hub";
+
+// Within 1e-4 of the largest reference value, which must not be trivially small.
+void check_close_to(const Tensor& got, const std::vector<float>& want, const std::string& what) {
+  double max_err = 0, max_ref = 0;
+  REQUIRE(got.numel() == int64_t(want.size()));
+  for (size_t i = 0; i < want.size(); ++i) {
+    max_err = std::max(max_err, std::abs(double(got[int64_t(i)]) - want[i]));
+    max_ref = std::max(max_ref, std::abs(double(want[i])));
+  }
+  INFO(what << ": max |ours - torch| = " << max_err << ", max |torch| = " << max_ref);
+  CHECK(max_ref > 0.1);
+  CHECK(max_err <= 1e-4 * max_ref);
+}
+
+void check_folder(const std::string& name) {
+  CAPTURE(name);
+  Context ctx(0);
+  models::LoadedModel loaded = models::load_model(kHub / name, ctx);
+  auto& model = dynamic_cast<models::VitModel&>(*loaded.model);
+  const vit::VitConfig& c = model.net.config;
+  const engine::SafetensorsFile ref(kHub / name / "reference.safetensors");
+  const int64_t n = ref.entries().at("input").shape[0], C = c.in_chans, S = c.img_size;
+  std::vector<float> images(n * C * S * S), want(n * c.num_outputs());
+  ref.read_f32("input", {n, C, S, S}, images.data());
+  ref.read_f32("logits", {n, c.num_outputs()}, want.data());
+  // NCHW floats -> HWC images -> patches, as datasets/ cuts decoded files.
+  Tensor patches(ctx.eng, {n, c.num_patches(), c.patch_dim()});
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<cv::Mat> planes;
+    for (int64_t ch = 0; ch < C; ++ch)
+      planes.emplace_back(int(S), int(S), CV_32F, images.data() + (i * C + ch) * S * S);
+    cv::Mat hwc;
+    cv::merge(planes, hwc);
+    datasets::cut_patches(hwc, c.patch_size, patches.data() + i * c.num_patches() * c.patch_dim());
+  }
+  model.train(false);
+  const Tensor& layers = model.net.forward(ctx, patches);  // the training layers, evaluation mode
+  ctx.wait();
+  check_close_to(layers, want, "layers");
+  const Tensor& fused = model.forward(ctx, patches);  // evaluation mode: the fused path
+  ctx.wait();
+  check_close_to(fused, want, "fused");
+}
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() /
+           ("vit_hub_" + std::to_string(::getpid()) + "_" + std::to_string(std::rand()));
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+// A copy of a fixture folder whose config.json is `edit`ed.
+fs::path edited_copy(const TempDir& dir, const std::string& name,
+                     const std::function<void(nlohmann::json&)>& edit,
+                     const std::string& file = "config.json") {
+  const fs::path to = dir.path / name;
+  fs::create_directories(to);
+  for (const auto& e : fs::directory_iterator(kHub / name))
+    fs::copy_file(e.path(), to / e.path().filename(), fs::copy_options::overwrite_existing);
+  std::ifstream in(to / file);
+  nlohmann::json j = nlohmann::json::parse(in);
+  edit(j);
+  std::ofstream(to / file) << j.dump();
+  return to;
+}
+
+}  // namespace
+
+TEST_CASE("hub checkpoints equal their torch references, layers and fused") {
+  for (const char* name :
+       {"timm_token", "timm_token_f16", "timm_avg_fc_norm_bf16", "timm_reg4_layerscale",
+        "timm_qk_norm", "timm_clip_pre_norm", "timm_deit_distilled", "timm_dinov2_no_head_bf16",
+        "hf_vit", "hf_vit_f16"})
+    check_folder(name);
+}
+
+TEST_CASE("hub readers: configs, preprocessing and labels as timm and transformers mean them") {
+  const models::HubCheckpoint t = models::read_hub_checkpoint(kHub / "timm_token");
+  CHECK(t.source == "timm vit_tiny_patch16_224");
+  CHECK(t.config.embed_dim == 32);  // model_args over the architecture's 192
+  CHECK(t.classes == std::vector<std::string>{"cat", "dog", "fish", "bird", "frog"});
+  CHECK(t.preprocess.interpolation == "bicubic");
+  CHECK(t.preprocess.crop_pct == 0.875);
+  CHECK(t.preprocess.mean[2] == doctest::Approx(0.406));
+  // The folder's model.safetensors names the same checkpoint.
+  CHECK(models::read_hub_checkpoint(kHub / "timm_token" / "model.safetensors").config == t.config);
+  CHECK(models::is_hub_checkpoint(kHub / "timm_token" / "model.safetensors"));
+
+  const models::HubCheckpoint h = models::read_hub_checkpoint(kHub / "hf_vit");
+  CHECK(h.config.norm_eps == 1e-12);
+  CHECK(h.config.mlp_hidden() == 64);
+  CHECK(h.classes[4] == "frog");
+  // ViTImageProcessor: squash to 16 × 16 bilinear; (x/255 - 0.5)/0.5 is ours as is.
+  CHECK(h.preprocess.crop_mode == "squash");
+  CHECK(h.preprocess.interpolation == "bilinear");
+  CHECK(h.preprocess.mean[0] == doctest::Approx(0.5));
+  CHECK(h.preprocess.std[0] == doctest::Approx(0.5));
+
+  const models::HubCheckpoint d = models::read_hub_checkpoint(kHub / "timm_dinov2_no_head_bf16");
+  CHECK(d.config.num_classes == 0);
+  CHECK(d.classes.empty());
+
+  // timm's names: families, sizes, tags.
+  const vit::VitConfig b = models::timm_architecture("vit_base_patch16_384");
+  CHECK(b.embed_dim == 768);
+  CHECK(b.img_size == 384);
+  const vit::VitConfig r = models::timm_architecture("vit_large_patch14_reg4_dinov2");
+  CHECK(r.reg_tokens == 4);
+  CHECK(r.no_embed_class);
+  CHECK(r.init_values == 1e-5);
+  CHECK(r.img_size == 518);
+  CHECK(models::timm_architecture("deit3_medium_patch16_224").init_values == 1e-6);
+  CHECK(models::timm_architecture("deit_small_distilled_patch16_224").distilled);
+  CHECK(models::timm_architecture("vit_base_patch32_clip_quickgelu_224").act_layer == "quick_gelu");
+  CHECK(models::imagenet1k_classes().size() == 1000);
+  CHECK(models::imagenet1k_classes()[0] == "tench");
+}
+
+TEST_CASE("hub readers refuse what they cannot run, naming the file and the key") {
+  TempDir dir;
+  auto refuses = [](const fs::path& p, const std::string& why) {
+    Context ctx(0);
+    CHECK_THROWS_WITH_AS(models::load_model(p, ctx), doctest::Contains(why.c_str()), engine::Error);
+  };
+  refuses(edited_copy(dir, "timm_token", [](auto& j) { j["architecture"] = "swin_tiny_224"; }),
+          "architecture 'swin_tiny_224' is not one vit implements");
+  refuses(
+      edited_copy(dir, "timm_qk_norm", [](auto& j) { j["model_args"]["scale_mlp_norm"] = true; }),
+      "model_args: 'scale_mlp_norm' = true is not implemented by vit");
+  refuses(edited_copy(dir, "timm_clip_pre_norm",
+                      [](auto& j) { j["model_args"]["mlp_layer"] = "swiglu"; }),
+          "'mlp_layer' = \"swiglu\" is not a setting vit implements");
+  // A config that does not match its tensors: the first disagreement named.
+  refuses(edited_copy(dir, "timm_token_f16", [](auto& j) { j["model_args"]["depth"] = 3; }),
+          "no tensor 'blocks.2.norm1.weight', which timm vit_tiny_patch16_224 as configured needs");
+  refuses(edited_copy(dir, "timm_deit_distilled",
+                      [](auto& j) { j["architecture"] = "deit_tiny_patch16_224"; }),
+          "tensor 'pos_embed' has shape [1, 18, 32], the config implies [1, 17, 32]");
+  refuses(edited_copy(dir, "hf_vit", [](auto& j) { j["model_type"] = "deit"; }),
+          "'model_type' \"deit\" is not implemented");
+  refuses(edited_copy(dir, "hf_vit", [](auto& j) { j["hidden_act"] = "relu"; }),
+          "'hidden_act' \"relu\" is not implemented");
+  refuses(edited_copy(dir, "hf_vit", [](auto& j) { j["intermediate_size"] = 96; }),
+          "has shape [64, 32], the config implies [96, 32]");
+  refuses(edited_copy(
+              dir, "hf_vit", [](auto& j) { j["resample"] = 1; }, "preprocessor_config.json"),
+          "preprocessor_config.json': 'resample' 1 is not implemented");
+  // Pickles are never opened.
+  const fs::path pickle_dir = dir.path / "pickled";
+  fs::create_directories(pickle_dir);
+  std::ofstream(pickle_dir / "pytorch_model.bin") << "not read";
+  std::ofstream(pickle_dir / "config.json") << "{}";
+  refuses(pickle_dir, "pytorch_model.bin': a PyTorch pickle, which can run code when loaded");
+  refuses(pickle_dir / "pytorch_model.bin", "convert it once with python3");
+  fs::create_directories(dir.path / "empty");
+  refuses(dir.path / "empty", "not a checkpoint folder (no config.json");
+}
