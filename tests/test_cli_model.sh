@@ -271,5 +271,51 @@ run "NaN loss" 1 "step [0-9]+: the (loss is (NaN|infinite)|gradients are not fin
 [ "$(cat "$tmp/keep.safetensors")" = "old model" ] && ok || fail "a failed run touched the existing model"
 [ "$(cat "$tmp/keep.ckpt.safetensors")" = "old checkpoint" ] && ok || fail "a failed run touched the last checkpoint"
 
+# --- checkpoints in the hub's layouts (tests/fixtures/hub) ------------------------------------
+hub=$fixtures/hub
+run "classify a timm folder" 0 "" -- classify --model "$hub/timm_token" --top-k 2 --json "$data/val/diagonal"
+python3 -c "import json,sys; r=json.load(open(sys.argv[1])); assert r and r[0]['top_k'][0]['class'] in ('cat','dog','fish','bird','frog')" \
+  "$tmp/out" && ok || fail "classify on a timm folder lacks its label names"
+run "classify its model.safetensors" 0 "" -- classify --model "$hub/hf_vit/model.safetensors" "$data/val/diagonal"
+run "classify a headless checkpoint" 1 "has no classification head \(num_classes 0\): 'vit embed'" -- \
+  classify --model "$hub/timm_dinov2_no_head_bf16" "$data/val/diagonal"
+run "eval a headless checkpoint" 1 "has no classification head" -- \
+  eval --model "$hub/timm_dinov2_no_head_bf16" --data "$data/val"
+run "embed --out" 0 "" -- embed --model "$hub/timm_token" --out "$tmp/emb.safetensors" "$data/val/diagonal"
+python3 -c "
+import json, struct, sys
+f = open(sys.argv[1], 'rb'); n = struct.unpack('<Q', f.read(8))[0]; h = json.loads(f.read(n))
+assert h['embeddings']['shape'] == [20, 32], h['embeddings']
+assert len(json.loads(h['__metadata__']['images'])) == 20" "$tmp/emb.safetensors" && ok || fail "embed --out wrote the wrong tensor"
+mkdir -p "$tmp/pickle" && echo "not read" >"$tmp/pickle/pytorch_model.bin" && echo "{}" >"$tmp/pickle/config.json"
+run "a pickle folder" 1 "pytorch_model.bin': a PyTorch pickle, which can run code when loaded, so vit does not read it; convert it once with" -- \
+  classify --model "$tmp/pickle" "$data/val/diagonal"
+cp "$tmp/pickle/pytorch_model.bin" "$tmp/weights.pth"
+run "a .pth file" 1 "weights.pth': a PyTorch pickle" -- classify --model "$tmp/weights.pth" "$data/val/diagonal"
+# A copy of a fixture folder with one config key changed: hub_edit NAME FILE PYTHON-EXPRESSION-ON-j
+hub_edit() {
+  rm -rf "$tmp/edited" && cp -r "$hub/$1" "$tmp/edited"
+  python3 -c "
+import json, sys
+p = sys.argv[1]; j = json.load(open(p)); $3; json.dump(j, open(p, 'w'))" "$tmp/edited/$2"
+}
+hub_edit timm_token config.json "j['architecture'] = 'convnext_tiny'"
+run "an unknown architecture" 1 "config.json': architecture 'convnext_tiny' is not one vit implements" -- \
+  classify --model "$tmp/edited" "$data/val/diagonal"
+hub_edit timm_token config.json "j['model_args']['pos_embed'] = 'rope'"
+run "a setting not implemented" 1 "model_args: 'pos_embed' = \"rope\" is not implemented by vit" -- \
+  classify --model "$tmp/edited" "$data/val/diagonal"
+hub_edit timm_token config.json "j['model_args']['embed_dim'] = 64; j['num_features'] = 64"
+run "a config its tensors contradict" 1 "model.safetensors': tensor 'cls_token' has shape \[1, 1, 32\], the config implies \[1, 1, 64\]" -- \
+  classify --model "$tmp/edited" "$data/val/diagonal"
+hub_edit hf_vit config.json "j['model_type'] = 'swin'"
+run "a transformers model not a ViT" 1 "'model_type' \"swin\" is not implemented" -- \
+  classify --model "$tmp/edited" "$data/val/diagonal"
+hub_edit hf_vit preprocessor_config.json "j['size'] = {'shortest_edge': 16}"
+run "a processor size not implemented" 1 "preprocessor_config.json': 'size' \{\"shortest_edge\":16\} is not implemented" -- \
+  classify --model "$tmp/edited" "$data/val/diagonal"
+rm "$tmp/edited/model.safetensors"
+run "no weights" 1 "no model.safetensors beside config.json" -- classify --model "$tmp/edited" "$data/val/diagonal"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -61,6 +61,7 @@ int run_folder(const std::vector<std::string>& args);
 int run_train(const std::vector<std::string>& args);
 int run_eval(const std::vector<std::string>& args);
 int run_classify(const std::vector<std::string>& args);
+int run_embed(const std::vector<std::string>& args);
 int run_bench(const std::vector<std::string>& args);
 
 }  // namespace cli

@@ -1,6 +1,8 @@
-// vit eval (accuracy on a labelled folder) and vit classify (top-k classes of images).
+// vit eval (accuracy on a labelled folder), vit classify (top-k classes of images) and vit embed
+// (a ViT's pooled features of images).
 #include <algorithm>
 #include <cstdio>
+#include <functional>
 #include <iostream>
 #include <numeric>
 
@@ -9,12 +11,74 @@
 #include "datasets/image_folder.hpp"
 #include "datasets/loader.hpp"
 #include "engine/error.hpp"
+#include "engine/safetensors.hpp"
 #include "engine/softmax.hpp"
 #include "models/registry.hpp"
 #include "models/training.hpp"
 #include "tools/cli.hpp"
 
 namespace cli {
+
+namespace {
+
+// classify and eval need a classifier: a checkpoint without a head (DINOv2, ViTModel) has none.
+void require_head(const models::LoadedModel& loaded, const std::string& model) {
+  if (loaded.model->num_classes() == 0)
+    throw engine::Error("'" + model +
+                        "' has no classification head (num_classes 0): 'vit embed' gives its "
+                        "features, 'vit train --init' fine-tunes a head on an image folder");
+}
+
+// Every file named, and every image file under every folder named, in sorted order.
+std::vector<std::filesystem::path> image_paths(const std::vector<std::string>& args) {
+  std::vector<std::filesystem::path> paths;
+  for (const std::string& arg : args) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(arg, ec)) {
+      const std::vector<std::filesystem::path> found = datasets::find_images(arg);
+      if (found.empty()) throw engine::Error("'" + arg + "': folder holds no images");
+      paths.insert(paths.end(), found.begin(), found.end());
+    } else {
+      paths.emplace_back(arg);
+    }
+  }
+  return paths;
+}
+
+// The images in batches through the model in evaluation mode: `take(ok, outputs)` gets the
+// files decoded and the model's output rows for them. A file that fails to decode is reported
+// and left out; returns how many did.
+int for_each_batch(engine::Context& ctx, engine::Model& model, const datasets::Preprocess& p,
+                   const std::vector<std::filesystem::path>& paths, int64_t batch_size,
+                   const std::function<void(const std::vector<std::filesystem::path>&,
+                                            const engine::Tensor&)>& take) {
+  int failures = 0;
+  for (size_t begin = 0; begin < paths.size(); begin += static_cast<size_t>(batch_size)) {
+    std::vector<std::filesystem::path> ok;
+    std::vector<cv::Mat> images;
+    for (size_t i = begin; i < std::min(paths.size(), begin + static_cast<size_t>(batch_size));
+         ++i) {
+      try {
+        images.push_back(datasets::eval_transform(datasets::load_image(paths[i], p.in_chans), p));
+        ok.push_back(paths[i]);
+      } catch (const engine::Error& e) {
+        std::fprintf(stderr, "vit: %s\n", e.what());
+        ++failures;
+      }
+    }
+    if (ok.empty()) continue;
+    engine::Tensor input(ctx.eng, p.input_dims(static_cast<int64_t>(ok.size())));
+    for (size_t i = 0; i < ok.size(); ++i)
+      datasets::to_model_input(images[i], p,
+                               input.data() + static_cast<int64_t>(i) * p.sample_size());
+    const engine::Tensor& out = model.forward(ctx, input);
+    ctx.wait();
+    take(ok, out);
+  }
+  return failures;
+}
+
+}  // namespace
 
 int run_eval(const std::vector<std::string>& args) {
   po::options_description opts("vit eval: accuracy of a model on a labelled image folder");
@@ -41,6 +105,7 @@ int run_eval(const std::vector<std::string>& args) {
   // A training checkpoint is a model file plus optimizer state: it evaluates as one.
   models::LoadedModel loaded =
       models::load_model(vm["model"].as<std::string>(), ctx, {"optimizer."});
+  require_head(loaded, vm["model"].as<std::string>());
   loaded.model->set_precision(precision);
   const datasets::ImageFolder folder(vm["data"].as<std::string>(), loaded.classes);
   std::vector<size_t> all(folder.samples().size());
@@ -119,53 +184,23 @@ int run_classify(const std::vector<std::string>& args) {
   if (vm["batch-size"].as<int64_t>() < 1)
     throw UsageError("vit classify: --batch-size must be positive");
 
-  // Every file named, and every image file under every folder named, in sorted order.
-  std::vector<std::filesystem::path> paths;
-  for (const std::string& arg : vm["images"].as<std::vector<std::string>>()) {
-    std::error_code ec;
-    if (std::filesystem::is_directory(arg, ec)) {
-      const std::vector<std::filesystem::path> found = datasets::find_images(arg);
-      if (found.empty()) throw engine::Error("'" + arg + "': folder holds no images");
-      paths.insert(paths.end(), found.begin(), found.end());
-    } else {
-      paths.emplace_back(arg);
-    }
-  }
-
+  const std::vector<std::filesystem::path> paths =
+      image_paths(vm["images"].as<std::vector<std::string>>());
   const engine::Precision precision = parse_precision_flag(vm, "vit classify");
   engine::Context ctx(0, vm["threads"].as<int>());
   // A training checkpoint is a model file plus optimizer state: it evaluates as one.
   models::LoadedModel loaded =
       models::load_model(vm["model"].as<std::string>(), ctx, {"optimizer."});
+  require_head(loaded, vm["model"].as<std::string>());
   loaded.model->set_precision(precision);
   loaded.model->train(false);
-  const datasets::Preprocess& p = loaded.preprocess;
   const int64_t K = static_cast<int64_t>(loaded.classes.size());
   const int64_t top_k = std::min(vm["top-k"].as<int64_t>(), K);
   const int64_t batch_size = vm["batch-size"].as<int64_t>();
   engine::Softmax softmax;
   nlohmann::json results = nlohmann::json::array();
-  int failures = 0;
-  for (size_t begin = 0; begin < paths.size(); begin += static_cast<size_t>(batch_size)) {
-    // Decode this batch; a file that fails is reported and left out.
-    std::vector<std::filesystem::path> ok;
-    std::vector<cv::Mat> images;
-    for (size_t i = begin; i < std::min(paths.size(), begin + static_cast<size_t>(batch_size));
-         ++i) {
-      try {
-        images.push_back(datasets::eval_transform(datasets::load_image(paths[i], p.in_chans), p));
-        ok.push_back(paths[i]);
-      } catch (const engine::Error& e) {
-        std::fprintf(stderr, "vit: %s\n", e.what());
-        ++failures;
-      }
-    }
-    if (ok.empty()) continue;
-    engine::Tensor input(ctx.eng, p.input_dims(static_cast<int64_t>(ok.size())));
-    for (size_t i = 0; i < ok.size(); ++i)
-      datasets::to_model_input(images[i], p,
-                               input.data() + static_cast<int64_t>(i) * p.sample_size());
-    const engine::Tensor& probs = softmax.forward(ctx, loaded.model->forward(ctx, input));
+  auto take = [&](const std::vector<std::filesystem::path>& ok, const engine::Tensor& logits) {
+    const engine::Tensor& probs = softmax.forward(ctx, logits);
     ctx.wait();
     for (size_t i = 0; i < ok.size(); ++i) {
       const float* row = probs.data() + static_cast<int64_t>(i) * K;
@@ -186,10 +221,94 @@ int run_classify(const std::vector<std::string>& args) {
           std::printf("  %-20s %7.2f%%\n", loaded.classes[order[k]].c_str(), 100.0 * row[order[k]]);
       }
     }
-  }
+  };
+  const int failures =
+      for_each_batch(ctx, *loaded.model, loaded.preprocess, paths, batch_size, take);
   // A file name need not be UTF-8; JSON must be: invalid bytes print as U+FFFD.
   if (vm.count("json"))
     std::cout << results.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  return failures ? 1 : 0;
+}
+
+int run_embed(const std::vector<std::string>& args) {
+  po::options_description opts(
+      "vit embed: a ViT's pooled features of images (timm's forward_head(pre_logits=True))");
+  auto add = opts.add_options();
+  add("model", po::value<std::string>(), "model file or checkpoint folder (ViT)");
+  add("out", po::value<std::string>(),
+      "write a .safetensors file: 'embeddings' F32 [images, D], the image paths in its metadata "
+      "(default: print JSON)");
+  add("batch-size", po::value<int64_t>()->default_value(64), "");
+  add("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
+  add("precision", po::value<std::string>()->default_value("f32"),
+      "f32 or bf16 (matmul operands in bf16 on AVX-512 CPUs)");
+  add("images", po::value<std::vector<std::string>>(),
+      "image files or folders (searched recursively)");
+  add("help,h", "show this help");
+  po::positional_options_description positional;
+  positional.add("images", -1);
+  const po::variables_map vm = parse(args, opts, positional);
+  if (vm.count("help")) {
+    std::cout << "usage: vit embed --model M [--out FILE] IMAGE|DIR...\n\n" << opts;
+    return 0;
+  }
+  if (!vm.count("model")) throw UsageError("vit embed: --model is required");
+  if (!vm.count("images")) throw UsageError("vit embed: no images given");
+  if (vm["batch-size"].as<int64_t>() < 1)
+    throw UsageError("vit embed: --batch-size must be positive");
+  const std::string model_path = vm["model"].as<std::string>();
+  const std::vector<std::filesystem::path> paths =
+      image_paths(vm["images"].as<std::vector<std::string>>());
+  const engine::Precision precision = parse_precision_flag(vm, "vit embed");
+  engine::Context ctx(0, vm["threads"].as<int>());
+  models::LoadedModel loaded = models::load_model(model_path, ctx, {"optimizer."});
+  if (loaded.model->arch() != "vit")
+    throw engine::Error("'" + model_path + "' is a " + loaded.model->arch() +
+                        "; vit embed takes a ViT");
+  // With a head, the same weights without it: the output is then the pooled features.
+  if (loaded.model->num_classes() > 0) {
+    nlohmann::json config = loaded.model->config();
+    if (config.value("distilled", false))
+      throw engine::Error("'" + model_path +
+                          "' is a distilled DeiT: its features (the mean of the cls and "
+                          "dist tokens) are not implemented");
+    config["num_classes"] = 0;
+    auto headless = models::make_model("vit", config, ctx);
+    for (engine::Parameter& p : headless->store.parameters())
+      p.value.copy_from(loaded.model->store[p.name].value);
+    headless->store.mark_changed();
+    loaded.model = std::move(headless);
+  }
+  loaded.model->set_precision(precision);
+  loaded.model->train(false);
+  std::vector<std::string> names;
+  std::vector<float> features;
+  int64_t D = 0;
+  auto take = [&](const std::vector<std::filesystem::path>& ok, const engine::Tensor& out) {
+    D = out.dim(1);
+    for (const auto& path : ok) names.push_back(path.string());
+    features.insert(features.end(), out.data(), out.data() + out.numel());
+  };
+  const int failures = for_each_batch(ctx, *loaded.model, loaded.preprocess, paths,
+                                      vm["batch-size"].as<int64_t>(), take);
+  if (names.empty()) throw engine::Error("no image could be read");
+  if (vm.count("out")) {
+    const int64_t n = static_cast<int64_t>(names.size());
+    engine::write_safetensors(
+        vm["out"].as<std::string>(), {{"embeddings", "F32", {n, D}, features.data()}},
+        {{"images",
+          nlohmann::json(names).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)},
+         {"model", model_path}});
+    std::fprintf(stderr, "vit: %lld embeddings of %lld floats written to %s\n", (long long)n,
+                 (long long)D, vm["out"].as<std::string>().c_str());
+  } else {
+    nlohmann::json results = nlohmann::json::array();
+    for (size_t i = 0; i < names.size(); ++i)
+      results.push_back({{"image", names[i]},
+                         {"embedding", std::vector<float>(features.begin() + int64_t(i) * D,
+                                                          features.begin() + int64_t(i + 1) * D)}});
+    std::cout << results.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  }
   return failures ? 1 : 0;
 }
 

@@ -64,6 +64,8 @@ void VitConfig::validate() const {
           "--act-layer must be gelu, gelu_tanh or quick_gelu, got '" + act_layer + "'");
   require(!distilled || (class_token && reg_tokens == 0 && global_pool == "token"),
           "--distilled (DeiT's dist_token) needs the class token, token pooling and no registers");
+  // timm's pre-logits of a distilled model average the cls and dist rows: not implemented.
+  require(!distilled || num_classes > 0, "--distilled needs a head (--num-classes > 0)");
   for (auto [rate, flag] : {std::pair{drop_rate, "drop-rate"},
                             {attn_drop_rate, "attn-drop-rate"},
                             {drop_path_rate, "drop-path-rate"}})
