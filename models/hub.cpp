@@ -11,6 +11,7 @@
 #include "engine/json_read.hpp"
 #include "engine/safetensors.hpp"
 #include "models/vit_model.hpp"
+#include "vit/pos_embed.hpp"
 
 namespace models {
 
@@ -498,7 +499,47 @@ HubCheckpoint read_hub_checkpoint(const fs::path& path) {
               ": neither timm's ('architecture') nor Hugging Face's ('model_type') config");
 }
 
-LoadedModel load_hub_model(const fs::path& path, Context& ctx) {
+vit::VitConfig at_image_size(const vit::VitConfig& c, int64_t img_size) {
+  vit::VitConfig out = c;
+  if (img_size <= 0) return out;
+  if (img_size % c.patch_size != 0)
+    throw Error("--img-size " + std::to_string(img_size) +
+                " is not a multiple of the model's patch size " + std::to_string(c.patch_size));
+  out.img_size = img_size;
+  out.validate();
+  return out;
+}
+
+void read_vit_weights(engine::ParameterStore& store, const engine::SafetensorsFile& file,
+                      const std::map<std::string, std::vector<std::string>>& tensors,
+                      const vit::VitConfig& file_config, const vit::VitConfig& config,
+                      bool antialias) {
+  for (engine::Parameter& p : store.parameters()) {
+    auto it = tensors.find(p.name);
+    const std::vector<std::string> names =
+        it == tensors.end() ? std::vector<std::string>{p.name} : it->second;
+    if (p.name == "pos_embed" && file_config.grid() != config.grid()) {
+      // timm's resample_abs_pos_embed: prefix rows as they are, the grid interpolated.
+      const int64_t D = config.embed_dim,
+                    P = file_config.no_embed_class ? 0 : file_config.num_prefix_tokens();
+      std::vector<float> old(static_cast<size_t>(file_config.pos_embed_len() * D));
+      file.read_f32(names[0], {1, file_config.pos_embed_len(), D}, old.data());
+      std::copy_n(old.data(), P * D, p.value.data());
+      vit::resample_grid(old.data() + P * D, file_config.grid(), file_config.grid(),
+                         p.value.data() + P * D, config.grid(), config.grid(), D, antialias);
+      continue;
+    }
+    float* dst = p.value.data();
+    for (const std::string& n : names) {
+      const engine::SafetensorsFile::Entry& e = file.entries().at(n);
+      file.read_f32(n, e.shape, dst);
+      dst += engine::product(e.shape);
+    }
+  }
+  store.mark_changed();
+}
+
+LoadedModel load_hub_model(const fs::path& path, Context& ctx, const LoadOptions& options) {
   HubCheckpoint h = read_hub_checkpoint(path);
   const engine::SafetensorsFile file(h.weights);
   const std::string where = quoted(h.weights);
@@ -529,19 +570,13 @@ LoadedModel load_hub_model(const fs::path& path, Context& ctx) {
     if (!used.count(name) && std::find(h.ignored.begin(), h.ignored.end(), name) == h.ignored.end())
       throw Error(where + ": tensor '" + name + "' is not part of " + h.source +
                   " as config.json describes it (a setting vit does not implement?)");
+  // At another image size: the same tensors, pos_embed resampled on the way in.
+  const vit::VitConfig config = at_image_size(h.config, options.img_size);
+  if (config.img_size != h.config.img_size) model = std::make_unique<VitModel>(config);
   model->store.allocate(ctx.eng);
-  for (engine::Parameter& p : model->store.parameters()) {
-    auto it = h.tensors.find(p.name);
-    const std::vector<std::string> names =
-        it == h.tensors.end() ? std::vector<std::string>{p.name} : it->second;
-    float* dst = p.value.data();
-    for (const std::string& n : names) {
-      const engine::SafetensorsFile::Entry& e = file.entries().at(n);
-      file.read_f32(n, e.shape, dst);
-      dst += engine::product(e.shape);
-    }
-  }
-  model->store.mark_changed();
+  read_vit_weights(model->store, file, h.tensors, h.config, config, options.pos_antialias);
+  h.config = config;
+  h.preprocess.img_size = config.img_size;
 
   LoadedModel loaded;
   loaded.model = std::move(model);

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/safetensors.hpp"
 #include "models/registry.hpp"
 #include "vit/config.hpp"
 
@@ -38,7 +39,20 @@ bool is_hub_checkpoint(const std::filesystem::path& path);
 HubCheckpoint read_hub_checkpoint(const std::filesystem::path& path);
 
 // The checkpoint's model, built, checked against model.safetensors, allocated and loaded.
-LoadedModel load_hub_model(const std::filesystem::path& path, Context& ctx);
+LoadedModel load_hub_model(const std::filesystem::path& path, Context& ctx,
+                           const LoadOptions& options = {});
+
+// Reads every parameter of `store` (allocated) from `file`: from tensors[name] (several
+// concatenated along the first axis) or the tensor of its own name. A ViT's pos_embed is
+// resampled from the file's grid (file_config) to the model's (config) when they differ. The
+// shapes must have been checked for file_config.
+void read_vit_weights(engine::ParameterStore& store, const engine::SafetensorsFile& file,
+                      const std::map<std::string, std::vector<std::string>>& tensors,
+                      const vit::VitConfig& file_config, const vit::VitConfig& config,
+                      bool antialias);
+
+// The config at another image size, checked (the patch size must divide it).
+vit::VitConfig at_image_size(const vit::VitConfig& c, int64_t img_size);
 
 // A timm architecture name (vit_base_patch16_224, deit_small_distilled_patch16_224,
 // deit3_base_patch16_224, vit_small_patch14_reg4_dinov2, vit_base_patch16_clip_224, ...) as a

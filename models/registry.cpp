@@ -5,6 +5,7 @@
 #include "models/hub.hpp"
 #include "models/resnet.hpp"
 #include "models/vit_model.hpp"
+#include "vit/config.hpp"
 
 namespace models {
 
@@ -118,12 +119,33 @@ std::unique_ptr<engine::Model> inspect_model(const engine::SafetensorsFile& file
 }
 
 LoadedModel load_model(const std::filesystem::path& path, Context& ctx,
-                       const std::vector<std::string>& extra_prefixes) {
-  if (is_hub_checkpoint(path)) return load_hub_model(path, ctx);
+                       const std::vector<std::string>& extra_prefixes, const LoadOptions& options) {
+  if (is_hub_checkpoint(path)) return load_hub_model(path, ctx, options);
   const engine::SafetensorsFile file(path);
   LoadedModel loaded;
   loaded.metadata = file.metadata();
   loaded.model = inspect_model(file, extra_prefixes, loaded.preprocess, loaded.classes);
+  const int64_t size = options.img_size;
+  if (size > 0 && size != loaded.preprocess.img_size) {
+    // Checked at the file's size; built and read at the one asked for.
+    nlohmann::json config = loaded.model->config();
+    try {
+      if (loaded.model->arch() == "vit") {
+        const vit::VitConfig from = config.get<vit::VitConfig>();
+        const vit::VitConfig to = at_image_size(from, size);
+        loaded.model = make_model("vit", to, ctx);
+        read_vit_weights(loaded.model->store, file, {}, from, to, options.pos_antialias);
+      } else {  // a CNN runs at any size: only its config's size changes
+        config["img_size"] = size;
+        loaded.model = make_model(loaded.model->arch(), config, ctx);
+        engine::load_state_dict(loaded.model->store, file, /*strict=*/true, extra_prefixes);
+      }
+    } catch (const Error& e) {
+      throw Error("'" + path.string() + "': " + e.what());
+    }
+    loaded.preprocess.img_size = size;
+    return loaded;
+  }
   loaded.model->store.allocate(ctx.eng);
   engine::load_state_dict(loaded.model->store, file, /*strict=*/true, extra_prefixes);
   return loaded;

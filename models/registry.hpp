@@ -55,9 +55,18 @@ std::unique_ptr<engine::Model> inspect_model(const engine::SafetensorsFile& file
                                              const std::vector<std::string>& extra_prefixes,
                                              datasets::Preprocess& preprocess,
                                              std::vector<std::string>& classes);
+// How to load a model: at another image size, a ViT's positional embedding resampled as
+// timm's resample_abs_pos_embed does (the prefix rows kept, the patch grid interpolated).
+struct LoadOptions {
+  int64_t img_size = 0;       // 0: the file's own
+  bool pos_antialias = true;  // timm's default; false: MAE's and DeiT's interpolate_pos_embed
+};
+
 // The same, then allocates and reads the weights: every error names the file and the problem.
 // extra_prefixes: tensor names (such as a checkpoint's optimizer state) that are not the model's.
+// A folder, or a model.safetensors beside a config.json, is a hub checkpoint (models/hub.hpp).
 LoadedModel load_model(const std::filesystem::path& path, Context& ctx,
-                       const std::vector<std::string>& extra_prefixes = {});
+                       const std::vector<std::string>& extra_prefixes = {},
+                       const LoadOptions& options = {});
 
 }  // namespace models

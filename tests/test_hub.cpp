@@ -12,6 +12,7 @@
 #include "engine/error.hpp"
 #include "models/hub.hpp"
 #include "models/vit_model.hpp"
+#include "vit/pos_embed.hpp"
 
 namespace fs = std::filesystem;
 using engine::Context;
@@ -34,17 +35,17 @@ void check_close_to(const Tensor& got, const std::vector<float>& want, const std
   CHECK(max_err <= 1e-4 * max_ref);
 }
 
-void check_folder(const std::string& name) {
-  CAPTURE(name);
+// The reference's "input<suffix>" through the model, against its "logits<suffix>".
+void check_model(models::LoadedModel& loaded, const fs::path& reference,
+                 const std::string& suffix = "") {
   Context ctx(0);
-  models::LoadedModel loaded = models::load_model(kHub / name, ctx);
   auto& model = dynamic_cast<models::VitModel&>(*loaded.model);
   const vit::VitConfig& c = model.net.config;
-  const engine::SafetensorsFile ref(kHub / name / "reference.safetensors");
-  const int64_t n = ref.entries().at("input").shape[0], C = c.in_chans, S = c.img_size;
+  const engine::SafetensorsFile ref(reference);
+  const int64_t n = ref.entries().at("input" + suffix).shape[0], C = c.in_chans, S = c.img_size;
   std::vector<float> images(n * C * S * S), want(n * c.num_outputs());
-  ref.read_f32("input", {n, C, S, S}, images.data());
-  ref.read_f32("logits", {n, c.num_outputs()}, want.data());
+  ref.read_f32("input" + suffix, {n, C, S, S}, images.data());
+  ref.read_f32("logits" + suffix, {n, c.num_outputs()}, want.data());
   // NCHW floats -> HWC images -> patches, as datasets/ cuts decoded files.
   Tensor patches(ctx.eng, {n, c.num_patches(), c.patch_dim()});
   for (int64_t i = 0; i < n; ++i) {
@@ -62,6 +63,13 @@ void check_folder(const std::string& name) {
   const Tensor& fused = model.forward(ctx, patches);  // evaluation mode: the fused path
   ctx.wait();
   check_close_to(fused, want, "fused");
+}
+
+void check_folder(const std::string& name) {
+  CAPTURE(name);
+  Context ctx(0);
+  models::LoadedModel loaded = models::load_model(kHub / name, ctx);
+  check_model(loaded, kHub / name / "reference.safetensors");
 }
 
 struct TempDir {
@@ -97,6 +105,37 @@ TEST_CASE("hub checkpoints equal their torch references, layers and fused") {
         "timm_qk_norm", "timm_clip_pre_norm", "timm_deit_distilled", "timm_dinov2_no_head_bf16",
         "hf_vit", "hf_vit_f16"})
     check_folder(name);
+}
+
+TEST_CASE("a checkpoint at another --img-size equals torch with timm's resampled pos_embed") {
+  TempDir dir;
+  for (const auto& [name, size] :
+       {std::pair<std::string, int64_t>{"timm_token", 24}, {"timm_reg4_layerscale", 8}}) {
+    CAPTURE(name);
+    Context ctx(0);
+    const fs::path ref = kHub / name / "reference.safetensors";
+    const std::string suffix = "_" + std::to_string(size);
+    models::LoadedModel loaded = models::load_model(kHub / name, ctx, {}, {size, true});
+    CHECK(loaded.preprocess.img_size == size);
+    check_model(loaded, ref, suffix);
+    // Our own file at the checkpoint's size, read back at the other: the same resampling.
+    const fs::path own = dir.path / (name + ".safetensors");
+    models::LoadedModel original = models::load_model(kHub / name, ctx);
+    models::save_model(own, *original.model, original.preprocess, original.classes);
+    models::LoadedModel resized = models::load_model(own, ctx, {}, {size, true});
+    check_model(resized, ref, suffix);
+    // Written at the new size, it holds the resampled table and reads back as it is.
+    const fs::path again = dir.path / (name + "_resized.safetensors");
+    models::save_model(again, *resized.model, resized.preprocess, resized.classes);
+    models::LoadedModel back = models::load_model(again, ctx);
+    CHECK(back.preprocess.img_size == size);
+    check_model(back, ref, suffix);
+  }
+  Context ctx(0);
+  CHECK_THROWS_WITH_AS(
+      models::load_model(kHub / "timm_token", ctx, {}, {18, true}),
+      doctest::Contains("--img-size 18 is not a multiple of the model's patch size 4"),
+      engine::Error);
 }
 
 TEST_CASE("hub readers: configs, preprocessing and labels as timm and transformers mean them") {
@@ -179,4 +218,35 @@ TEST_CASE("hub readers refuse what they cannot run, naming the file and the key"
   refuses(pickle_dir / "pytorch_model.bin", "convert it once with python3");
   fs::create_directories(dir.path / "empty");
   refuses(dir.path / "empty", "not a checkpoint folder (no config.json");
+}
+
+TEST_CASE("pos_embed resampling equals torch's bicubic interpolate, with and without antialias") {
+  const engine::SafetensorsFile ref(fs::path(VIT_FIXTURES) / "pos_resample.safetensors");
+  for (const char* name : {"14x14_16x16", "24x24_14x14", "14x14_10x20", "7x7_3x5"}) {
+    const auto& src_entry = ref.entries().at(std::string("src.") + name);
+    const int64_t D = src_entry.shape[1], H = src_entry.shape[2], W = src_entry.shape[3];
+    std::vector<float> src_nchw(D * H * W);
+    ref.read_f32(std::string("src.") + name, src_entry.shape, src_nchw.data());
+    std::vector<float> grid(H * W * D);  // ours: [H·W, D]
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t i = 0; i < H * W; ++i) grid[i * D + d] = src_nchw[d * H * W + i];
+    for (const bool aa : {true, false}) {
+      const std::string key = std::string(aa ? "aa." : "noaa.") + name;
+      CAPTURE(key);
+      const auto& e = ref.entries().at(key);
+      const int64_t h = e.shape[2], w = e.shape[3];
+      std::vector<float> want(D * h * w), got(h * w * D);
+      ref.read_f32(key, e.shape, want.data());
+      vit::resample_grid(grid.data(), H, W, got.data(), h, w, D, aa);
+      double worst = 0;
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t i = 0; i < h * w; ++i)
+          worst = std::max(worst, std::abs(double(got[i * D + d]) - want[d * h * w + i]));
+      CHECK(worst < 1e-5);
+    }
+  }
+  // The two filters differ: the test above could not pass with one for the other.
+  const std::vector<double> a = vit::bicubic_weights(24, 14, true),
+                            b = vit::bicubic_weights(24, 14, false);
+  CHECK(a != b);
 }

@@ -1,5 +1,8 @@
 #include "vit/pos_embed.hpp"
 
+#include <algorithm>
+#include <cmath>
+
 namespace vit {
 
 using dnnl::memory;
@@ -120,6 +123,75 @@ void PosEmbed::Fused::run(dnnl::stream& s) {
   const float* table = static_cast<const float*>(prefix.get_data_handle());
   s.wait();  // the rows below are written by this thread, not by the stream
   for (int64_t b = 0; b < images; ++b) std::copy_n(table, prefix_rows * dim, x + b * tokens * dim);
+}
+
+std::vector<double> bicubic_weights(int64_t in, int64_t out, bool antialias) {
+  engine::require(in > 0 && out > 0, "bicubic_weights: sizes must be positive");
+  std::vector<double> w(static_cast<size_t>(out * in), 0.0);
+  // torch computes the scale in float (area_pixel_compute_scale) and the taps in float for an
+  // f32 tensor; double here differs from it by rounding only.
+  const double scale = static_cast<double>(static_cast<float>(in) / static_cast<float>(out));
+  if (!antialias) {
+    // aten's upsample_bicubic2d: source x = scale·(i + 0.5) - 0.5, four taps at floor(x) - 1
+    // .. floor(x) + 2 clamped into the input, Keys' cubic with a = -0.75.
+    const double A = -0.75;
+    auto near = [A](double x) { return ((A + 2) * x - (A + 3)) * x * x + 1; };       // |x| <= 1
+    auto far = [A](double x) { return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A; };  // 1 < |x| < 2
+    for (int64_t i = 0; i < out; ++i) {
+      const double x = scale * (double(i) + 0.5) - 0.5;
+      const double x0 = std::floor(x), t = x - x0;
+      const double c[4] = {far(t + 1), near(t), near(1 - t), far(2 - t)};
+      for (int k = 0; k < 4; ++k) {
+        const int64_t j = std::clamp<int64_t>(int64_t(x0) - 1 + k, 0, in - 1);
+        w[i * in + j] += c[k];
+      }
+    }
+    return w;
+  }
+  // aten's _upsample_bicubic2d_aa (after PIL): centre scale·(i + 0.5), support 2·max(scale, 1),
+  // a = -0.5 evaluated at (j - centre + 0.5)/max(scale, 1), rows normalised to sum 1.
+  const double a = -0.5, support = 2.0 * std::max(scale, 1.0), inv = 1.0 / std::max(scale, 1.0);
+  auto filter = [a](double x) {
+    x = std::abs(x);
+    if (x < 1) return ((a + 2) * x - (a + 3)) * x * x + 1;
+    if (x < 2) return (((x - 5) * x + 8) * x - 4) * a;
+    return 0.0;
+  };
+  for (int64_t i = 0; i < out; ++i) {
+    const double center = scale * (double(i) + 0.5);
+    const int64_t lo = std::max<int64_t>(static_cast<int64_t>(center - support + 0.5), 0);
+    const int64_t hi = std::min<int64_t>(static_cast<int64_t>(center + support + 0.5), in);
+    double total = 0;
+    for (int64_t j = lo; j < hi; ++j)
+      total += w[i * in + j] = filter((double(j) - center + 0.5) * inv);
+    if (total != 0)
+      for (int64_t j = lo; j < hi; ++j) w[i * in + j] /= total;
+  }
+  return w;
+}
+
+void resample_grid(const float* src, int64_t old_h, int64_t old_w, float* dst, int64_t new_h,
+                   int64_t new_w, int64_t D, bool antialias) {
+  // Separable: rows first into [new_h, old_w, D], then columns.
+  const std::vector<double> wh = bicubic_weights(old_h, new_h, antialias);
+  const std::vector<double> ww = bicubic_weights(old_w, new_w, antialias);
+  std::vector<double> rows(static_cast<size_t>(new_h * old_w * D), 0.0);
+  for (int64_t i = 0; i < new_h; ++i)
+    for (int64_t a = 0; a < old_h; ++a) {
+      const double f = wh[i * old_h + a];
+      if (f == 0) continue;
+      for (int64_t b = 0; b < old_w * D; ++b) rows[i * old_w * D + b] += f * src[a * old_w * D + b];
+    }
+  for (int64_t i = 0; i < new_h; ++i)
+    for (int64_t j = 0; j < new_w; ++j) {
+      float* out = dst + (i * new_w + j) * D;
+      for (int64_t d = 0; d < D; ++d) {
+        double acc = 0;
+        for (int64_t b = 0; b < old_w; ++b)
+          acc += ww[j * old_w + b] * rows[(i * old_w + b) * D + d];
+        out[d] = static_cast<float>(acc);
+      }
+    }
 }
 
 }  // namespace vit

@@ -3,6 +3,8 @@
 // rows or, with no_embed_class, over the patch rows only. [B, L, D] -> [B, N, D].
 #pragma once
 
+#include <vector>
+
 #include "engine/binary.hpp"
 #include "engine/reorder.hpp"
 #include "vit/module.hpp"
@@ -52,5 +54,17 @@ struct PosEmbed {
   engine::BroadcastAdd add_table_;
   engine::PlanCache<Buffers> buffers_;
 };
+
+// The weights of torch's bicubic F.interpolate along one axis (align_corners=False), as a
+// dense [out, in] matrix: with antialias (timm's resample_abs_pos_embed default) the PIL-style
+// filter, Keys' a = -0.5 with its support widened by in/out when shrinking and each row
+// normalised, taps outside the input left out; without (MAE's and DeiT's
+// interpolate_pos_embed) a = -0.75 over four taps, indices clamped at the borders.
+std::vector<double> bicubic_weights(int64_t in, int64_t out, bool antialias);
+
+// timm's resample_abs_pos_embed on a grid of positions: src [old_h · old_w, D] (row-major
+// over the grid) -> dst [new_h · new_w, D], each of the D channels interpolated as an image.
+void resample_grid(const float* src, int64_t old_h, int64_t old_w, float* dst, int64_t new_h,
+                   int64_t new_w, int64_t D, bool antialias);
 
 }  // namespace vit
