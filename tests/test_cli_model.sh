@@ -314,6 +314,12 @@ run "a transformers model not a ViT" 1 "'model_type' \"swin\" is not implemented
 hub_edit hf_vit preprocessor_config.json "j['size'] = {'shortest_edge': 16}"
 run "a processor size not implemented" 1 "preprocessor_config.json': 'size' \{\"shortest_edge\":16\} is not implemented" -- \
   classify --model "$tmp/edited" "$data/val/diagonal"
+run "classify at another --img-size" 0 "" -- classify --model "$hub/timm_token" --img-size 24 \
+  --pos-interp no-antialias "$data/val/diagonal"
+run "an --img-size the patch does not divide" 1 "--img-size 18 is not a multiple of the model's patch size 4" -- \
+  classify --model "$hub/timm_token" --img-size 18 "$data/val/diagonal"
+run "an unknown --pos-interp" 2 "--pos-interp must be antialias or no-antialias" -- \
+  eval --model "$hub/timm_token" --data "$data/val" --pos-interp cubic
 rm "$tmp/edited/model.safetensors"
 run "no weights" 1 "no model.safetensors beside config.json" -- classify --model "$tmp/edited" "$data/val/diagonal"
 

@@ -24,6 +24,33 @@ std::vector<float> parse_floats(const std::string& text, const std::string& flag
   return values;
 }
 
+po::options_description load_options_description() {
+  po::options_description opts("resolution");
+  auto add = opts.add_options();
+  add("img-size", po::value<int64_t>(),
+      "run the model at this image side (a multiple of its patch size): a ViT's positional "
+      "embedding is resampled, as timm's resample_abs_pos_embed does");
+  add("pos-interp", po::value<std::string>()->default_value("antialias"),
+      "antialias: bicubic with antialiasing, timm's default; no-antialias: plain bicubic, "
+      "MAE's and DeiT's interpolate_pos_embed");
+  return opts;
+}
+
+models::LoadOptions load_options(const po::variables_map& vm, const std::string& command) {
+  models::LoadOptions o;
+  if (vm.count("img-size")) {
+    o.img_size = vm["img-size"].as<int64_t>();
+    if (o.img_size < 1 || o.img_size > 8192)
+      throw UsageError(command + ": --img-size must be in [1, 8192]");
+  }
+  const std::string interp = vm["pos-interp"].as<std::string>();
+  if (interp != "antialias" && interp != "no-antialias")
+    throw UsageError(command + ": --pos-interp must be antialias or no-antialias, not '" + interp +
+                     "'");
+  o.pos_antialias = interp == "antialias";
+  return o;
+}
+
 po::options_description model_options(const std::string& default_model) {
   po::options_description opts("model (a preset, then any size overridden)");
   auto add = opts.add_options();

@@ -93,6 +93,7 @@ int run_eval(const std::vector<std::string>& args) {
   add("precision", po::value<std::string>()->default_value("f32"),
       "f32 or bf16 (matmul operands in bf16 on AVX-512 CPUs; ViT models)");
   add("help,h", "show this help");
+  opts.add(load_options_description());
   const po::variables_map vm = parse(args, opts);
   if (vm.count("help")) {
     std::cout << "usage: vit eval --model FILE --data DIR [--json]\n\n" << opts;
@@ -103,8 +104,8 @@ int run_eval(const std::vector<std::string>& args) {
   const engine::Precision precision = parse_precision_flag(vm, "vit eval");
   engine::Context ctx(0, vm["threads"].as<int>());
   // A training checkpoint is a model file plus optimizer state: it evaluates as one.
-  models::LoadedModel loaded =
-      models::load_model(vm["model"].as<std::string>(), ctx, {"optimizer."});
+  models::LoadedModel loaded = models::load_model(vm["model"].as<std::string>(), ctx,
+                                                  {"optimizer."}, load_options(vm, "vit eval"));
   require_head(loaded, vm["model"].as<std::string>());
   loaded.model->set_precision(precision);
   const datasets::ImageFolder folder(vm["data"].as<std::string>(), loaded.classes);
@@ -172,6 +173,7 @@ int run_classify(const std::vector<std::string>& args) {
   add("images", po::value<std::vector<std::string>>(),
       "image files or folders (searched recursively)");
   add("help,h", "show this help");
+  opts.add(load_options_description());
   po::positional_options_description positional;
   positional.add("images", -1);
   const po::variables_map vm = parse(args, opts, positional);
@@ -189,8 +191,8 @@ int run_classify(const std::vector<std::string>& args) {
   const engine::Precision precision = parse_precision_flag(vm, "vit classify");
   engine::Context ctx(0, vm["threads"].as<int>());
   // A training checkpoint is a model file plus optimizer state: it evaluates as one.
-  models::LoadedModel loaded =
-      models::load_model(vm["model"].as<std::string>(), ctx, {"optimizer."});
+  models::LoadedModel loaded = models::load_model(vm["model"].as<std::string>(), ctx,
+                                                  {"optimizer."}, load_options(vm, "vit classify"));
   require_head(loaded, vm["model"].as<std::string>());
   loaded.model->set_precision(precision);
   loaded.model->train(false);
@@ -245,6 +247,7 @@ int run_embed(const std::vector<std::string>& args) {
   add("images", po::value<std::vector<std::string>>(),
       "image files or folders (searched recursively)");
   add("help,h", "show this help");
+  opts.add(load_options_description());
   po::positional_options_description positional;
   positional.add("images", -1);
   const po::variables_map vm = parse(args, opts, positional);
@@ -261,7 +264,8 @@ int run_embed(const std::vector<std::string>& args) {
       image_paths(vm["images"].as<std::vector<std::string>>());
   const engine::Precision precision = parse_precision_flag(vm, "vit embed");
   engine::Context ctx(0, vm["threads"].as<int>());
-  models::LoadedModel loaded = models::load_model(model_path, ctx, {"optimizer."});
+  models::LoadedModel loaded =
+      models::load_model(model_path, ctx, {"optimizer."}, load_options(vm, "vit embed"));
   if (loaded.model->arch() != "vit")
     throw engine::Error("'" + model_path + "' is a " + loaded.model->arch() +
                         "; vit embed takes a ViT");
