@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -32,6 +33,21 @@ class Model {
   virtual nlohmann::json config() const = 0;   // enough to build the same model again
   virtual double flops_per_image() const = 0;  // forward, 2 × multiply-adds
   virtual int64_t num_classes() const = 0;
+
+  // Fine-tuning. The name prefixes of the classifier's parameters, re-initialised when a
+  // checkpoint meets a folder of other classes.
+  virtual std::vector<std::string> head_prefixes() const = 0;
+  // Layer-wise lr decay (BEiT): the layer of a parameter, 0 (the embeddings) .. num_layers() - 1
+  // (the head); num_layers() 0 when the architecture defines none.
+  virtual int64_t layer_id(const std::string& name) const {
+    (void)name;
+    return 0;
+  }
+  virtual int64_t num_layers() const { return 0; }
+  // A linear probe: only the head (and the final norm) train; every other parameter is frozen
+  // (not trainable), its layers run in evaluation mode and backward stops at them. False when
+  // the architecture has no such mode.
+  virtual bool freeze_backbone() { return false; }
 
   ParameterStore store;
 };

@@ -8,7 +8,7 @@ void AdamW::update(ParameterStore& store, float lr) {
   ++step;
   const float bc1 = 1.0f - std::pow(beta1, static_cast<float>(step));
   const float bc2 = 1.0f - std::pow(beta2, static_cast<float>(step));
-  const float step_size = lr / bc1, inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
+  const float inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
   store.mark_changed();
   float* __restrict w = store.values();
   const float* __restrict g = store.grads();
@@ -17,7 +17,8 @@ void AdamW::update(ParameterStore& store, float lr) {
   for (const Parameter& p : store.parameters()) {
     if (!p.trainable) continue;
     const int64_t begin = p.offset, end = p.offset + p.value.numel();
-    const float decay = p.decay ? 1.0f - lr * weight_decay : 1.0f;
+    const float plr = lr * p.lr_scale, step_size = plr / bc1;  // torch: the group's lr
+    const float decay = p.decay ? 1.0f - plr * weight_decay : 1.0f;
 #pragma omp parallel for simd schedule(static)
     for (int64_t i = begin; i < end; ++i) {
       m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
@@ -35,12 +36,12 @@ void Sgd::update(ParameterStore& store, float lr) {
   for (const Parameter& p : store.parameters()) {
     if (!p.trainable) continue;
     const int64_t begin = p.offset, end = p.offset + p.value.numel();
-    const float wd = p.decay ? weight_decay : 0.0f;
+    const float wd = p.decay ? weight_decay : 0.0f, plr = lr * p.lr_scale;
 #pragma omp parallel for simd schedule(static)
     for (int64_t i = begin; i < end; ++i) {
       const float grad = g[i] + wd * w[i];
       buf[i] = momentum * buf[i] + grad;
-      w[i] -= lr * (nesterov ? grad + momentum * buf[i] : buf[i]);
+      w[i] -= plr * (nesterov ? grad + momentum * buf[i] : buf[i]);
     }
   }
 }

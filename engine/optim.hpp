@@ -1,5 +1,7 @@
 // Optimizers over the ParameterStore's flat buffers: one loop per parameter range, buffers
-// (running statistics) skipped. Both match torch.optim on the same hyper-parameters.
+// (running statistics) and frozen parameters skipped, each parameter at lr · its lr_scale (as
+// torch.optim with one parameter group per scale). Both match torch.optim on the same
+// hyper-parameters.
 #pragma once
 
 #include <cstdint>

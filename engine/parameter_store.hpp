@@ -15,7 +15,8 @@ struct Parameter {
   std::string name;  // timm's state-dict key, e.g. "blocks.0.attn.qkv.weight"
   Dims dims;
   bool decay = true;      // AdamW applies weight decay (timm: not biases, norms, pos_embed, ...)
-  bool trainable = true;  // false: a buffer such as BatchNorm's running mean
+  bool trainable = true;  // false: a buffer such as BatchNorm's running mean, or frozen
+  float lr_scale = 1.0f;  // the optimizers' step is lr · lr_scale (layer-wise lr decay)
   int64_t offset = 0;     // into the flat buffers, in floats, 64-byte aligned
   Tensor value, grad;     // views, valid after ParameterStore::allocate()
 };

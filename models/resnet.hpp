@@ -89,6 +89,7 @@ class ResNet : public engine::Model {
   nlohmann::json config() const override { return config_; }
   double flops_per_image() const override { return config_.flops_per_image(); }
   int64_t num_classes() const override { return config_.num_classes; }
+  std::vector<std::string> head_prefixes() const override { return {"fc."}; }
 
  private:
   ResNetConfig config_;

@@ -35,6 +35,8 @@ void TrainConfig::validate() const {
           "--precision must be f32 or bf16, got '" + precision + "'");
   require(subset >= 0, "--subset must not be negative");
   require(val_split >= 0 && val_split < 1, "--val-split must be in [0, 1)");
+  require(layer_decay >= 0 && layer_decay <= 1,
+          "--layer-decay must be in (0, 1] (0: off), got " + std::to_string(layer_decay));
   augment.validate();
 }
 
@@ -54,6 +56,8 @@ void to_json(nlohmann::json& j, const TrainConfig& c) {
        {"seed", c.seed},
        {"subset", c.subset},
        {"val_split", c.val_split},
+       {"layer_decay", c.layer_decay},
+       {"freeze_backbone", c.freeze_backbone},
        {"augment",
         {{"crop", c.augment.crop},
          {"pad", c.augment.pad},
@@ -86,6 +90,8 @@ void from_json(const nlohmann::json& j, TrainConfig& c) {
   c.seed = seed.get<uint64_t>();
   c.subset = field_int(j, "subset");
   c.val_split = number(j, "val_split");
+  c.layer_decay = engine::json_double(j, "layer_decay", 0.0);  // absent in older checkpoints
+  c.freeze_backbone = engine::json_bool(j, "freeze_backbone", false);
   const nlohmann::json& a = json_field(j, "augment");
   a.at("crop").get_to(c.augment.crop);
   c.augment.pad = field_int(a, "pad");
@@ -96,6 +102,18 @@ void from_json(const nlohmann::json& j, TrainConfig& c) {
   c.augment.cutmix_alpha = number(a, "cutmix_alpha");
   c.augment.mix_prob = number(a, "mix_prob");
   c.augment.switch_prob = number(a, "switch_prob");
+}
+
+void apply_fine_tuning(engine::Model& model, const TrainConfig& config) {
+  if (config.freeze_backbone)
+    require(model.freeze_backbone(),
+            "--freeze-backbone: the " + model.arch() + " has no frozen-backbone mode");
+  if (config.layer_decay <= 0) return;
+  const int64_t L = model.num_layers();
+  require(L > 0, "--layer-decay: the " + model.arch() + " defines no layers");
+  for (engine::Parameter& p : model.store.parameters())
+    p.lr_scale = static_cast<float>(
+        std::pow(config.layer_decay, static_cast<double>(L - 1 - model.layer_id(p.name))));
 }
 
 engine::Metrics evaluate(Context& ctx, engine::Model& model, datasets::DataLoader& loader) {
@@ -121,6 +139,7 @@ Trainer::Trainer(Context& ctx, engine::Model& model, datasets::Preprocess prepro
       outputs_(std::move(outputs)),
       loss_fn_(static_cast<float>(config_.label_smoothing)) {
   config_.validate();
+  apply_fine_tuning(model_, config_);
   optimizer_.name = config_.opt;
   optimizer_.adamw.weight_decay = static_cast<float>(config_.weight_decay);
   optimizer_.sgd.weight_decay = static_cast<float>(config_.weight_decay);
@@ -148,10 +167,11 @@ void Trainer::save_checkpoint(const engine::Metrics* partial) {
                               {"top5", partial->top5},
                               {"confusion", partial->confusion}};
   const engine::Dims flat{model_.store.size()};
-  save_model(outputs_.checkpoint, model_, preprocess_, classes_,
-             {{"train_config", nlohmann::json(config_).dump()},
-              {"train_state", state.dump()},
-              {"history", nlohmann::json(history_).dump()}},
+  std::map<std::string, std::string> meta = outputs_.metadata;
+  meta["train_config"] = nlohmann::json(config_).dump();
+  meta["train_state"] = state.dump();
+  meta["history"] = nlohmann::json(history_).dump();
+  save_model(outputs_.checkpoint, model_, preprocess_, classes_, meta,
              {{"optimizer.exp_avg", "F32", flat, model_.store.adam_m()},
               {"optimizer.exp_avg_sq", "F32", flat, model_.store.adam_v()}});
 }
@@ -400,10 +420,12 @@ TrainResult Trainer::fit(datasets::DataLoader& train, datasets::DataLoader* val,
     }
   }
   result.seconds = seconds_since(run_start);
-  if (!outputs_.out.empty() && !result.interrupted)
-    save_model(outputs_.out, model_, preprocess_, classes_,
-               {{"train_config", nlohmann::json(config_).dump()},
-                {"history", nlohmann::json(history_).dump()}});
+  if (!outputs_.out.empty() && !result.interrupted) {
+    std::map<std::string, std::string> meta = outputs_.metadata;
+    meta["train_config"] = nlohmann::json(config_).dump();
+    meta["history"] = nlohmann::json(history_).dump();
+    save_model(outputs_.out, model_, preprocess_, classes_, meta);
+  }
   return result;
 }
 

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,9 @@ struct TrainConfig {
   uint64_t seed = 0;
   int64_t subset = 0;      // stratified training subset; 0: the whole folder
   double val_split = 0.0;  // fraction of the folder held out for validation
+  // Fine-tuning (BEiT, MAE, timm): layer-wise lr decay R (0: off) and a linear probe.
+  double layer_decay = 0.0;
+  bool freeze_backbone = false;
   datasets::Augment augment;
 
   void validate() const;
@@ -40,9 +44,10 @@ void to_json(nlohmann::json& j, const TrainConfig& c);
 void from_json(const nlohmann::json& j, TrainConfig& c);
 
 struct TrainOutputs {
-  std::filesystem::path out;         // the final model
-  std::filesystem::path checkpoint;  // resumable state, rewritten every epoch
-  int64_t checkpoint_every = 0;      // also every N optimizer steps; 0: epochs only
+  std::map<std::string, std::string> metadata;  // added to every file written (e.g. "init")
+  std::filesystem::path out;                    // the final model
+  std::filesystem::path checkpoint;             // resumable state, rewritten every epoch
+  int64_t checkpoint_every = 0;                 // also every N optimizer steps; 0: epochs only
   // JSON lines, one per epoch; empty: none. On resume it is first made to agree with the
   // checkpoint: lines of epochs the checkpoint had not finished are dropped from its end, and
   // finished epochs it lacks are added from the checkpoint's history.
@@ -83,6 +88,13 @@ struct TrainResult {
   double seconds = 0;
   size_t skipped = 0;  // unreadable images skipped (train_on_folder)
 };
+
+// --layer-decay and --freeze-backbone on the model's parameters: with R, parameter p trains at
+// lr · R^(L - 1 - layer(p)) over the architecture's L layers (the head at lr, ViT block i at
+// lr · R^(depth - i), the embeddings at lr · R^(depth + 1)). Throws naming the flag for an
+// architecture without layers or a frozen-backbone mode. The Trainer applies it, to a fresh
+// and a resumed run alike.
+void apply_fine_tuning(engine::Model& model, const TrainConfig& config);
 
 // Evaluates without dropout; the model is left in evaluation mode.
 engine::Metrics evaluate(Context& ctx, engine::Model& model, datasets::DataLoader& loader);

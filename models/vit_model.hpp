@@ -42,6 +42,13 @@ class VitModel : public engine::Model {
   nlohmann::json config() const override { return net.config; }
   double flops_per_image() const override { return net.config.flops_per_image(); }
   int64_t num_classes() const override { return net.config.num_classes; }
+  std::vector<std::string> head_prefixes() const override { return {"head.", "head_dist."}; }
+  int64_t layer_id(const std::string& name) const override { return net.layer_id(name); }
+  int64_t num_layers() const override { return net.config.depth + 2; }
+  bool freeze_backbone() override {
+    net.freeze_backbone(store);
+    return true;
+  }
 
   vit::VisionTransformer net;
   std::unique_ptr<vit::VitInference> inference;

@@ -320,6 +320,52 @@ run "an --img-size the patch does not divide" 1 "--img-size 18 is not a multiple
   classify --model "$hub/timm_token" --img-size 18 "$data/val/diagonal"
 run "an unknown --pos-interp" 2 "--pos-interp must be antialias or no-antialias" -- \
   eval --model "$hub/timm_token" --data "$data/val" --pos-interp cubic
+# --- fine-tuning from a checkpoint (--init) ---------------------------------------------------
+ft=(--data "$data/train" --init "$hub/timm_token" --batch-size 16 --lr 1e-3 --warmup-epochs 0.5
+    --layer-decay 0.75 --seed 5 --no-progress)
+run "init: 4 epochs" 0 "" -- train "${ft[@]}" --epochs 4 --out "$tmp/ft_a.safetensors"
+grep -q "timm_token has 5 classes, the folder 3: the head is re-initialised" "$tmp/out" && ok ||
+  fail "init did not say the head was re-initialised"
+run "init: 2 of 4 epochs" 0 "stopped as asked" -- train "${ft[@]}" --epochs 4 --stop-after-epochs 2 \
+  --out "$tmp/ft_b.safetensors"
+run "init: resume" 0 "" -- train --data "$data/train" --resume "$tmp/ft_b.ckpt.safetensors" --no-progress \
+  --out "$tmp/ft_b.safetensors"
+same_tensors "$tmp/ft_a.safetensors" "$tmp/ft_b.safetensors" && ok ||
+  fail "a resumed fine-tuning ends with other weights than the uninterrupted one"
+run "init: the result loads back" 0 "" -- eval --model "$tmp/ft_b.safetensors" --data "$data/val" --json
+python3 -c "
+import json, struct, sys
+f = open(sys.argv[1], 'rb'); n = struct.unpack('<Q', f.read(8))[0]; m = json.loads(f.read(n))['__metadata__']
+assert m['init'].endswith('timm_token') and m['init_source'] == 'timm vit_tiny_patch16_224', m.get('init')
+assert json.loads(m['train_config'])['layer_decay'] == 0.75" "$tmp/ft_b.safetensors" && ok ||
+  fail "the fine-tuned file does not record its init"
+run "init: a linear probe" 0 "" -- train --data "$data/train" --init "$hub/timm_token" --freeze-backbone \
+  --epochs 2 --batch-size 16 --no-progress --out "$tmp/probe.safetensors"
+python3 - "$hub/timm_token/model.safetensors" "$tmp/probe.safetensors" <<'PY' && ok || fail "a frozen backbone changed"
+import json, struct, sys
+def tensors(path):
+    blob = open(path, "rb").read()
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n]); header.pop("__metadata__", None)
+    return {k: blob[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in header.items()}
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+frozen = [k for k in a if not k.startswith(("head.", "norm."))]
+assert len(frozen) > 20 and all(a[k] == b[k] for k in frozen), [k for k in frozen if a[k] != b[k]][:3]
+assert a["norm.weight"] != b["norm.weight"]  # the final norm trains
+PY
+run "init with a size flag" 2 "--embed-dim contradicts --init, whose checkpoint is the model" -- \
+  train --data "$data/train" --init "$hub/timm_token" --embed-dim 64
+run "init with --mean" 2 "--mean contradicts --init, whose checkpoint sets the preprocessing" -- \
+  train --data "$data/train" --init "$hub/timm_token" --mean 0.1,0.1,0.1
+run "init and resume" 2 "--init and --resume contradict each other" -- \
+  train --data "$data/train" --init "$hub/timm_token" --resume "$tmp/ft_b.ckpt.safetensors"
+run "a frozen CNN" 1 "--freeze-backbone: the resnet has no frozen-backbone mode" -- \
+  train --data "$data/train" --model cnn_resnet8_fmnist --img-size 16 --freeze-backbone --epochs 1
+run "layer decay on a CNN" 1 "--layer-decay: the resnet defines no layers" -- \
+  train --data "$data/train" --model cnn_resnet8_fmnist --img-size 16 --layer-decay 0.7 --epochs 1
+run "a layer decay above 1" 1 "--layer-decay must be in \(0, 1\]" -- \
+  train --data "$data/train" --init "$hub/timm_token" --layer-decay 1.5
+
 rm "$tmp/edited/model.safetensors"
 run "no weights" 1 "no model.safetensors beside config.json" -- classify --model "$tmp/edited" "$data/val/diagonal"
 

@@ -11,6 +11,7 @@
 #include "datasets/preprocess.hpp"
 #include "engine/error.hpp"
 #include "models/hub.hpp"
+#include "models/training.hpp"
 #include "models/vit_model.hpp"
 #include "vit/pos_embed.hpp"
 
@@ -249,4 +250,36 @@ TEST_CASE("pos_embed resampling equals torch's bicubic interpolate, with and wit
   const std::vector<double> a = vit::bicubic_weights(24, 14, true),
                             b = vit::bicubic_weights(24, 14, false);
   CHECK(a != b);
+}
+
+TEST_CASE("fine-tuning: --layer-decay gives each parameter group the formula's rate") {
+  vit::VitConfig c = models::timm_architecture("vit_tiny_patch16_224");
+  c.depth = 3, c.embed_dim = 16, c.num_heads = 2, c.img_size = 32, c.pre_norm = true;
+  models::VitModel model(c);
+  models::TrainConfig recipe;
+  recipe.layer_decay = 0.5;
+  models::apply_fine_tuning(model, recipe);
+  // L = depth + 2 = 5 layers: the head at lr, block i at lr·R^(depth - i), the embeddings at
+  // lr·R^(depth + 1).
+  const std::map<std::string, float> want = {{"head.weight", 1.0f},
+                                             {"norm.bias", 1.0f},
+                                             {"blocks.2.mlp.fc1.weight", 0.5f},
+                                             {"blocks.1.attn.qkv.bias", 0.25f},
+                                             {"blocks.0.norm1.weight", 0.125f},
+                                             {"pos_embed", 0.0625f},
+                                             {"cls_token", 0.0625f},
+                                             {"patch_embed.proj.weight", 0.0625f},
+                                             {"norm_pre.weight", 0.0625f}};
+  for (const auto& [name, scale] : want) {
+    CAPTURE(name);
+    CHECK(model.store[name].lr_scale == scale);
+  }
+  // A linear probe: the head and the final norm train, nothing else.
+  models::TrainConfig probe;
+  probe.freeze_backbone = true;
+  models::apply_fine_tuning(model, probe);
+  for (const engine::Parameter& p : model.store.parameters()) {
+    CAPTURE(p.name);
+    CHECK(p.trainable == (p.name.starts_with("head.") || p.name.starts_with("norm.")));
+  }
 }

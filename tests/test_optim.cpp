@@ -194,3 +194,38 @@ TEST_CASE("a small CNN (conv, batch norm, relu, pooling, linear) overfits a fixe
   INFO("loss " << first << " -> " << last);
   CHECK(last < 0.05f * first);
 }
+
+TEST_CASE("lr_scale: AdamW and SGD step each parameter at lr times its scale") {
+  Context ctx(7);
+  for (const bool adamw : {true, false}) {
+    CAPTURE(adamw);
+    // The same two steps on a store whose second parameter has lr_scale 0.25, and on one
+    // trained at lr / 4 throughout: that parameter must end equal, the other as at full lr.
+    ParameterStore scaled, quarter, full;
+    for (ParameterStore* s : {&scaled, &quarter, &full}) {
+      s->add("a", {3});
+      s->add("b", {2, 2});
+      s->allocate(ctx.eng);
+      for (int64_t i = 0; i < s->size(); ++i) s->values()[i] = 0.1f * float(i % 7) - 0.3f;
+    }
+    scaled["b"].lr_scale = 0.25f;
+    AdamW opt_s, opt_q, opt_f;
+    Sgd sgd_s, sgd_q, sgd_f;
+    for (AdamW* o : {&opt_s, &opt_q, &opt_f}) o->weight_decay = 0.1f;
+    for (Sgd* o : {&sgd_s, &sgd_q, &sgd_f}) o->weight_decay = 0.1f;
+    for (int step = 0; step < 2; ++step) {
+      for (ParameterStore* s : {&scaled, &quarter, &full})
+        for (int64_t i = 0; i < s->size(); ++i)
+          s->grads()[i] = 0.05f * float((i + step) % 5) - 0.1f;
+      if (adamw) {
+        opt_s.update(scaled, 0.01f), opt_q.update(quarter, 0.0025f), opt_f.update(full, 0.01f);
+      } else {
+        sgd_s.update(scaled, 0.01f), sgd_q.update(quarter, 0.0025f), sgd_f.update(full, 0.01f);
+      }
+    }
+    for (int64_t i = 0; i < 4; ++i)
+      CHECK(scaled["b"].value[i] == doctest::Approx(quarter["b"].value[i]).epsilon(1e-6));
+    for (int64_t i = 0; i < 3; ++i) CHECK(scaled["a"].value[i] == full["a"].value[i]);
+    CHECK(scaled["b"].value[0] != full["b"].value[0]);
+  }
+}

@@ -47,6 +47,8 @@ const RecipeFlag kRecipeFlags[] = {
     {"seed", "seed"},
     {"subset", "subset"},
     {"val-split", "val_split"},
+    {"layer-decay", "layer_decay"},
+    {"freeze-backbone", "freeze_backbone"},
     {"crop", "crop", "augment"},
     {"pad", "pad", "augment"},
     {"hflip", "hflip", "augment"},
@@ -63,6 +65,7 @@ nlohmann::json flag_json(const po::variable_value& v) {
   if (const auto* u = boost::any_cast<uint64_t>(&a)) return *u;
   if (const auto* d = boost::any_cast<double>(&a)) return *d;
   if (const auto* t = boost::any_cast<std::string>(&a)) return *t;
+  if (const auto* b = boost::any_cast<bool>(&a)) return *b;
   throw std::logic_error("vit train: a recipe flag of an unexpected type");
 }
 
@@ -129,6 +132,34 @@ void refuse_contradictions(const po::variables_map& vm, const models::Resumed& r
     throw contradiction("crop-pct", vm["crop-pct"].as<double>(), "crop_pct", pre.crop_pct);
 }
 
+// The model to fine-tune: the checkpoint's weights (its positional embedding resampled when
+// --img-size asks for another size), and a new head when the folder's classes are not the
+// checkpoint's.
+std::unique_ptr<engine::Model> init_from(const std::string& path, const models::LoadOptions& load,
+                                         const std::vector<std::string>& classes,
+                                         engine::Context& ctx, datasets::Preprocess& preprocess,
+                                         models::TrainOutputs& outputs) {
+  models::LoadedModel init = models::load_model(path, ctx, {"optimizer."}, load);
+  preprocess = init.preprocess;
+  outputs.metadata["init"] = path;
+  if (init.metadata.count("source")) outputs.metadata["init_source"] = init.metadata.at("source");
+  if (init.classes == classes) return std::move(init.model);
+  nlohmann::json config = init.model->config();
+  config["num_classes"] = static_cast<int64_t>(classes.size());
+  auto net = models::make_model(init.model->arch(), config, ctx);
+  net->init_weights(ctx);  // the head's init; everything else is copied over it
+  const std::vector<std::string> head = net->head_prefixes();
+  for (engine::Parameter& p : net->store.parameters()) {
+    const bool in_head = std::any_of(head.begin(), head.end(),
+                                     [&](const std::string& h) { return p.name.starts_with(h); });
+    if (!in_head) p.value.copy_from(init.model->store[p.name].value);
+  }
+  net->store.mark_changed();
+  std::printf("%s has %zu classes, the folder %zu: the head is re-initialised\n", path.c_str(),
+              init.classes.size(), classes.size());
+  return net;
+}
+
 }  // namespace
 
 int run_train(const std::vector<std::string>& args) {
@@ -153,6 +184,12 @@ int run_train(const std::vector<std::string>& args) {
   add_model("std", po::value<std::string>(), "normalization std per channel (default 0.5)");
   add_model("crop-pct", po::value<double>()->default_value(1.0),
             "evaluation: resize to S / crop-pct, centre crop S");
+  add_model("init", po::value<std::string>(),
+            "fine-tune: start from this model file or checkpoint folder (timm, Hugging Face), "
+            "its preprocessing and, unless the folder's classes differ, its head; --img-size "
+            "resamples its positional embedding");
+  add_model("pos-interp", po::value<std::string>()->default_value("antialias"),
+            "with --init and --img-size: antialias (timm's default) or no-antialias (MAE, DeiT)");
 
   po::options_description recipe_opts("recipe");
   auto add_recipe = recipe_opts.add_options();
@@ -181,6 +218,11 @@ int run_train(const std::vector<std::string>& args) {
   add_recipe("mix-prob", po::value<double>()->default_value(1.0), "probability of mixing a batch");
   add_recipe("switch-prob", po::value<double>()->default_value(0.5),
              "cutmix rather than mixup, with both on");
+  add_recipe("layer-decay", po::value<double>()->default_value(0.0),
+             "layer-wise lr decay R: the head at lr, block i at lr·R^(depth-i), the embeddings at "
+             "lr·R^(depth+1) (0: off)");
+  add_recipe("freeze-backbone", po::bool_switch(),
+             "a linear probe: only the head and the final norm train");
   add_recipe("seed", po::value<uint64_t>()->default_value(0),
              "seeds initialisation, data order and augmentation");
   add_recipe("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
@@ -213,6 +255,21 @@ int run_train(const std::vector<std::string>& args) {
   if (!vm.count("data")) throw UsageError("vit train: --data is required");
   if (vm.count("val-data") && vm["val-split"].as<double>() > 0)
     throw UsageError("vit train: --val-data and --val-split contradict each other; give one");
+  if (vm.count("init")) {
+    if (vm.count("resume"))
+      throw UsageError(
+          "vit train: --init and --resume contradict each other; a resumed run "
+          "keeps its checkpoint's weights");
+    // The checkpoint is the model and says how images are prepared; only its size may change.
+    for (const auto& [flag, value] : vm) {
+      const bool shape = model_options("").find_nothrow(flag, false) != nullptr;
+      const bool preprocessing = flag == "mean" || flag == "std" || flag == "crop-pct";
+      if ((shape || preprocessing) && flag != "img-size" && !value.defaulted())
+        throw UsageError("vit train: --" + flag + " contradicts --init, whose checkpoint " +
+                         (preprocessing ? "sets the preprocessing" : "is the model") +
+                         " (--img-size may change its size)");
+    }
+  }
 
   models::TrainData data;
   data.train = vm["data"].as<std::string>();
@@ -244,9 +301,21 @@ int run_train(const std::vector<std::string>& args) {
   // The model: the checkpoint's, or a preset with any size overridden.
   std::unique_ptr<engine::Model> net;
   datasets::Preprocess preprocess;
-  if (!resume.empty()) {
+  if (vm.count("init")) {
+    models::LoadOptions load;
+    if (vm.count("img-size")) load.img_size = vm["img-size"].as<int64_t>();
+    const std::string interp = vm["pos-interp"].as<std::string>();
+    if (interp != "antialias" && interp != "no-antialias")
+      throw UsageError("vit train: --pos-interp must be antialias or no-antialias, not '" + interp +
+                       "'");
+    load.pos_antialias = interp == "antialias";
+    net = init_from(vm["init"].as<std::string>(), load, folder.classes(), ctx, preprocess, outputs);
+  } else if (!resume.empty()) {
     models::Resumed resumed = models::load_checkpoint(resume, ctx, folder.classes());
     refuse_contradictions(vm, resumed, resume);
+    for (const char* key : {"init", "init_source"})  // where the fine-tuned weights came from
+      if (resumed.loaded.metadata.count(key))
+        outputs.metadata[key] = resumed.loaded.metadata.at(key);
     recipe = resumed.recipe;
     ctx.rng.seed(recipe.seed);  // as a fresh run; restore() then sets the saved state
     net = std::move(resumed.loaded.model);

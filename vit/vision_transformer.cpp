@@ -35,9 +35,30 @@ VisionTransformer::VisionTransformer(ParameterStore& store, const VitConfig& c)
       head_(store, c) {}
 
 void VisionTransformer::train(bool on) {
-  pos_drop_.training = on;
-  for (auto& b : blocks_) b->train(on);
+  const bool backbone = on && !frozen_backbone_;  // frozen features are computed as in eval
+  pos_drop_.training = backbone;
+  for (auto& b : blocks_) b->train(backbone);
   head_.train(on);
+}
+
+int64_t VisionTransformer::layer_id(const std::string& name) const {
+  if (name.starts_with("blocks.")) {
+    const size_t dot = name.find('.', 7);
+    return std::stoll(name.substr(7, dot - 7)) + 1;
+  }
+  for (const char* stem :
+       {"cls_token", "reg_token", "dist_token", "pos_embed", "patch_embed.", "norm_pre."})
+    if (name.starts_with(stem)) return 0;
+  return config.depth + 1;  // norm, fc_norm, head, head_dist
+}
+
+void VisionTransformer::freeze_backbone(ParameterStore& store) {
+  for (engine::Parameter& p : store.parameters()) {
+    const bool head = p.name.starts_with("head.") || p.name.starts_with("head_dist.") ||
+                      p.name.starts_with("norm.") || p.name.starts_with("fc_norm.");
+    if (!head) p.trainable = false;
+  }
+  frozen_backbone_ = true;
 }
 
 void VisionTransformer::set_precision(engine::Precision p) {
@@ -75,6 +96,7 @@ const Tensor& VisionTransformer::forward(Context& ctx, const Tensor& patches) {
 void VisionTransformer::backward(Context& ctx, const Tensor& diff_logits) {
   const Tensor* d = &head_.backward(ctx, diff_logits);
   if (norm_) d = &norm_->backward(ctx, *d);
+  if (frozen_backbone_) return;  // nothing below trains
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) d = &(*it)->backward(ctx, *d);
   if (norm_pre_) d = &norm_pre_->backward(ctx, *d);
   patch_embed_.backward(ctx, pos_.backward(ctx, pos_drop_.backward(ctx, *d)));

@@ -34,6 +34,14 @@ class VisionTransformer {
   // timm's init: trunc_normal(0.02) on Linear weights and pos_embed, zero biases, cls and
   // register tokens normal(1e-6), LayerNorm 1 and 0, patch_embed torch's default.
   void init_weights(Context& ctx);
+  // timm's group_matcher, for layer-wise lr decay: 0 for the embeddings (cls, dist and
+  // register tokens, pos_embed, patch_embed, norm_pre), i + 1 for blocks.i, depth + 1 for the
+  // final norm and the head.
+  int64_t layer_id(const std::string& name) const;
+  // A linear probe: every parameter but the head's and the final norm's (norm or fc_norm) is
+  // marked not trainable in `store`, the frozen part runs in evaluation mode, and backward stops
+  // after the final norm.
+  void freeze_backbone(ParameterStore& store);
 
   // The evaluation-mode forward of one batch size, fused (see VitInference).
   struct Fused : FusedStep {
@@ -61,6 +69,7 @@ class VisionTransformer {
   std::vector<std::unique_ptr<Block>> blocks_;
   std::optional<engine::LayerNorm> norm_;  // the final norm, unless fc_norm replaces it
   Head head_;
+  bool frozen_backbone_ = false;
 };
 
 }  // namespace vit
