@@ -43,6 +43,28 @@ grep -Eq "± [0-9]" "$tmp/r/summary.md" && ok || fail "summary.md lacks standard
 grep -q '"vit_info"' "$tmp/r/run.json" && grep -q '"train"' "$tmp/r/run.json" && ok ||
   fail "run.json lacks versions or commands"
 
+# Transfer lines: --classes keeps two of the three class folders; the ViT is fine-tuned from a
+# hub checkpoint folder, the CNN from a model file of the run above (both heads re-initialised).
+"${compare[@]}" --out "$tmp/k" --sizes 120 --seeds 1 --keep-models >"$tmp/out" 2>&1 ||
+  { fail "compare --keep-models failed"; tail -5 "$tmp/out"; }
+"${compare[@]}" --out "$tmp/t" --sizes 30 --seeds 1 --classes diagonal,vertical \
+  --vit-init "$3/hub/timm_token" --cnn-init "$tmp/k/cells/cnn_120_seed0.safetensors" \
+  --vit-ft-recipe "--lr 1e-3 --crop none" --cnn-ft-recipe "--lr 1e-3 --crop none" >"$tmp/out" 2>&1 && ok ||
+  { fail "compare with transfer lines failed"; tail -5 "$tmp/out"; }
+/usr/bin/python3 - "$tmp/t" <<'PY' && ok || fail "transfer lines: cells or summary"
+import csv, glob, sys
+out = sys.argv[1]
+rows = list(csv.DictReader(open(out + "/cells.csv")))
+assert sorted(r["model"] for r in rows) == ["cnn", "cnn_ft", "vit", "vit_ft"], rows
+log = open(glob.glob(out + "/cells/vit_ft_30_seed0.train.log")[0]).read()
+assert "--init" in log and "the head is re-initialised" in log, log[:300]
+summary = open(out + "/summary.md").read()
+assert "ViT, pretrained (%)" in summary and "CNN, pretrained − CNN" in summary, summary
+assert "Classes: diagonal, vertical." in summary, summary
+PY
+"${compare[@]}" --out "$tmp/t2" --classes diagonal,spiral >"$tmp/out" 2>&1
+grep -q "spiral': no such class folder (--classes)" "$tmp/out" && ok || fail "an unknown --classes name"
+
 # Resume: nothing left to do; one more seed runs only the new cells.
 "${compare[@]}" --out "$tmp/r" >"$tmp/out" 2>&1 && grep -q "0 cells to run, 8 already done" "$tmp/out" && ok ||
   fail "a finished run was not resumed as done"

@@ -22,6 +22,12 @@ Budget rule (--budget), the same for both models at every size:
           the size: equal compute per cell
 The learning-rate warmup is 5 % of each cell's training.
 
+Transfer (--vit-init, --cnn-init): two more lines, the same architectures fine-tuned from a
+pretrained model file or checkpoint folder (`vit train --init`, the head re-initialised for the
+folder's classes) with their own recipes (--vit-ft-recipe, --cnn-ft-recipe). --classes keeps
+only some class folders of --data and --test-data (through a folder of links in --out), so a
+model pretrained on the other classes can be fine-tuned on these.
+
 Uses Debian's python3 and python3-matplotlib (tools/install-deps.sh installs them).
 """
 
@@ -53,6 +59,12 @@ QUICK = {"out": os.path.join(ROOT, "compare-results-quick"), "sizes": "1000,5000
 # batch 128, pad-and-crop by 2, horizontal flips.
 VIT_RECIPE = "--lr 2e-3 --weight-decay 0.05 --pad 2 --hflip 0.5"
 CNN_RECIPE = "--opt sgd --lr 0.1 --weight-decay 5e-4 --pad 2 --hflip 0.5"
+# Fine-tuning: a tenth of the peak rate; the ViT with BEiT's layer-wise decay.
+VIT_FT_RECIPE = "--lr 2e-4 --weight-decay 0.05 --layer-decay 0.75 --pad 2 --hflip 0.5"
+CNN_FT_RECIPE = "--opt sgd --lr 0.01 --weight-decay 5e-4 --pad 2 --hflip 0.5"
+# Every line the sweep can have: key, label, plot marker.
+LINES = [("vit", "ViT", "o"), ("cnn", "CNN (ResNet)", "s"),
+         ("vit_ft", "ViT, pretrained", "^"), ("cnn_ft", "CNN, pretrained", "D")]
 
 
 def fail(message):
@@ -95,6 +107,11 @@ def parse_args():
     p.add_argument("--cnn-model", default="cnn_resnet8_fmnist", help="CNN preset (vit models)")
     p.add_argument("--vit-recipe", default=VIT_RECIPE, help="vit train flags for the ViT")
     p.add_argument("--cnn-recipe", default=CNN_RECIPE, help="vit train flags for the CNN")
+    p.add_argument("--classes", help="only these class folders (comma-separated names)")
+    p.add_argument("--vit-init", help="also fine-tune the ViT from this model file or folder")
+    p.add_argument("--cnn-init", help="also fine-tune the CNN from this model file")
+    p.add_argument("--vit-ft-recipe", default=VIT_FT_RECIPE, help="vit train flags, ViT fine-tuning")
+    p.add_argument("--cnn-ft-recipe", default=CNN_FT_RECIPE, help="vit train flags, CNN fine-tuning")
     p.add_argument("--mean", help="normalization mean(s) for both models "
                                   "(default: Fashion-MNIST's 0.286 on the default data, else 0.5)")
     p.add_argument("--std", help="normalization std(s) (default: 0.353 on Fashion-MNIST, else 0.5)")
@@ -126,6 +143,26 @@ def parse_args():
     if args.std is None:
         args.std = "0.353" if default_data else "0.5"
     return args
+
+
+def class_subset(args, folder, name):
+    """A folder of links to the --classes sub-folders of `folder`, in --out."""
+    if not args.classes:
+        return folder
+    wanted = args.classes.split(",")
+    linked = os.path.join(args.out, "classes", name)
+    os.makedirs(linked, exist_ok=True)
+    for c in wanted:
+        target = os.path.join(os.path.abspath(folder), c)
+        if not os.path.isdir(target):
+            fail(f"'{target}': no such class folder (--classes)")
+        link = os.path.join(linked, c)
+        if not os.path.lexists(link):
+            os.symlink(target, link)
+    extra = set(os.listdir(linked)) - set(wanted)
+    if extra:
+        fail(f"'{linked}' holds other classes ({', '.join(sorted(extra))}); give another --out")
+    return linked
 
 
 def count_images(args, folder):
@@ -163,16 +200,19 @@ def cell_epochs(args, size):
     return max(args.epochs, math.ceil(args.min_steps / steps_per_epoch)), steps_per_epoch
 
 
-def train_and_eval(args, kind, preset, recipe, size, images, seed):
+def train_and_eval(args, kind, preset, recipe, size, images, seed, init=None):
     """One cell: `size` names it, `images` (the size clamped to the folder) is trained on."""
     cells = os.path.join(args.out, "cells")
     stem = os.path.join(cells, f"{kind}_{size}_seed{seed}")
     model_file, ckpt = stem + ".safetensors", stem + ".ckpt.safetensors"
     epochs, per_epoch = cell_epochs(args, images)
     subset = images if images < args.total else 0  # 0: the whole folder
-    train = [args.vit, "train", "--data", args.data, "--model", preset, "--subset", str(subset),
-             "--seed", str(seed), "--epochs", str(epochs), "--batch-size", str(args.batch_size),
-             "--warmup-epochs", f"{0.05 * epochs:.4g}", "--mean", args.mean, "--std", args.std,
+    # From scratch: the preset and our normalization; fine-tuned: the checkpoint's model and
+    # preprocessing.
+    model = ["--init", init] if init else ["--model", preset, "--mean", args.mean, "--std", args.std]
+    train = [args.vit, "train", "--data", args.data] + model + [
+             "--subset", str(subset), "--seed", str(seed), "--epochs", str(epochs),
+             "--batch-size", str(args.batch_size), "--warmup-epochs", f"{0.05 * epochs:.4g}",
              "--threads", str(args.threads), "--out", model_file, "--checkpoint", ckpt,
              "--log", stem + ".jsonl", "--no-progress"] + recipe.split()
     if os.path.exists(stem + ".jsonl"):
@@ -215,7 +255,7 @@ def versions(args):
 
 
 def summarize(args, rows, settings):
-    kinds = ["vit", "cnn"]
+    kinds = [k for k, _, _ in LINES if any(r["model"] == k for r in rows)]
     rows = [r for r in rows if r["size"] in args.sizes and r["seed"] < args.seeds]
     stats = {}
     for kind in kinds:
@@ -230,14 +270,21 @@ def summarize(args, rows, settings):
     lines.append(f"Data: `{args.data}` (stratified subsets), test: `{args.test_data}` "
                  f"(all of it). Budget: {settings['budget_rule']}. Seeds: {args.seeds}.")
     lines.append("")
+    if args.classes:
+        lines += [f"Classes: {args.classes.replace(',', ', ')}.", ""]
+    labels = {k: label for k, label, _ in LINES}
     for kind in kinds:
         r = first[kind]
         if r:
-            lines.append(f"- {kind.upper()}: `{r['preset']}`, {int(r['parameters']):,} parameters, "
+            init = settings.get(kind.replace("_ft", "") + "_init") if kind.endswith("_ft") else None
+            lines.append(f"- {labels[kind]}: `{r['preset']}`, {int(r['parameters']):,} parameters, "
                          f"{float(r['flops_per_image']) / 1e6:.1f} MFLOP per image; recipe "
-                         f"`{settings[kind + '_recipe']}`")
-    lines += ["", "| images | ViT test acc. (%) | CNN test acc. (%) | ViT − CNN (points) | "
-              "ahead |", "|---:|---:|---:|---:|---|"]
+                         f"`{settings[kind + '_recipe']}`" + (f"; from `{init}`" if init else ""))
+    others = [k for k in kinds if k not in ("vit", "cnn")]
+    lines += ["", "| images | ViT test acc. (%) | CNN test acc. (%) | " +
+              "".join(f"{labels[k]} (%) | " for k in others) + "ViT − CNN (points) | ahead |" +
+              "".join(f" {labels[k]} − CNN |" for k in others),
+              "|---:|---:|---:|" + "---:|" * len(others) + "---:|---|" + "---:|" * len(others)]
 
     def fmt(s):
         if s is None:
@@ -260,7 +307,11 @@ def summarize(args, rows, settings):
             if last_sign is not None and sign != last_sign:
                 crossings.append(size)
             last_sign = sign
-        lines.append(f"| {size:,} | {fmt(v)} | {fmt(c)} | {diff} | {ahead} |")
+        extra = "".join(f" {fmt(stats.get((k, size)))} |" for k in others)
+        gains = "".join(
+            f" {100 * (stats[k, size][0] - c[0]):+.2f} |" if c and (k, size) in stats else " — |"
+            for k in others)
+        lines.append(f"| {size:,} | {fmt(v)} | {fmt(c)} |{extra} {diff} | {ahead} |{gains}")
     both = [s for s in args.sizes if ("vit", s) in stats and ("cnn", s) in stats]
     lines.append("")
     if both:
@@ -290,7 +341,7 @@ def plot(args, stats):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for kind, label, marker in (("vit", "ViT", "o"), ("cnn", "CNN (ResNet)", "s")):
+    for kind, label, marker in LINES:
         sizes = [s for s in args.sizes if (kind, s) in stats]
         if not sizes:
             continue
@@ -318,6 +369,11 @@ def main():
              "and start this script with Debian's /usr/bin/python3")
     if not os.access(args.vit, os.X_OK):
         fail(f"'{args.vit}': no vit executable (build it: cmake --workflow --preset release)")
+    args.data = class_subset(args, args.data, "train")
+    args.test_data = class_subset(args, args.test_data, "test")
+    for init in (args.vit_init, args.cnn_init):
+        if init and not os.path.exists(init):
+            fail(f"'{init}': no such model file or folder")
     train_counts, test_counts = count_images(args, args.data), count_images(args, args.test_data)
     if set(train_counts) != set(test_counts):
         fail(f"'{args.test_data}' has other class folders than '{args.data}'")
@@ -334,7 +390,9 @@ def main():
                 "budget_rule": rule, "epochs": args.epochs, "min_steps": args.min_steps,
                 "steps": args.steps, "batch_size": args.batch_size, "vit_model": args.vit_model,
                 "cnn_model": args.cnn_model, "vit_recipe": args.vit_recipe,
-                "cnn_recipe": args.cnn_recipe, "mean": args.mean, "std": args.std}
+                "cnn_recipe": args.cnn_recipe, "mean": args.mean, "std": args.std,
+                "classes": args.classes, "vit_init": args.vit_init, "cnn_init": args.cnn_init,
+                "vit_ft_recipe": args.vit_ft_recipe, "cnn_ft_recipe": args.cnn_ft_recipe}
     run_file = os.path.join(args.out, "run.json")
     previous = {}
     if os.path.exists(run_file):
@@ -365,16 +423,21 @@ def main():
         with open(csv_path, "w", newline="") as f:
             csv.DictWriter(f, FIELDS).writeheader()
 
-    models = [("vit", args.vit_model, args.vit_recipe), ("cnn", args.cnn_model, args.cnn_recipe)]
+    models = [("vit", args.vit_model, args.vit_recipe, None),
+              ("cnn", args.cnn_model, args.cnn_recipe, None)]
+    if args.vit_init:
+        models.append(("vit_ft", args.vit_model, args.vit_ft_recipe, os.path.abspath(args.vit_init)))
+    if args.cnn_init:
+        models.append(("cnn_ft", args.cnn_model, args.cnn_ft_recipe, os.path.abspath(args.cnn_init)))
     todo = [(size, seed, m) for size in args.sizes for seed in range(args.seeds) for m in models
             if (m[0], size, seed) not in done]
     print(f"compare: {total} training images in {len(train_counts)} classes; "
           f"{len(todo)} cells to run, {len(done)} already done; results in {args.out}")
-    for i, (size, seed, (kind, preset, recipe)) in enumerate(todo, 1):
+    for i, (size, seed, (kind, preset, recipe, init)) in enumerate(todo, 1):
         subset = min(size, total)
         print(f"[{i}/{len(todo)}] {kind} {preset}, {subset} images, seed {seed} ...",
               end="", flush=True)
-        row, commands = train_and_eval(args, kind, preset, recipe, size, subset, seed)
+        row, commands = train_and_eval(args, kind, preset, recipe, size, subset, seed, init)
         row["size"] = size
         print(f" test acc {100 * row['test_acc']:.2f}%, {row['train_seconds']:.0f}s, "
               f"{row['images_per_second']:.0f} img/s", flush=True)
