@@ -4,9 +4,11 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 
 #include <doctest/doctest.h>
 #include <opencv2/core.hpp>
+#include <opencv2/imgproc.hpp>
 
 #include "datasets/preprocess.hpp"
 #include "engine/error.hpp"
@@ -282,4 +284,73 @@ TEST_CASE("fine-tuning: --layer-decay gives each parameter group the formula's r
     CAPTURE(p.name);
     CHECK(p.trainable == (p.name.starts_with("head.") || p.name.starts_with("norm.")));
   }
+}
+
+namespace {
+
+// The eval geometry of torchvision's Resize + CenterCrop (timm) or a plain resize (Hugging
+// Face), with any OpenCV filter: to measure each filter against PIL.
+cv::Mat geometry(const cv::Mat& image, bool timm, int S, double crop_pct, int flag) {
+  cv::Mat out;
+  if (!timm) {
+    cv::resize(image, out, cv::Size(S, S), 0, 0, flag);
+    return out;
+  }
+  const int size = int(std::floor(S / crop_pct)), h = image.rows, w = image.cols;
+  const int nw = w <= h ? size : int(double(size) * w / h),
+            nh = w <= h ? int(double(size) * h / w) : size;
+  cv::resize(image, out, cv::Size(nw, nh), 0, 0, flag);
+  const int top = int(std::nearbyint((nh - S) / 2.0)), left = int(std::nearbyint((nw - S) / 2.0));
+  return out(cv::Rect(left, top, S, S)).clone();
+}
+
+double mean_abs_diff(const cv::Mat& a, const std::vector<float>& want) {
+  double sum = 0;
+  for (int i = 0; i < a.rows * a.cols * 3; ++i) sum += std::abs(double(a.data[i]) - want[i]);
+  return sum / double(want.size());
+}
+
+}  // namespace
+
+TEST_CASE(
+    "preprocessing against PIL on photographs: each OpenCV filter measured, ours the closest") {
+  const fs::path fixtures(VIT_FIXTURES);
+  const engine::SafetensorsFile ref(fixtures / "resize_reference.safetensors");
+  const int S = 64;
+  const double crop_pct = 0.875;
+  const std::pair<const char*, int> flags[] = {{"INTER_LINEAR", cv::INTER_LINEAR},
+                                               {"INTER_CUBIC", cv::INTER_CUBIC},
+                                               {"INTER_AREA", cv::INTER_AREA},
+                                               {"INTER_LANCZOS4", cv::INTER_LANCZOS4}};
+  for (const char* transform : {"timm", "hf"})
+    for (const char* filter : {"bicubic", "bilinear"}) {
+      std::map<std::string, double> by_flag;
+      double ours = 0;
+      for (const char* photo : {"astronaut", "coffee", "grace_hopper"}) {
+        const cv::Mat image =
+            datasets::load_image(fixtures / "photos" / (std::string(photo) + ".png"), 3);
+        std::vector<float> want(S * S * 3);
+        ref.read_f32(std::string(photo) + "." + transform + "." + filter, {S, S, 3}, want.data());
+        for (const auto& [name, flag] : flags)
+          by_flag[name] +=
+              mean_abs_diff(geometry(image, transform == std::string("timm"), S, crop_pct, flag),
+                            want) /
+              3;
+        datasets::Preprocess p;
+        p.img_size = S, p.interpolation = filter;
+        p.crop_pct = transform == std::string("timm") ? crop_pct : 1.0;
+        p.crop_mode = transform == std::string("timm") ? "center" : "squash";
+        ours += mean_abs_diff(datasets::eval_transform(image, p), want) / 3;
+      }
+      std::string report;
+      double best = 1e9;
+      for (const auto& [name, d] : by_flag) {
+        report += " " + name + " " + std::to_string(d);
+        best = std::min(best, d);
+      }
+      MESSAGE(std::string(transform)
+              << " " << std::string(filter) << ": mean |OpenCV - PIL| in 0..255 levels:" << report
+              << "; vit's " << ours);
+      CHECK(ours <= best + 1e-9);  // vit picks the OpenCV filter closest to PIL's
+    }
 }
