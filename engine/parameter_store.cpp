@@ -28,17 +28,21 @@ Parameter& ParameterStore::add_buffer(std::string name, Dims dims) {
   return insert(std::move(name), std::move(dims), false, false);
 }
 
-void ParameterStore::allocate(const dnnl::engine& eng) {
+void ParameterStore::allocate(const dnnl::engine& eng, bool inference_only) {
   require(!allocated(), "ParameterStore: allocate() called twice");
   require(size_ > 0, "ParameterStore: no parameters to allocate");
   values_ = Tensor(eng, {size_});
+  for (Parameter& p : params_) p.value = Tensor::view(eng, values_.data() + p.offset, p.dims);
+  if (!inference_only) allocate_training(eng);
+}
+
+void ParameterStore::allocate_training(const dnnl::engine& eng) {
+  require(allocated(), "ParameterStore: allocate_training() before allocate()");
+  if (trainable_allocated()) return;
   grads_ = Tensor(eng, {size_});
   adam_m_ = Tensor(eng, {size_});
   adam_v_ = Tensor(eng, {size_});
-  for (Parameter& p : params_) {
-    p.value = Tensor::view(eng, values_.data() + p.offset, p.dims);
-    p.grad = Tensor::view(eng, grads_.data() + p.offset, p.dims);
-  }
+  for (Parameter& p : params_) p.grad = Tensor::view(eng, grads_.data() + p.offset, p.dims);
 }
 
 const Parameter* ParameterStore::find(const std::string& name) const {

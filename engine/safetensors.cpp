@@ -55,6 +55,21 @@ uint64_t header_length(const unsigned char* first8, uint64_t file_size, const st
   return n;
 }
 
+// IEEE binary16 -> binary32, exactly: sign, then normal numbers re-biased, subnormals normalised,
+// infinities and NaNs (payload kept) widened.
+uint32_t half_to_float_bits(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000) << 16;
+  uint32_t exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+  if (exponent == 0x1f) return sign | 0x7f800000 | (mantissa << 13);
+  if (exponent == 0) {
+    if (mantissa == 0) return sign;
+    exponent = 1;
+    while (!(mantissa & 0x400)) mantissa <<= 1, --exponent;  // normalise the subnormal
+    mantissa &= 0x3ff;
+  }
+  return sign | ((exponent + 112) << 23) | (mantissa << 13);
+}
+
 }  // namespace
 
 void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
@@ -275,16 +290,17 @@ void SafetensorsFile::read_f32(const std::string& name, const Dims& shape, float
   if (e.dtype == "F32") {
     std::memcpy(dst, src, e.end - e.begin);
   } else {
-    // A oneDNN reorder converts, on every core; it only reads its source.
-    using dt = dnnl::memory::data_type;
-    const dnnl::engine eng(dnnl::engine::kind::cpu, 0);
-    dnnl::stream strm(eng);
-    const dnnl::memory::dims n{static_cast<int64_t>((e.end - e.begin) / 2)};
-    dnnl::memory from({n, e.dtype == "F16" ? dt::f16 : dt::bf16, dnnl::memory::format_tag::a}, eng,
-                      const_cast<char*>(src));
-    dnnl::memory to({n, dt::f32, dnnl::memory::format_tag::a}, eng, dst);
-    dnnl::reorder(from, to).execute(strm, from, to);
-    strm.wait();
+    // oneDNN 2.6's reorder from f16/bf16 to f32 is its reference loop here: 7 s for ViT-B/16's
+    // 86 M weights. Both conversions are exact bit manipulations, done in place.
+    const int64_t n = static_cast<int64_t>((e.end - e.begin) / 2);
+    const bool bf16 = e.dtype == "BF16";
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      const uint32_t bits = bf16 ? uint32_t(h) << 16 : half_to_float_bits(h);
+      std::memcpy(dst + i, &bits, 4);
+    }
   }
   release(e.begin, e.end);
 }

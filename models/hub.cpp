@@ -573,7 +573,7 @@ LoadedModel load_hub_model(const fs::path& path, Context& ctx, const LoadOptions
   // At another image size: the same tensors, pos_embed resampled on the way in.
   const vit::VitConfig config = at_image_size(h.config, options.img_size);
   if (config.img_size != h.config.img_size) model = std::make_unique<VitModel>(config);
-  model->store.allocate(ctx.eng);
+  model->store.allocate(ctx.eng, /*inference_only=*/true);
   read_vit_weights(model->store, file, h.tensors, h.config, config, options.pos_antialias);
   h.config = config;
   h.preprocess.img_size = config.img_size;

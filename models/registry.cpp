@@ -38,9 +38,9 @@ std::unique_ptr<engine::Model> build_model(const std::string& arch, const nlohma
 }
 
 std::unique_ptr<engine::Model> make_model(const std::string& arch, const nlohmann::json& config,
-                                          Context& ctx) {
+                                          Context& ctx, bool inference_only) {
   auto model = build_model(arch, config);
-  model->store.allocate(ctx.eng);
+  model->store.allocate(ctx.eng, inference_only);
   return model;
 }
 
@@ -133,11 +133,11 @@ LoadedModel load_model(const std::filesystem::path& path, Context& ctx,
       if (loaded.model->arch() == "vit") {
         const vit::VitConfig from = config.get<vit::VitConfig>();
         const vit::VitConfig to = at_image_size(from, size);
-        loaded.model = make_model("vit", to, ctx);
+        loaded.model = make_model("vit", to, ctx, /*inference_only=*/true);
         read_vit_weights(loaded.model->store, file, {}, from, to, options.pos_antialias);
       } else {  // a CNN runs at any size: only its config's size changes
         config["img_size"] = size;
-        loaded.model = make_model(loaded.model->arch(), config, ctx);
+        loaded.model = make_model(loaded.model->arch(), config, ctx, /*inference_only=*/true);
         engine::load_state_dict(loaded.model->store, file, /*strict=*/true, extra_prefixes);
       }
     } catch (const Error& e) {
@@ -146,7 +146,7 @@ LoadedModel load_model(const std::filesystem::path& path, Context& ctx,
     loaded.preprocess.img_size = size;
     return loaded;
   }
-  loaded.model->store.allocate(ctx.eng);
+  loaded.model->store.allocate(ctx.eng, /*inference_only=*/true);
   engine::load_state_dict(loaded.model->store, file, /*strict=*/true, extra_prefixes);
   return loaded;
 }

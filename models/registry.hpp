@@ -23,9 +23,10 @@ using Factory = std::function<std::unique_ptr<engine::Model>(const nlohmann::jso
 // arch -> constructor from its JSON config; the parameters are registered, not allocated
 // (enough to count them).
 std::unique_ptr<engine::Model> build_model(const std::string& arch, const nlohmann::json& config);
-// The same, with the parameters allocated (uninitialised: call init_weights or load a file).
+// The same, with the parameters allocated (uninitialised: call init_weights or load a file);
+// inference_only: without gradients and optimizer moments (see ParameterStore::allocate).
 std::unique_ptr<engine::Model> make_model(const std::string& arch, const nlohmann::json& config,
-                                          Context& ctx);
+                                          Context& ctx, bool inference_only = false);
 
 struct Preset {
   std::string name, arch, description;
@@ -62,7 +63,8 @@ struct LoadOptions {
   bool pos_antialias = true;  // timm's default; false: MAE's and DeiT's interpolate_pos_embed
 };
 
-// The same, then allocates and reads the weights: every error names the file and the problem.
+// The same, then allocates (for inference: training calls store.allocate_training) and reads
+// the weights: every error names the file and the problem.
 // extra_prefixes: tensor names (such as a checkpoint's optimizer state) that are not the model's.
 // A folder, or a model.safetensors beside a config.json, is a hub checkpoint (models/hub.hpp).
 LoadedModel load_model(const std::filesystem::path& path, Context& ctx,

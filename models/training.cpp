@@ -139,6 +139,7 @@ Trainer::Trainer(Context& ctx, engine::Model& model, datasets::Preprocess prepro
       outputs_(std::move(outputs)),
       loss_fn_(static_cast<float>(config_.label_smoothing)) {
   config_.validate();
+  model_.store.allocate_training(ctx_.eng);
   apply_fine_tuning(model_, config_);
   optimizer_.name = config_.opt;
   optimizer_.adamw.weight_decay = static_cast<float>(config_.weight_decay);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -156,6 +157,7 @@ std::vector<ProfileEntry> profile_primitives(const Body& body) {
 int run_bench(const std::vector<std::string>& args) {
   po::options_description model_opts = model_options("vit_tiny_patch16_224");
   model_opts.add_options()("num-classes", po::value<int64_t>(), "classes (default: the preset's)");
+  // --model also takes a model file or checkpoint folder: its load time and memory are reported.
   po::options_description run_opts("measurement");
   auto add = run_opts.add_options();
   add("mode", po::value<std::string>()->default_value("infer"),
@@ -195,20 +197,43 @@ int run_bench(const std::vector<std::string>& args) {
 
   const engine::Precision precision = parse_precision_flag(vm, "vit bench");
   engine::Context ctx(0, vm["threads"].as<int>());
-  const models::Preset& preset = models::preset(vm["model"].as<std::string>());
-  nlohmann::json config = model_config(vm, preset, "vit bench");
-  if (vm.count("num-classes")) config["num_classes"] = vm["num-classes"].as<int64_t>();
-  const std::unique_ptr<engine::Model> net = models::make_model(preset.arch, config, ctx);
-  net->init_weights(ctx);
+  // A preset (random weights), or a model file or checkpoint folder, whose loading is timed.
+  const std::string model_name = vm["model"].as<std::string>();
+  std::unique_ptr<engine::Model> net;
+  datasets::Preprocess preprocess;
+  nlohmann::json load_report;
+  std::error_code ec;
+  if (std::filesystem::exists(model_name, ec)) {
+    models::LoadOptions load;
+    if (vm.count("img-size")) load.img_size = vm["img-size"].as<int64_t>();
+    const double rss_before = peak_rss_mb();
+    const auto start = Clock::now();
+    models::LoadedModel loaded = models::load_model(model_name, ctx, {"optimizer."}, load);
+    load_report = {{"seconds", seconds_since(start)},
+                   {"peak_rss_mb_before", rss_before},
+                   {"peak_rss_mb_after", peak_rss_mb()},
+                   {"weights_mb", double(loaded.model->store.size()) * 4 / 1048576.0}};
+    net = std::move(loaded.model);
+    preprocess = loaded.preprocess;
+  } else {
+    const models::Preset& preset = models::preset(model_name);
+    nlohmann::json config = model_config(vm, preset, "vit bench");
+    if (vm.count("num-classes")) config["num_classes"] = vm["num-classes"].as<int64_t>();
+    net = models::make_model(preset.arch, config, ctx);
+    net->init_weights(ctx);
+    preprocess = model_preprocess(net->config());
+  }
   net->set_precision(precision);
-  const datasets::Preprocess preprocess = model_preprocess(net->config());
+  if (mode == "train") net->store.allocate_training(ctx.eng);
+  if (mode == "train" && net->num_classes() == 0)
+    throw engine::Error("'" + model_name + "' has no head: vit bench --mode train needs one");
 
   // Random inputs and labels: speed does not depend on the values.
   engine::Tensor input(ctx.eng, preprocess.input_dims(batch));
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (int64_t i = 0; i < input.numel(); ++i) input[i] = normal(ctx.rng);
   std::vector<int> labels(static_cast<size_t>(batch));
-  for (int64_t b = 0; b < batch; ++b) labels[b] = int(b % net->num_classes());
+  for (int64_t b = 0; b < batch; ++b) labels[b] = int(b % std::max<int64_t>(1, net->num_classes()));
 
   const bool training = mode == "train";
   net->train(training);
@@ -246,7 +271,7 @@ int run_bench(const std::vector<std::string>& args) {
   const Spread ips = spread(images_per_second);
   const double flops = net->flops_per_image() * (training ? 3.0 : 1.0);
   const double achieved = flops * ips.median / 1e9;
-  nlohmann::json out = {{"model", preset.name},
+  nlohmann::json out = {{"model", model_name},
                         {"arch", net->arch()},
                         {"config", net->config()},
                         {"mode", mode},
@@ -263,6 +288,7 @@ int run_bench(const std::vector<std::string>& args) {
                         {"peak_rss_mb", rss_mb},
                         {"isa", engine::onednn_isa()},
                         {"onednn", engine::onednn_version()}};
+  if (!load_report.is_null()) out["load"] = load_report;
   if (!vm.count("no-peak")) {
     const double peak = measure_matmul_gflops(ctx, 2048, 5, precision);
     out["peak_gflops"] = peak;

@@ -277,7 +277,7 @@ int run_embed(const std::vector<std::string>& args) {
                           "' is a distilled DeiT: its features (the mean of the cls and "
                           "dist tokens) are not implemented");
     config["num_classes"] = 0;
-    auto headless = models::make_model("vit", config, ctx);
+    auto headless = models::make_model("vit", config, ctx, /*inference_only=*/true);
     for (engine::Parameter& p : headless->store.parameters())
       p.value.copy_from(loaded.model->store[p.name].value);
     headless->store.mark_changed();
