@@ -32,6 +32,9 @@ CASES = {
     "vit_ti_b1": ("vit_tiny_patch16_224", "infer", 1, "f32", 40),
     "vit_ti_b32_bf16": ("vit_tiny_patch16_224", "infer", 32, "bf16", 6),
     "vit_s_b32": ("vit_small_patch16_224", "infer", 32, "f32", 2),
+    "vit_b_b1": ("vit_base_patch16_224", "infer", 1, "f32", 8),
+    "vit_b_b32": ("vit_base_patch16_224", "infer", 32, "f32", 1),
+    "vit_b_b32_bf16": ("vit_base_patch16_224", "infer", 32, "bf16", 1),
     "vit_fmnist_p4_train": ("vit_fmnist_patch4", "train", 128, "f32", 6),
     "cnn_train": ("cnn_resnet8_fmnist", "train", 128, "f32", 10),
 }
