@@ -405,6 +405,13 @@ void transformers_names(HubCheckpoint& h, const std::string& prefix) {
   h.ignored = {prefix + "pooler.dense.weight", prefix + "pooler.dense.bias", e + "mask_token"};
 }
 
+// The file's tensors that make parameter `name`: the mapped ones, or its own name.
+std::vector<std::string> file_tensors(
+    const std::map<std::string, std::vector<std::string>>& tensors, const std::string& name) {
+  auto it = tensors.find(name);
+  return it == tensors.end() ? std::vector<std::string>{name} : it->second;
+}
+
 }  // namespace
 
 const std::vector<std::string>& imagenet1k_classes() {
@@ -480,18 +487,16 @@ HubCheckpoint read_hub_checkpoint(const fs::path& path) {
   }
   const fs::path folder = folder_of(path);
   const fs::path config_path = folder / "config.json";
-  if (!fs::exists(config_path, ec)) {
+  const bool has_config = fs::exists(config_path, ec);
+  const bool has_weights = fs::exists(folder / "model.safetensors", ec);
+  if (!has_config || !has_weights)  // a folder of pickled weights says what to do with them
     for (const char* name : {"pytorch_model.bin", "model.pth", "model.pt"})
       if (fs::exists(folder / name, ec)) refuse_pickle(folder / name);
+  if (!has_config)
     throw Error(quoted(folder) +
                 ": not a checkpoint folder (no config.json; vit reads timm and Hugging Face "
                 "snapshots, or its own .safetensors files)");
-  }
-  if (!fs::exists(folder / "model.safetensors", ec)) {
-    for (const char* name : {"pytorch_model.bin", "model.pth", "model.pt"})
-      if (fs::exists(folder / name, ec)) refuse_pickle(folder / name);
-    throw Error(quoted(folder) + ": no model.safetensors beside config.json");
-  }
+  if (!has_weights) throw Error(quoted(folder) + ": no model.safetensors beside config.json");
   const json cfg = read_json(config_path);
   if (cfg.contains("architecture")) return read_timm(folder, cfg);
   if (cfg.contains("model_type")) return read_transformers(folder, cfg);
@@ -515,9 +520,7 @@ void read_vit_weights(engine::ParameterStore& store, const engine::SafetensorsFi
                       const vit::VitConfig& file_config, const vit::VitConfig& config,
                       bool antialias) {
   for (engine::Parameter& p : store.parameters()) {
-    auto it = tensors.find(p.name);
-    const std::vector<std::string> names =
-        it == tensors.end() ? std::vector<std::string>{p.name} : it->second;
+    const std::vector<std::string> names = file_tensors(tensors, p.name);
     if (p.name == "pos_embed" && file_config.grid() != config.grid()) {
       // timm's resample_abs_pos_embed: prefix rows as they are, the grid interpolated.
       const int64_t D = config.embed_dim,
@@ -549,9 +552,7 @@ LoadedModel load_hub_model(const fs::path& path, Context& ctx, const LoadOptions
   // Every parameter's tensors, checked by name, dtype and shape before anything is allocated.
   std::set<std::string> used;
   for (const engine::Parameter& p : model->store.parameters()) {
-    auto it = h.tensors.find(p.name);
-    const std::vector<std::string> names =
-        it == h.tensors.end() ? std::vector<std::string>{p.name} : it->second;
+    const std::vector<std::string> names = file_tensors(h.tensors, p.name);
     for (const std::string& n : names) {
       if (!file.contains(n))
         throw Error(where + ": no tensor '" + n + "', which " + h.source + " as configured needs");

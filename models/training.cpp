@@ -148,6 +148,13 @@ Trainer::Trainer(Context& ctx, engine::Model& model, datasets::Preprocess prepro
   optimizer_.clip_grad = static_cast<float>(config_.clip_grad);
 }
 
+std::map<std::string, std::string> Trainer::file_metadata() const {
+  std::map<std::string, std::string> meta = outputs_.metadata;
+  meta["train_config"] = nlohmann::json(config_).dump();
+  meta["history"] = nlohmann::json(history_).dump();
+  return meta;
+}
+
 void Trainer::save_checkpoint(const engine::Metrics* partial) {
   if (outputs_.checkpoint.empty()) return;
   std::ostringstream rng;
@@ -168,10 +175,8 @@ void Trainer::save_checkpoint(const engine::Metrics* partial) {
                               {"top5", partial->top5},
                               {"confusion", partial->confusion}};
   const engine::Dims flat{model_.store.size()};
-  std::map<std::string, std::string> meta = outputs_.metadata;
-  meta["train_config"] = nlohmann::json(config_).dump();
+  std::map<std::string, std::string> meta = file_metadata();
   meta["train_state"] = state.dump();
-  meta["history"] = nlohmann::json(history_).dump();
   save_model(outputs_.checkpoint, model_, preprocess_, classes_, meta,
              {{"optimizer.exp_avg", "F32", flat, model_.store.adam_m()},
               {"optimizer.exp_avg_sq", "F32", flat, model_.store.adam_v()}});
@@ -422,10 +427,7 @@ TrainResult Trainer::fit(datasets::DataLoader& train, datasets::DataLoader* val,
   }
   result.seconds = seconds_since(run_start);
   if (!outputs_.out.empty() && !result.interrupted) {
-    std::map<std::string, std::string> meta = outputs_.metadata;
-    meta["train_config"] = nlohmann::json(config_).dump();
-    meta["history"] = nlohmann::json(history_).dump();
-    save_model(outputs_.out, model_, preprocess_, classes_, meta);
+    save_model(outputs_.out, model_, preprocess_, classes_, file_metadata());
   }
   return result;
 }

@@ -125,6 +125,8 @@ class Trainer {
   // `partial`: the metrics of the epoch in progress, so that a resumed epoch reports the same
   // loss and accuracy as one never interrupted; null at the end of an epoch.
   void save_checkpoint(const engine::Metrics* partial);
+  // What every file it writes carries: outputs' metadata, the recipe and the history.
+  std::map<std::string, std::string> file_metadata() const;
 
   Context& ctx_;
   engine::Model& model_;

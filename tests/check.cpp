@@ -5,8 +5,39 @@
 #include <sstream>
 
 #include <doctest/doctest.h>
+#include <opencv2/core.hpp>
+
+#include "datasets/preprocess.hpp"
 
 namespace check {
+
+void check_close_to_largest(const Tensor& got, const std::vector<float>& want,
+                            const std::string& what, double tolerance) {
+  REQUIRE(got.numel() == int64_t(want.size()));
+  double max_err = 0, max_ref = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    max_err = std::max(max_err, std::abs(double(got[int64_t(i)]) - want[i]));
+    max_ref = std::max(max_ref, std::abs(double(want[i])));
+  }
+  INFO(what << ": max |ours - torch| = " << max_err << ", max |torch| = " << max_ref);
+  CHECK(max_ref > 0.1);
+  CHECK(max_err <= tolerance * max_ref);
+}
+
+Tensor patches_from_nchw(Context& ctx, const float* images, int64_t n, int64_t C, int64_t S,
+                         int64_t patch_size) {
+  const int64_t L = (S / patch_size) * (S / patch_size), patch_dim = C * patch_size * patch_size;
+  Tensor patches(ctx.eng, {n, L, patch_dim});
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<cv::Mat> planes;
+    for (int64_t c = 0; c < C; ++c)
+      planes.emplace_back(int(S), int(S), CV_32F, const_cast<float*>(images) + (i * C + c) * S * S);
+    cv::Mat hwc;
+    cv::merge(planes, hwc);
+    datasets::cut_patches(hwc, patch_size, patches.data() + i * L * patch_dim);
+  }
+  return patches;
+}
 
 void randomize(const Tensor& t, std::mt19937_64& rng, float low, float high) {
   std::uniform_real_distribution<float> dist(low, high);

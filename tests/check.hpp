@@ -24,6 +24,16 @@ std::vector<float> copy_of(const Tensor& t);
 std::vector<float> copy_of(const float* data, int64_t n);
 double weighted_sum(const Tensor& dst, const Tensor& r);
 
+// got within tolerance · max|want| of want, whose largest value must not be trivially small
+// (0.1): how a whole model is compared with its torch reference.
+void check_close_to_largest(const Tensor& got, const std::vector<float>& want,
+                            const std::string& what, double tolerance = 1e-4);
+
+// Normalised images [n, C, S, S] (NCHW, as torch holds them) cut into a model's patches
+// [n, L, C·P·P], through OpenCV and datasets::cut_patches as decoded files are.
+Tensor patches_from_nchw(Context& ctx, const float* images, int64_t n, int64_t C, int64_t S,
+                         int64_t patch_size);
+
 // Every element within atol + rtol·|want|. Reports the first mismatches with their index.
 void check_close(const std::string& what, const float* got, const std::vector<double>& want,
                  double rtol, double atol);

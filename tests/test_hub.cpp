@@ -10,6 +10,7 @@
 #include <opencv2/core.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "check.hpp"
 #include "datasets/preprocess.hpp"
 #include "engine/error.hpp"
 #include "models/hub.hpp"
@@ -25,19 +26,6 @@ namespace {
 
 const fs::path kHub = fs::path(VIT_FIXTURES) / "hub";
 
-// Within 1e-4 of the largest reference value, which must not be trivially small.
-void check_close_to(const Tensor& got, const std::vector<float>& want, const std::string& what) {
-  double max_err = 0, max_ref = 0;
-  REQUIRE(got.numel() == int64_t(want.size()));
-  for (size_t i = 0; i < want.size(); ++i) {
-    max_err = std::max(max_err, std::abs(double(got[int64_t(i)]) - want[i]));
-    max_ref = std::max(max_ref, std::abs(double(want[i])));
-  }
-  INFO(what << ": max |ours - torch| = " << max_err << ", max |torch| = " << max_ref);
-  CHECK(max_ref > 0.1);
-  CHECK(max_err <= 1e-4 * max_ref);
-}
-
 // The reference's "input<suffix>" through the model, against its "logits<suffix>".
 void check_model(models::LoadedModel& loaded, const fs::path& reference,
                  const std::string& suffix = "") {
@@ -49,23 +37,14 @@ void check_model(models::LoadedModel& loaded, const fs::path& reference,
   std::vector<float> images(n * C * S * S), want(n * c.num_outputs());
   ref.read_f32("input" + suffix, {n, C, S, S}, images.data());
   ref.read_f32("logits" + suffix, {n, c.num_outputs()}, want.data());
-  // NCHW floats -> HWC images -> patches, as datasets/ cuts decoded files.
-  Tensor patches(ctx.eng, {n, c.num_patches(), c.patch_dim()});
-  for (int64_t i = 0; i < n; ++i) {
-    std::vector<cv::Mat> planes;
-    for (int64_t ch = 0; ch < C; ++ch)
-      planes.emplace_back(int(S), int(S), CV_32F, images.data() + (i * C + ch) * S * S);
-    cv::Mat hwc;
-    cv::merge(planes, hwc);
-    datasets::cut_patches(hwc, c.patch_size, patches.data() + i * c.num_patches() * c.patch_dim());
-  }
+  const Tensor patches = check::patches_from_nchw(ctx, images.data(), n, C, S, c.patch_size);
   model.train(false);
   const Tensor& layers = model.net.forward(ctx, patches);  // the training layers, evaluation mode
   ctx.wait();
-  check_close_to(layers, want, "layers");
+  check::check_close_to_largest(layers, want, "layers");
   const Tensor& fused = model.forward(ctx, patches);  // evaluation mode: the fused path
   ctx.wait();
-  check_close_to(fused, want, "fused");
+  check::check_close_to_largest(fused, want, "fused");
 }
 
 void check_folder(const std::string& name) {

@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 #include <opencv2/core.hpp>
 
+#include "check.hpp"
 #include "datasets/preprocess.hpp"
 #include "engine/state_dict.hpp"
 #include "models/resnet.hpp"
@@ -16,19 +17,6 @@
 using namespace vit;
 
 namespace {
-
-// got within tolerance · max|want| of want, which must not be trivially small.
-void check_close_to(const Tensor& got, const std::vector<float>& want, const char* what,
-                    double tolerance = 1e-4) {
-  double max_err = 0, max_ref = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    max_err = std::max(max_err, std::abs(double(got[int64_t(i)]) - want[i]));
-    max_ref = std::max(max_ref, std::abs(double(want[i])));
-  }
-  INFO(what << ": max |ours - torch| = " << max_err << ", max |torch| = " << max_ref);
-  CHECK(max_ref > 0.1);
-  CHECK(max_err <= tolerance * max_ref);
-}
 
 void check_fixture(const std::string& file_name) {
   CAPTURE(file_name);
@@ -48,30 +36,20 @@ void check_fixture(const std::string& file_name) {
   std::vector<float> want(n * config.num_classes);
   file.read_f32("logits", {n, config.num_classes}, want.data());
 
-  // NCHW floats -> OpenCV HWC images -> patches, as datasets/ does for decoded files.
-  Tensor patches(ctx.eng, {n, config.num_patches(), config.patch_dim()});
-  for (int64_t i = 0; i < n; ++i) {
-    std::vector<cv::Mat> planes;
-    for (int64_t c = 0; c < C; ++c)
-      planes.emplace_back(int(S), int(S), CV_32F, images.data() + (i * C + c) * S * S);
-    cv::Mat hwc;
-    cv::merge(planes, hwc);
-    datasets::cut_patches(hwc, config.patch_size,
-                          patches.data() + i * config.num_patches() * config.patch_dim());
-  }
+  const Tensor patches = check::patches_from_nchw(ctx, images.data(), n, C, S, config.patch_size);
   const Tensor& layers = model.forward(ctx, patches);
   ctx.wait();
-  check_close_to(layers, want, "layers");
+  check::check_close_to_largest(layers, want, "layers");
   // The fused inference path, on the same weights.
   VitInference fused(model, store, engine::Precision::f32);
   const Tensor& fused_logits = fused.forward(ctx, patches);
   ctx.wait();
-  check_close_to(fused_logits, want, "fused f32");
+  check::check_close_to_largest(fused_logits, want, "fused f32");
   if (engine::precision_supported(engine::Precision::bf16)) {
     VitInference fused_bf16(model, store, engine::Precision::bf16);
     const Tensor& bf16_logits = fused_bf16.forward(ctx, patches);
     ctx.wait();
-    check_close_to(bf16_logits, want, "fused bf16", 2e-2);
+    check::check_close_to_largest(bf16_logits, want, "fused bf16", 2e-2);
   } else {
     MESSAGE("bf16 skipped: this CPU has no AVX-512");
   }
@@ -96,18 +74,18 @@ void check_resnet_fixture(const std::string& file_name) {
   file.read_f32("logits_eval", {n, K}, want.data());
   const Tensor& eval_logits = model.forward(ctx, input);
   ctx.wait();
-  check_close_to(eval_logits, want, "evaluation mode");
+  check::check_close_to_largest(eval_logits, want, "evaluation mode");
 
   model.train(true);  // batch statistics, and the running ones updated as torch does
   file.read_f32("logits_train", {n, K}, want.data());
   const Tensor& train_logits = model.forward(ctx, input);
   ctx.wait();
-  check_close_to(train_logits, want, "training mode");
+  check::check_close_to_largest(train_logits, want, "training mode");
   for (const engine::Parameter& p : model.store.parameters()) {
     if (p.trainable) continue;
     std::vector<float> after(p.value.numel());
     file.read_f32("after." + p.name, p.dims, after.data());
-    check_close_to(p.value, after, p.name.c_str());
+    check::check_close_to_largest(p.value, after, p.name.c_str());
   }
 }
 

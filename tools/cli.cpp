@@ -24,12 +24,13 @@ std::vector<float> parse_floats(const std::string& text, const std::string& flag
   return values;
 }
 
-po::options_description load_options_description() {
+po::options_description load_options_description(bool with_img_size) {
   po::options_description opts("resolution");
   auto add = opts.add_options();
-  add("img-size", po::value<int64_t>(),
-      "run the model at this image side (a multiple of its patch size): a ViT's positional "
-      "embedding is resampled, as timm's resample_abs_pos_embed does");
+  if (with_img_size)
+    add("img-size", po::value<int64_t>(),
+        "run the model at this image side (a multiple of its patch size): a ViT's positional "
+        "embedding is resampled, as timm's resample_abs_pos_embed does");
   add("pos-interp", po::value<std::string>()->default_value("antialias"),
       "antialias: bicubic with antialiasing, timm's default; no-antialias: plain bicubic, "
       "MAE's and DeiT's interpolate_pos_embed");

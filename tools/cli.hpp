@@ -44,8 +44,9 @@ nlohmann::json model_config(const po::variables_map& vm, const models::Preset& p
 // mean and std 0.5.
 datasets::Preprocess model_preprocess(const nlohmann::json& config);
 
-// --img-size and --pos-interp, for the commands that load a model file or checkpoint folder.
-po::options_description load_options_description();
+// --img-size and --pos-interp, for the commands that load a model file or checkpoint folder
+// (without --img-size for vit train, whose model options have it).
+po::options_description load_options_description(bool with_img_size = true);
 // Their values; a usage error naming `command` for a bad one.
 models::LoadOptions load_options(const po::variables_map& vm, const std::string& command);
 

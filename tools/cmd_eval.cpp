@@ -29,6 +29,24 @@ void require_head(const models::LoadedModel& loaded, const std::string& model) {
                         "features, 'vit train --init' fine-tunes a head on an image folder");
 }
 
+// What classify and embed share: images in batches, threads, precision, the model's resolution.
+void add_image_options(po::options_description& opts, const char* precision_help) {
+  auto add = opts.add_options();
+  add("batch-size", po::value<int64_t>()->default_value(64), "");
+  add("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
+  add("precision", po::value<std::string>()->default_value("f32"), precision_help);
+  add("images", po::value<std::vector<std::string>>(),
+      "image files or folders (searched recursively)");
+  add("help,h", "show this help");
+  opts.add(load_options_description());
+}
+
+void check_image_options(const po::variables_map& vm, const std::string& command) {
+  if (!vm.count("images")) throw UsageError(command + ": no images given");
+  if (vm["batch-size"].as<int64_t>() < 1)
+    throw UsageError(command + ": --batch-size must be positive");
+}
+
 // Every file named, and every image file under every folder named, in sorted order.
 std::vector<std::filesystem::path> image_paths(const std::vector<std::string>& args) {
   std::vector<std::filesystem::path> paths;
@@ -166,14 +184,7 @@ int run_classify(const std::vector<std::string>& args) {
       "model file (default: the bundled Fashion-MNIST ViT)");
   add("top-k", po::value<int64_t>()->default_value(5), "classes to print per image");
   add("json", "print one JSON array");
-  add("batch-size", po::value<int64_t>()->default_value(64), "");
-  add("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
-  add("precision", po::value<std::string>()->default_value("f32"),
-      "f32 or bf16 (matmul operands in bf16 on AVX-512 CPUs; ViT models)");
-  add("images", po::value<std::vector<std::string>>(),
-      "image files or folders (searched recursively)");
-  add("help,h", "show this help");
-  opts.add(load_options_description());
+  add_image_options(opts, "f32 or bf16 (matmul operands in bf16 on AVX-512 CPUs; ViT models)");
   po::positional_options_description positional;
   positional.add("images", -1);
   const po::variables_map vm = parse(args, opts, positional);
@@ -181,10 +192,8 @@ int run_classify(const std::vector<std::string>& args) {
     std::cout << "usage: vit classify [--model FILE] [--top-k K] [--json] IMAGE|DIR...\n\n" << opts;
     return 0;
   }
-  if (!vm.count("images")) throw UsageError("vit classify: no images given");
+  check_image_options(vm, "vit classify");
   if (vm["top-k"].as<int64_t>() < 1) throw UsageError("vit classify: --top-k must be positive");
-  if (vm["batch-size"].as<int64_t>() < 1)
-    throw UsageError("vit classify: --batch-size must be positive");
 
   const std::vector<std::filesystem::path> paths =
       image_paths(vm["images"].as<std::vector<std::string>>());
@@ -240,14 +249,7 @@ int run_embed(const std::vector<std::string>& args) {
   add("out", po::value<std::string>(),
       "write a .safetensors file: 'embeddings' F32 [images, D], the image paths in its metadata "
       "(default: print JSON)");
-  add("batch-size", po::value<int64_t>()->default_value(64), "");
-  add("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
-  add("precision", po::value<std::string>()->default_value("f32"),
-      "f32 or bf16 (matmul operands in bf16 on AVX-512 CPUs)");
-  add("images", po::value<std::vector<std::string>>(),
-      "image files or folders (searched recursively)");
-  add("help,h", "show this help");
-  opts.add(load_options_description());
+  add_image_options(opts, "f32 or bf16 (matmul operands in bf16 on AVX-512 CPUs)");
   po::positional_options_description positional;
   positional.add("images", -1);
   const po::variables_map vm = parse(args, opts, positional);
@@ -256,9 +258,7 @@ int run_embed(const std::vector<std::string>& args) {
     return 0;
   }
   if (!vm.count("model")) throw UsageError("vit embed: --model is required");
-  if (!vm.count("images")) throw UsageError("vit embed: no images given");
-  if (vm["batch-size"].as<int64_t>() < 1)
-    throw UsageError("vit embed: --batch-size must be positive");
+  check_image_options(vm, "vit embed");
   const std::string model_path = vm["model"].as<std::string>();
   const std::vector<std::filesystem::path> paths =
       image_paths(vm["images"].as<std::vector<std::string>>());

@@ -188,8 +188,6 @@ int run_train(const std::vector<std::string>& args) {
             "fine-tune: start from this model file or checkpoint folder (timm, Hugging Face), "
             "its preprocessing and, unless the folder's classes differ, its head; --img-size "
             "resamples its positional embedding");
-  add_model("pos-interp", po::value<std::string>()->default_value("antialias"),
-            "with --init and --img-size: antialias (timm's default) or no-antialias (MAE, DeiT)");
 
   po::options_description recipe_opts("recipe");
   auto add_recipe = recipe_opts.add_options();
@@ -245,7 +243,11 @@ int run_train(const std::vector<std::string>& args) {
   add_out("no-progress", "no live progress line");
   add_out("help,h", "show this help");
   po::options_description all("vit train: a classifier from an image folder");
-  all.add(data_opts).add(model_opts).add(recipe_opts).add(output);
+  all.add(data_opts)
+      .add(model_opts)
+      .add(load_options_description(false))
+      .add(recipe_opts)
+      .add(output);
   const po::variables_map vm = parse(args, all);
   if (vm.count("help")) {
     std::cout << "usage: vit train --data DIR [--val-data DIR | --val-split F] [options]\n\n"
@@ -302,14 +304,8 @@ int run_train(const std::vector<std::string>& args) {
   std::unique_ptr<engine::Model> net;
   datasets::Preprocess preprocess;
   if (vm.count("init")) {
-    models::LoadOptions load;
-    if (vm.count("img-size")) load.img_size = vm["img-size"].as<int64_t>();
-    const std::string interp = vm["pos-interp"].as<std::string>();
-    if (interp != "antialias" && interp != "no-antialias")
-      throw UsageError("vit train: --pos-interp must be antialias or no-antialias, not '" + interp +
-                       "'");
-    load.pos_antialias = interp == "antialias";
-    net = init_from(vm["init"].as<std::string>(), load, folder.classes(), ctx, preprocess, outputs);
+    net = init_from(vm["init"].as<std::string>(), load_options(vm, "vit train"), folder.classes(),
+                    ctx, preprocess, outputs);
   } else if (!resume.empty()) {
     models::Resumed resumed = models::load_checkpoint(resume, ctx, folder.classes());
     refuse_contradictions(vm, resumed, resume);
