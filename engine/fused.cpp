@@ -54,6 +54,12 @@ std::string matmul_key(const dnnl::matmul::primitive_desc& pd) {
       ops.get_params_eltwise(i, scale, alg, alpha, beta);
       for (float v : {scale, alpha, beta}) add(&v, sizeof v);
       add(&alg, sizeof alg);
+    } else if (kind == dnnl::primitive::kind::binary) {
+      dnnl::algorithm alg;
+      memory::desc src1;
+      ops.get_params_binary(i, alg, src1);
+      add(&alg, sizeof alg);
+      add(&src1.data, sizeof src1.data);
     } else {
       throw Error("FusedBuild: a matmul post-op of a kind not shared yet");
     }

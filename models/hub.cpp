@@ -170,9 +170,10 @@ void apply_model_arg(vit::VitConfig& c, bool& fc_norm_set, const std::string& ke
   else if (key == "dynamic_img_pad" || key == "pool_include_prefix" || key == "scale_attn_norm" ||
            key == "scale_mlp_norm")
     needs(!boolean());
-  else if (key == "pos_embed")
-    needs(v == "learn");
-  else
+  else if (key == "pos_embed") {
+    needs(v == "learn" || v == "none");
+    c.pos_embed = v.get<std::string>();
+  } else
     throw Error("'" + key + "' = " + v.dump() + " is not a setting vit implements");
 }
 
@@ -521,6 +522,10 @@ void read_vit_weights(engine::ParameterStore& store, const engine::SafetensorsFi
                       bool antialias) {
   for (engine::Parameter& p : store.parameters()) {
     const std::vector<std::string> names = file_tensors(tensors, p.name);
+    if (p.name == "pos_embed" && !p.trainable && file_config.grid() != config.grid()) {
+      vit::sincos_pos_embed(config, p.value.data());  // a fixed table: made anew, exactly
+      continue;
+    }
     if (p.name == "pos_embed" && file_config.grid() != config.grid()) {
       // timm's resample_abs_pos_embed: prefix rows as they are, the grid interpolated.
       const int64_t D = config.embed_dim,

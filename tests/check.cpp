@@ -88,15 +88,16 @@ void check_close(const std::string& what, const Tensor& got, const std::vector<d
 // A point where the one-sided differences disagree (a ReLU input crossing its kink within the
 // step, or curvature too high for the step) has no central difference worth comparing with:
 // there the analytic gradient must lie between the two one-sided differences instead. Such
-// points may be at most 5 % of a target's elements (one of a target under 20), never all, so a
-// wrong gradient cannot hide there.
+// points may be at most a fraction of a target's elements (5 %: one of a target under 20), never
+// all, so a wrong gradient cannot hide there.
 GradientComparison compare_gradient(const std::vector<float>& analytic,
                                     const std::vector<double>& numeric,
                                     const std::vector<double>& left,
-                                    const std::vector<double>& right) {
+                                    const std::vector<double>& right, double kinks) {
   GradientComparison c;
   c.elements = static_cast<int64_t>(numeric.size());
-  c.allowed = std::min(c.elements - 1, (c.elements + 19) / 20);
+  c.allowed = std::min(c.elements - 1,
+                       std::max<int64_t>(1, int64_t(std::ceil(kinks * double(c.elements)))));
   for (double g : numeric) c.scale = std::max(c.scale, std::abs(g));
   for (int64_t i = 0; i < c.elements; ++i) {
     const double tol = 1e-3 * c.scale + 1e-2 * std::abs(numeric[i]);
@@ -114,8 +115,8 @@ GradientComparison compare_gradient(const std::vector<float>& analytic,
 
 static void compare(const GradTarget& t, const std::vector<float>& analytic,
                     const std::vector<double>& numeric, const std::vector<double>& left,
-                    const std::vector<double>& right) {
-  const GradientComparison c = compare_gradient(analytic, numeric, left, right);
+                    const std::vector<double>& right, double kinks) {
+  const GradientComparison c = compare_gradient(analytic, numeric, left, right, kinks);
   // A gradient that is zero everywhere checks nothing: every target must carry signal.
   REQUIRE_MESSAGE(c.scale > 1e-6, t.name << ": numeric gradient is zero everywhere");
   std::ostringstream report;
@@ -132,18 +133,18 @@ static void compare(const GradTarget& t, const std::vector<float>& analytic,
 }
 
 void check_gradients(Context& ctx, const std::function<const Tensor&()>& forward, const Tensor& r,
-                     const std::vector<GradTarget>& targets, float h) {
+                     const std::vector<GradTarget>& targets, float h, double kinks) {
   check_scalar_gradients(
       [&] {
         const Tensor& dst = forward();
         ctx.wait();
         return weighted_sum(dst, r);
       },
-      targets, h);
+      targets, h, kinks);
 }
 
 void check_scalar_gradients(const std::function<double()>& loss,
-                            const std::vector<GradTarget>& targets, float h) {
+                            const std::vector<GradTarget>& targets, float h, double kinks) {
   // Copy first: the forward passes below must not be able to change what is checked.
   std::vector<std::vector<float>> analytic;
   for (const GradTarget& t : targets) analytic.push_back(copy_of(t.analytic, t.numel));
@@ -165,7 +166,7 @@ void check_scalar_gradients(const std::function<double()>& loss,
       right[i] = (plus - base) / up;
       left[i] = (base - minus) / down;
     }
-    compare(t, analytic[k], numeric, left, right);
+    compare(t, analytic[k], numeric, left, right, kinks);
   }
 }
 
@@ -180,6 +181,34 @@ void check_backward_overwrites(Context& ctx, const std::function<const Tensor&()
   ctx.wait();
   CHECK(copy_of(again) == diff_src);
   CHECK(copy_of(store.grads(), store.size()) == grads);
+}
+
+double max_abs_diff(Context& ctx, const Tensor& a, const Tensor& b) {
+  ctx.wait();
+  REQUIRE(a.dims() == b.dims());
+  double m = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, double(std::abs(a[i] - b[i])));
+  return m;
+}
+
+std::vector<GradTarget> parameter_targets(engine::ParameterStore& store, int64_t limit) {
+  std::vector<GradTarget> targets;
+  for (engine::Parameter& p : store.parameters())
+    if (p.trainable && !p.name.ends_with(".attn.k_norm.bias"))
+      targets.push_back({p.name, p.value.data(), std::min(limit, p.value.numel()), p.grad.data()});
+  return targets;
+}
+
+void randomize_parameters(engine::ParameterStore& store, std::mt19937_64& rng, float scale) {
+  for (engine::Parameter& p : store.parameters())
+    if (p.trainable) randomize(p.value, rng, -scale, scale);
+}
+
+void randomize_for_fd(engine::ParameterStore& store, std::mt19937_64& rng, float scale) {
+  randomize_parameters(store, rng, scale);
+  for (engine::Parameter& p : store.parameters())
+    if (p.trainable && p.name.find("norm") != std::string::npos && p.name.ends_with("weight"))
+      randomize(p.value, rng, 0.5f, 1.5f);
 }
 
 }  // namespace check

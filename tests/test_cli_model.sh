@@ -369,5 +369,48 @@ run "a layer decay above 1" 1 "--layer-decay must be in \(0, 1\]" -- \
 rm "$tmp/edited/model.safetensors"
 run "no weights" 1 "no model.safetensors beside config.json" -- classify --model "$tmp/edited" "$data/val/diagonal"
 
+# --- the self-attention lab's variants --------------------------------------------------------
+# A model trained with variants names them in its config, trains, resumes exactly, evaluates and
+# classifies through the same commands; a default model's config has none of their keys.
+lab=("${small[@]}" --pos-embed sincos --attn-norm sigmoid --attn-window 1)
+run "train a lab variant" 0 "" -- train --data "$data/train" "${lab[@]}" --epochs 2 \
+  --out "$tmp/lab_a.safetensors"
+config_of() {
+  python3 - "$1" <<'PY'
+import json, struct, sys
+blob = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", blob[:8])[0]
+print(json.dumps(json.loads(json.loads(blob[8:8 + n])["__metadata__"]["config"]), sort_keys=True))
+PY
+}
+lab_keys='"attn_norm": "sigmoid".*"attn_window": 1.*"pos_embed": "sincos"'
+config_of "$tmp/lab_a.safetensors" | grep -Eq "$lab_keys" && ok || fail "the variant's config lacks its settings"
+config_of "$tmp/m.safetensors" | grep -Eq '"(attn_(score|additive_dim|norm|window|lowrank|features|redraw)|pos_embed)"' &&
+  fail "a default model names lab settings" || ok
+run "train 1 of 2 epochs (lab)" 0 "stopped as asked" -- train --data "$data/train" "${lab[@]}" \
+  --epochs 2 --stop-after-epochs 1 --out "$tmp/lab_b.safetensors"
+run "resume a lab variant" 0 "" -- train --data "$data/train" --no-progress \
+  --resume "$tmp/lab_b.ckpt.safetensors" --out "$tmp/lab_b.safetensors"
+same_tensors "$tmp/lab_a.safetensors" "$tmp/lab_b.safetensors" && ok ||
+  fail "a resumed lab variant ends with other weights than the uninterrupted one"
+run "eval a lab variant" 0 "" -- eval --model "$tmp/lab_a.safetensors" --data "$data/val" --json
+run "classify with a lab variant" 0 "" -- classify --model "$tmp/lab_a.safetensors" "$data/val/diagonal"
+run "resume with another attention" 2 "--attn-norm relu contradicts the checkpoint's attn_norm sigmoid" -- \
+  train --data "$data/train" --resume "$tmp/lab_b.ckpt.safetensors" --attn-norm relu
+run "resume with a window given anew" 2 "--attn-window 2 contradicts the checkpoint's attn_window 1" -- \
+  train --data "$data/train" --resume "$tmp/lab_b.ckpt.safetensors" --attn-window 2
+run "a lab flag on a CNN" 2 "--attn-norm does not apply to cnn_resnet8_fmnist" -- \
+  train --data "$data/train" --model cnn_resnet8_fmnist --img-size 16 --attn-norm relu
+run "a window wider than the grid" 1 "--attn-window must be in \[0, 3\] for a grid of 4x4 patches" -- \
+  train --data "$data/train" "${small[@]}" --attn-window 4
+run "an unknown normalisation" 1 "--attn-norm must be softmax, relu or sigmoid, got 'tanh'" -- \
+  train --data "$data/train" "${small[@]}" --attn-norm tanh
+run "a lab flag with --init" 2 "--attn-window contradicts --init, whose checkpoint is the model" -- \
+  train --data "$data/train" --init "$tmp/lab_a.safetensors" --attn-window 2
+run "bench a lab variant" 0 "" -- bench --model vit_fmnist_patch4 --img-size 16 --embed-dim 32 \
+  --depth 2 --num-heads 2 --attn-norm relu --attn-window 1 --batch-size 4 --warmup 1 --iters 2 \
+  --repeats 1
+grep -q '"attn_norm":"relu"' "$tmp/out" && ok || fail "bench does not name the variant it measured"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -12,7 +12,8 @@
 #include "vit/vision_transformer.hpp"
 
 using namespace vit;
-using check::GradTarget;
+using check::GradTarget, check::max_abs_diff, check::parameter_targets, check::randomize_for_fd,
+    check::randomize_parameters;
 
 namespace {
 
@@ -21,25 +22,6 @@ VitConfig tiny_config() {
   c.img_size = 8, c.patch_size = 4, c.in_chans = 2, c.num_classes = 3;
   c.embed_dim = 8, c.depth = 2, c.num_heads = 2, c.mlp_ratio = 2.0;
   return c;
-}
-
-// max |a - b| over two tensors of the same dims, once the stream has finished.
-double max_abs_diff(Context& ctx, const Tensor& a, const Tensor& b) {
-  ctx.wait();
-  REQUIRE(a.dims() == b.dims());
-  double m = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, double(std::abs(a[i] - b[i])));
-  return m;
-}
-
-// Every element of every trainable parameter, or its first `limit` elements.
-std::vector<GradTarget> parameter_targets(ParameterStore& store, int64_t limit = 1 << 30) {
-  std::vector<GradTarget> targets;
-  for (engine::Parameter& p : store.parameters())
-    // k_norm's bias has a zero gradient (see check_every_gradient), nothing to difference.
-    if (p.trainable && !p.name.ends_with(".attn.k_norm.bias"))
-      targets.push_back({p.name, p.value.data(), std::min(limit, p.value.numel()), p.grad.data()});
-  return targets;
 }
 
 // Every element of every parameter's gradient is non-zero, but for the keys' bias: adding the
@@ -71,19 +53,6 @@ void check_every_gradient(const ParameterStore& store, const VitConfig& c) {
     CHECK(zero == 0);
     CHECK(key_bias_off == 0);
   }
-}
-
-void randomize_parameters(ParameterStore& store, std::mt19937_64& rng, float scale = 0.5f) {
-  for (engine::Parameter& p : store.parameters()) check::randomize(p.value, rng, -scale, scale);
-}
-
-// Random parameters in ±scale, but LayerNorm scales near 1, as trained ones are: a deep
-// float32 forward through tiny norm scales leaves finite differences to rounding noise.
-void randomize_for_fd(ParameterStore& store, std::mt19937_64& rng, float scale) {
-  randomize_parameters(store, rng, scale);
-  for (engine::Parameter& p : store.parameters())
-    if (p.name.find("norm") != std::string::npos && p.name.ends_with("weight"))
-      check::randomize(p.value, rng, 0.5f, 1.5f);
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "vit/config.hpp"
+
 namespace cli {
 
 std::vector<float> parse_floats(const std::string& text, const std::string& flag) {
@@ -52,6 +54,38 @@ models::LoadOptions load_options(const po::variables_map& vm, const std::string&
   return o;
 }
 
+namespace {
+
+// The self-attention lab's flags, each a ViT setting of the same name in snake case
+// (vit::lab_settings): absent from a preset's JSON, whose defaults are not written.
+struct LabFlag {
+  const char* flag;
+  bool integer;
+  const char* help;
+};
+const LabFlag kLabFlags[] = {
+    {"pos-embed", false, "learned (default), sincos (MAE's fixed 2-D table) or none"},
+    {"attn-score", false, "dot (q·kᵀ/√d, default) or additive (wᵀ tanh(W_q q + W_k k))"},
+    {"attn-additive-dim", true, "additive scores' hidden size d_a (default: the head dim)"},
+    {"attn-norm", false, "softmax (default), relu (relu(s)/n) or sigmoid (σ(s − log n))"},
+    {"attn-window", true, "R: patches attend within Chebyshev distance R (0: global)"},
+    {"attn-lowrank", true, "Linformer: keys and values projected to K rows (0: off)"},
+    {"attn-features", true, "Performer: M positive random features (0: off)"},
+    {"attn-redraw", true, "Performer: steps between feature redraws in training (0: never)"},
+};
+
+std::string snake(std::string flag) {
+  std::replace(flag.begin(), flag.end(), '-', '_');
+  return flag;
+}
+
+}  // namespace
+
+nlohmann::json lab_default(const std::string& key) {
+  const nlohmann::json defaults = vit::lab_settings(vit::VitConfig{});
+  return defaults.contains(key) ? defaults[key] : nlohmann::json();
+}
+
 po::options_description model_options(const std::string& default_model) {
   po::options_description opts("model (a preset, then any size overridden)");
   auto add = opts.add_options();
@@ -67,6 +101,12 @@ po::options_description model_options(const std::string& default_model) {
   add("drop-rate", po::value<double>(), "dropout");
   add("attn-drop-rate", po::value<double>(), "attention dropout");
   add("drop-path-rate", po::value<double>(), "stochastic depth");
+  for (const LabFlag& f : kLabFlags) {
+    if (f.integer)
+      add(f.flag, po::value<int64_t>(), f.help);
+    else
+      add(f.flag, po::value<std::string>(), f.help);
+  }
   return opts;
 }
 
@@ -86,6 +126,16 @@ nlohmann::json model_config(const po::variables_map& vm, const models::Preset& p
     apply(flag, int64_t{});
   for (const char* flag : {"mlp-ratio", "drop-rate", "attn-drop-rate", "drop-path-rate"})
     apply(flag, double{});
+  for (const LabFlag& f : kLabFlags) {
+    if (!vm.count(f.flag)) continue;
+    if (preset.arch != "vit")
+      throw UsageError(command + ": --" + f.flag + " does not apply to " + preset.name + " (a " +
+                       preset.arch + " model)");
+    nlohmann::json value = f.integer ? nlohmann::json(vm[f.flag].as<int64_t>())
+                                     : nlohmann::json(vm[f.flag].as<std::string>());
+    if (value == "learned") value = "learn";  // timm's name for the learned table
+    config[snake(f.flag)] = value;
+  }
   return config;
 }
 

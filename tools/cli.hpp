@@ -40,6 +40,9 @@ po::options_description model_options(const std::string& default_model);
 // have (--patch-size for a CNN) is a usage error naming `command`.
 nlohmann::json model_config(const po::variables_map& vm, const models::Preset& preset,
                             const std::string& command);
+// A self-attention lab setting's default (its key in snake case), null for any other key: a
+// model file names only the settings that differ from it.
+nlohmann::json lab_default(const std::string& key);
 // What a freshly built model takes: its image size, channels and patch size (none for a CNN),
 // mean and std 0.5.
 datasets::Preprocess model_preprocess(const nlohmann::json& config);

@@ -118,10 +118,11 @@ void refuse_contradictions(const po::variables_map& vm, const models::Resumed& r
     std::string flag = key;
     std::replace(flag.begin(), flag.end(), '_', '-');
     const bool asked = given(vm, flag.c_str()) || (given(vm, "model") && key != "num_classes");
-    if (!asked || !config.contains(key) || config[key] == value) continue;
-    if (given(vm, flag.c_str())) throw contradiction(flag, value, key, config[key]);
-    throw contradiction("model", preset.name + " (" + key + " " + value.dump() + ")", key,
-                        config[key]);
+    // A lab setting the file does not name has its default.
+    const nlohmann::json in_file = config.contains(key) ? config[key] : lab_default(key);
+    if (!asked || in_file.is_null() || in_file == value) continue;
+    if (given(vm, flag.c_str())) throw contradiction(flag, value, key, in_file);
+    throw contradiction("model", preset.name + " (" + key + " " + value.dump() + ")", key, in_file);
   }
   const datasets::Preprocess& pre = resumed.loaded.preprocess;
   if (given(vm, "mean") && parse_floats(vm["mean"].as<std::string>(), "mean") != pre.mean)

@@ -9,18 +9,35 @@ namespace vit {
 
 namespace {
 
-std::map<std::string, AttentionFactory>& registry() {
+struct Variant {
+  AttentionFactory create;
+  AttentionTraits traits;
+};
+
+std::map<std::string, Variant>& registry() {
   // The built-in variants, one line each.
-  static std::map<std::string, AttentionFactory> table = {
-      {"attention", MultiHeadAttention::create},
+  static std::map<std::string, Variant> table = {
+      {"attention", {MultiHeadAttention::create, MultiHeadAttention::traits()}},
   };
   return table;
 }
 
 }  // namespace
 
-bool register_attention(const std::string& name, AttentionFactory factory) {
-  return !name.empty() && registry().emplace(name, std::move(factory)).second;
+bool register_attention(const std::string& name, AttentionFactory factory, AttentionTraits traits) {
+  return !name.empty() &&
+         registry().emplace(name, Variant{std::move(factory), std::move(traits)}).second;
+}
+
+void check_attention(const VitConfig& config) {
+  auto it = registry().find(config.attn_layer);
+  if (it != registry().end() && it->second.traits.check) it->second.traits.check(config);
+}
+
+double attention_flops(const VitConfig& config) {
+  auto it = registry().find(config.attn_layer);
+  if (it != registry().end() && it->second.traits.flops) return it->second.traits.flops(config);
+  return MultiHeadAttention::traits().flops(config);
 }
 
 bool attention_registered(const std::string& name) {
@@ -38,7 +55,7 @@ std::unique_ptr<Attention> make_attention(ParameterStore& store, const std::stri
   auto it = registry().find(config.attn_layer);
   engine::require(it != registry().end(), "no attention named '" + config.attn_layer +
                                               "' (known: " + attention_names() + ")");
-  return it->second(store, prefix, config);
+  return it->second.create(store, prefix, config);
 }
 
 }  // namespace vit

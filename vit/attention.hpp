@@ -43,10 +43,22 @@ class Attention {
 using AttentionFactory = std::function<std::unique_ptr<Attention>(
     ParameterStore& store, const std::string& prefix, const VitConfig& config)>;
 
+// What a variant tells the config besides how to build it, either of which may be empty:
+// `check` throws engine::Error naming a setting it cannot take (one line, the flag named);
+// `flops` counts one block's token mixer per image, multiply-adds ×2, projections included
+// (empty: the dense attention's count).
+struct AttentionTraits {
+  std::function<void(const VitConfig&)> check;
+  std::function<double(const VitConfig&)> flops;
+};
+
 // Adds a variant under `name`; false, and nothing changed, when the name is taken.
-bool register_attention(const std::string& name, AttentionFactory factory);
+bool register_attention(const std::string& name, AttentionFactory factory,
+                        AttentionTraits traits = {});
 bool attention_registered(const std::string& name);
-std::string attention_names();  // "attention, ..." for error messages
+void check_attention(const VitConfig& config);    // the named variant's check, if any
+double attention_flops(const VitConfig& config);  // per image, one block
+std::string attention_names();                    // "attention, ..." for error messages
 // The variant config.attn_layer names; throws engine::Error listing the known ones.
 std::unique_ptr<Attention> make_attention(ParameterStore& store, const std::string& prefix,
                                           const VitConfig& config);

@@ -56,6 +56,38 @@ void VitConfig::validate() const {
   require(attention_registered(attn_layer), "--attn-layer: no attention named '" + attn_layer +
                                                 "' (known: " + attention_names() + ")");
   require(
+      pos_embed == "learn" || pos_embed == "sincos" || pos_embed == "none",
+      "--pos-embed must be learned (a file's 'learn'), sincos or none, got '" + pos_embed + "'");
+  require(pos_embed != "sincos" || embed_dim % 4 == 0,
+          "--pos-embed sincos needs --embed-dim divisible by 4, got " + std::to_string(embed_dim));
+  require(attn_score == "dot" || attn_score == "additive",
+          "--attn-score must be dot or additive, got '" + attn_score + "'");
+  require(attn_additive_dim >= 0 && attn_additive_dim <= 4096,
+          "--attn-additive-dim must be in [0, 4096] (0: the head dimension), got " +
+              std::to_string(attn_additive_dim));
+  require(attn_additive_dim == 0 || attn_score == "additive",
+          "--attn-additive-dim applies to --attn-score additive only");
+  require(attn_norm == "softmax" || attn_norm == "relu" || attn_norm == "sigmoid",
+          "--attn-norm must be softmax, relu or sigmoid, got '" + attn_norm + "'");
+  require(attn_window >= 0 && attn_window < std::max<int64_t>(grid(), 1),
+          "--attn-window must be in [0, " + std::to_string(grid() - 1) + "] for a grid of " +
+              std::to_string(grid()) + "x" + std::to_string(grid()) +
+              " patches (0: global attention), got " + std::to_string(attn_window));
+  require(attn_lowrank >= 0 && attn_lowrank <= num_tokens(),
+          "--attn-lowrank must be in [0, " + std::to_string(num_tokens()) +
+              "] (the tokens, N), got " + std::to_string(attn_lowrank));
+  require(attn_lowrank == 0 || attn_window == 0,
+          "--attn-lowrank (Linformer) mixes every position into each projected key: it cannot "
+          "take --attn-window");
+  require(
+      attn_lowrank == 0 || attn_score == "dot",
+      "--attn-lowrank (Linformer) takes dot-product scores only, not --attn-score " + attn_score);
+  require(attn_features >= 0 && attn_features <= 65536,
+          "--attn-features must be in [0, 65536], got " + std::to_string(attn_features));
+  require(attn_redraw >= 0,
+          "--attn-redraw must not be negative, got " + std::to_string(attn_redraw));
+  check_attention(*this);
+  require(
       init_values >= 0.0 && init_values <= 1e3,
       "--init-values must be in [0, 1000] (0: no LayerScale), got " + std::to_string(init_values));
   require(norm_eps > 0.0 && norm_eps < 1.0,
@@ -73,13 +105,23 @@ void VitConfig::validate() const {
             std::string("--") + flag + " must be in [0, 1), got " + std::to_string(rate));
 }
 
+int64_t VitConfig::keys_per_query() const {
+  if (attn_lowrank > 0) return attn_lowrank;
+  if (attn_window > 0) {
+    const int64_t side = std::min(2 * attn_window + 1, grid());
+    return std::min(num_tokens(), side * side + num_prefix_tokens());
+  }
+  return num_tokens();
+}
+
 double VitConfig::flops_per_image() const {
   const double N = double(num_tokens()), L = double(num_patches()), D = double(embed_dim),
                F = double(mlp_hidden());
   const double patch = L * double(patch_dim()) * D;
-  const double block = N * (3 * D * D + D * D + 2 * D * F) + 2 * N * N * D;
+  const double mlp = N * 2 * D * F;  // multiply-adds; attention_flops counts ×2 already
   const double heads = distilled ? 2.0 : 1.0;
-  return 2.0 * (patch + double(depth) * block + heads * D * double(num_classes));
+  return 2.0 * (patch + double(depth) * mlp + heads * D * double(num_classes)) +
+         double(depth) * attention_flops(*this);
 }
 
 void to_json(nlohmann::json& j, const VitConfig& c) {
@@ -109,6 +151,21 @@ void to_json(nlohmann::json& j, const VitConfig& c) {
   if (c.distilled) j["distilled"] = true;
   if (c.norm_eps != plain.norm_eps) j["norm_eps"] = c.norm_eps;
   if (c.act_layer != plain.act_layer) j["act_layer"] = c.act_layer;
+  const nlohmann::json settings = lab_settings(c), defaults = lab_settings(plain);
+  for (auto it = settings.begin(); it != settings.end(); ++it)
+    if (*it != defaults[it.key()]) j[it.key()] = *it;
+  if (c.attn_features == 0) j.erase("attn_redraw");  // it means something for Performer only
+}
+
+nlohmann::json lab_settings(const VitConfig& c) {
+  return {{"pos_embed", c.pos_embed},
+          {"attn_score", c.attn_score},
+          {"attn_additive_dim", c.attn_additive_dim},
+          {"attn_norm", c.attn_norm},
+          {"attn_window", c.attn_window},
+          {"attn_lowrank", c.attn_lowrank},
+          {"attn_features", c.attn_features},
+          {"attn_redraw", c.attn_redraw}};
 }
 
 void from_json(const nlohmann::json& j, VitConfig& c) {
@@ -116,11 +173,13 @@ void from_json(const nlohmann::json& j, VitConfig& c) {
       engine::json_int, engine::json_string;
   if (!j.is_object()) throw engine::Error("a ViT config must be a JSON object, not " + j.dump());
   static const char* const known[] = {
-      "img_size",       "patch_size",     "in_chans",    "num_classes", "embed_dim",
-      "depth",          "num_heads",      "mlp_ratio",   "qkv_bias",    "drop_rate",
-      "attn_drop_rate", "drop_path_rate", "class_token", "reg_tokens",  "no_embed_class",
-      "global_pool",    "fc_norm",        "attn_layer",  "init_values", "qk_norm",
-      "pre_norm",       "distilled",      "norm_eps",    "act_layer"};
+      "img_size",       "patch_size",        "in_chans",    "num_classes", "embed_dim",
+      "depth",          "num_heads",         "mlp_ratio",   "qkv_bias",    "drop_rate",
+      "attn_drop_rate", "drop_path_rate",    "class_token", "reg_tokens",  "no_embed_class",
+      "global_pool",    "fc_norm",           "attn_layer",  "init_values", "qk_norm",
+      "pre_norm",       "distilled",         "norm_eps",    "act_layer",   "pos_embed",
+      "attn_score",     "attn_additive_dim", "attn_norm",   "attn_window", "attn_lowrank",
+      "attn_features",  "attn_redraw"};
   for (const auto& [key, value] : j.items())
     require(std::find(std::begin(known), std::end(known), key) != std::end(known),
             "'" + key + "' is not a setting of a ViT");
@@ -155,6 +214,14 @@ void from_json(const nlohmann::json& j, VitConfig& c) {
   c.distilled = json_bool(j, "distilled", false);
   c.norm_eps = json_double(j, "norm_eps", plain.norm_eps);
   c.act_layer = json_string(j, "act_layer", plain.act_layer);
+  c.pos_embed = json_string(j, "pos_embed", plain.pos_embed);
+  c.attn_score = json_string(j, "attn_score", plain.attn_score);
+  c.attn_additive_dim = json_int(j, "attn_additive_dim", plain.attn_additive_dim);
+  c.attn_norm = json_string(j, "attn_norm", plain.attn_norm);
+  c.attn_window = json_int(j, "attn_window", plain.attn_window);
+  c.attn_lowrank = json_int(j, "attn_lowrank", plain.attn_lowrank);
+  c.attn_features = json_int(j, "attn_features", plain.attn_features);
+  c.attn_redraw = json_int(j, "attn_redraw", plain.attn_redraw);
 }
 
 static VitConfig make(int64_t img, int64_t patch, int64_t chans, int64_t dim, int64_t depth,

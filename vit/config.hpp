@@ -45,6 +45,24 @@ struct VitConfig {
   double norm_eps = 1e-6;  // every LayerNorm's (timm 1e-6, Hugging Face's ViT 1e-12, CLIP 1e-5)
   std::string act_layer = "gelu";  // the MLP's: gelu (erf), gelu_tanh, quick_gelu (x·σ(1.702x))
 
+  // The self-attention lab. Every default is timm's ViT; a file names only what differs.
+  // pos_embed: "learn" (timm's learned table), "sincos" (MAE's fixed 2-D sine-cosine table, a
+  // buffer that is saved but never trained) or "none" (no positional embedding at all).
+  std::string pos_embed = "learn";
+  // attn_score: "dot", q·kᵀ/√d, or "additive" (Bahdanau), wᵀ tanh(W_q q_i + W_k k_j) per head
+  // with W_q, W_k [d_a, d] and w [d_a]; attn_additive_dim is d_a (0: the head dimension d).
+  std::string attn_score = "dot";
+  int64_t attn_additive_dim = 0;
+  // attn_norm: over each query's scores s, "softmax"; "relu", relu(s)/n (Wortsman et al. 2023);
+  // "sigmoid", σ(s − log n) (Ramapuram et al. 2024); n the number of keys a query attends to.
+  std::string attn_norm = "softmax";
+  // attn_window R > 0: a patch attends to the patches within Chebyshev distance R on the grid
+  // and to the prefix tokens, which attend to everything (truncated attention).
+  int64_t attn_window = 0;
+  int64_t attn_lowrank = 0;    // Linformer's K: keys and values projected to K rows (E, F [K, N])
+  int64_t attn_features = 0;   // Performer's M random features (attn_layer "performer")
+  int64_t attn_redraw = 1000;  // Performer: training steps between feature redraws; 0: never
+
   int64_t grid() const { return img_size / patch_size; }
   // Per image out of the model: the logits, or the pooled features without a head.
   int64_t num_outputs() const { return num_classes > 0 ? num_classes : embed_dim; }
@@ -56,6 +74,9 @@ struct VitConfig {
   int64_t pos_embed_len() const { return no_embed_class ? num_patches() : num_tokens(); }
   int64_t patch_dim() const { return in_chans * patch_size * patch_size; }  // C·P·P
   int64_t head_dim() const { return embed_dim / num_heads; }                // d
+  int64_t additive_dim() const { return attn_additive_dim > 0 ? attn_additive_dim : head_dim(); }
+  // The keys each patch query attends to, at most: all N, the window and the prefix, or K.
+  int64_t keys_per_query() const;
   int64_t mlp_hidden() const {
     return static_cast<int64_t>(static_cast<double>(embed_dim) * mlp_ratio);
   }  // F
@@ -71,6 +92,9 @@ struct VitConfig {
 
 void to_json(nlohmann::json& j, const VitConfig& c);
 void from_json(const nlohmann::json& j, VitConfig& c);
+// The self-attention lab's settings (pos_embed, attn_score, ... attn_redraw), each with its
+// value, defaults included; to_json writes only those that differ from a plain ViT's.
+nlohmann::json lab_settings(const VitConfig& c);
 
 struct VitPreset {
   const char* name;

@@ -11,7 +11,8 @@ using engine::fused_view;
 
 MultiHeadAttention::MultiHeadAttention(ParameterStore& store, const std::string& prefix,
                                        const VitConfig& c)
-    : num_heads(c.num_heads),
+    : config(c),
+      num_heads(c.num_heads),
       head_dim(c.head_dim()),
       qkv(store, prefix + ".qkv", c.embed_dim, 3 * c.embed_dim, c.qkv_bias),
       q_norm(c.qk_norm ? std::optional<engine::LayerNorm>(std::in_place, store, prefix + ".q_norm",
@@ -20,18 +21,52 @@ MultiHeadAttention::MultiHeadAttention(ParameterStore& store, const std::string&
       k_norm(c.qk_norm ? std::optional<engine::LayerNorm>(std::in_place, store, prefix + ".k_norm",
                                                           c.head_dim(), float(c.norm_eps))
                        : std::nullopt),
-      scores_mm(1.0f / std::sqrt(static_cast<float>(c.head_dim()))),
+      scores_mm(score_scale(c)),
+      additive(c.attn_score == "additive"
+                   ? std::optional<AdditiveScores>(std::in_place, store, prefix, c, score_scale(c))
+                   : std::nullopt),
+      bias(score_bias(c)),
+      norm(c.attn_norm),
       attn_drop(static_cast<float>(c.attn_drop_rate)),
       proj(store, prefix + ".proj", c.embed_dim, c.embed_dim),
       proj_drop(static_cast<float>(c.drop_rate)) {}
+
+AttentionTraits MultiHeadAttention::traits() {
+  AttentionTraits t;
+  t.check = [](const VitConfig& c) {
+    engine::require(
+        c.attn_features == 0,
+        "--attn-features (Performer) needs the performer attention, not '" + c.attn_layer + "'");
+    engine::require(c.attn_lowrank == 0, "--attn-lowrank is not implemented yet");
+  };
+  t.flops = [](const VitConfig& c) {
+    // qkv and proj, then q·kᵀ (or additive's W_q q, W_k k and wᵀ tanh) and probs·v over every
+    // key (the masked window computes all N of them).
+    const double N = double(c.num_tokens()), D = double(c.embed_dim), A = double(c.additive_dim());
+    const double H = double(c.num_heads), d = double(c.head_dim());
+    const double scores =
+        c.attn_score == "additive" ? 2 * N * H * A * d + N * N * H * A : N * N * D;
+    return 2.0 * (N * 4 * D * D + scores + N * N * D);
+  };
+  return t;
+}
 
 void MultiHeadAttention::set_precision(engine::Precision p) {
   qkv.set_precision(p);
   proj.set_precision(p);
 }
 
+void MultiHeadAttention::score_backward(Context& ctx, const Tensor& diff_scores, const View& diff_q,
+                                        const View& diff_k) {
+  if (additive)
+    additive->backward(ctx, diff_scores, diff_q, diff_k);
+  else
+    scores_mm.backward(ctx, diff_scores, diff_q, diff_k.transposed());
+}
+
 void MultiHeadAttention::init_weights(Context& ctx) {
   init_linear(ctx, qkv);
+  if (additive) additive->init_weights(ctx);
   if (q_norm) q_norm->reset_parameters(), k_norm->reset_parameters();
   init_linear(ctx, proj);
 }
@@ -39,7 +74,7 @@ void MultiHeadAttention::init_weights(Context& ctx) {
 void MultiHeadAttention::share_gradients(const std::string& slot) {
   grad_slot = slot;
   qkv.grad_slot = slot + ".qkv.diff_src";
-  softmax.grad_slot = slot + ".softmax";
+  norm.share_gradients(slot + ".norm");
   attn_drop.grad_slot = slot + ".attn_drop";
   proj.grad_slot = slot + ".proj.diff_src";
   proj_drop.grad_slot = slot + ".proj_drop";
@@ -84,8 +119,17 @@ const Tensor& MultiHeadAttention::forward(Context& ctx, const Tensor& x) {
       *parts[i] = tokens_heads(norms[i]->forward(ctx, buf.qk_raw[i]).data(), B, N);
     }
   }
-  const Tensor& scores = scores_mm.forward(ctx, q, k.transposed());
-  const Tensor& probs = attn_drop.forward(ctx, softmax.forward(ctx, scores));
+  const Tensor* scores =
+      additive ? &additive->forward(ctx, q, k) : &scores_mm.forward(ctx, q, k.transposed());
+  if (!bias.empty()) {
+    if (bias_table_.empty()) {
+      bias_table_ = Tensor(ctx.eng, {1, N, N});
+      std::copy(bias.begin(), bias.end(), bias_table_.data());
+    }
+    // Its backward is the identity: the bias is a constant.
+    scores = &add_bias.forward(ctx, scores->reshaped({B * H, N, N}), bias_table_);
+  }
+  const Tensor& probs = attn_drop.forward(ctx, norm.forward(ctx, scores->reshaped({B, H, N, N})));
   const Tensor& heads = context_mm.forward(ctx, probs.as_view(), head(qkv_out, 2));
   merge(ctx, heads.as_view(), View{buf.merged.data(), {B, H, N, d}, {N * D, d, D, 1}});
   return proj_drop.forward(ctx, proj.forward(ctx, buf.merged));
@@ -97,16 +141,16 @@ const Tensor& MultiHeadAttention::backward(Context& ctx, const Tensor& diff_dst)
   const Tensor& diff_merged = proj.backward(ctx, proj_drop.backward(ctx, diff_dst));
   merge(ctx, View{diff_merged.data(), {B, H, N, d}, {N * D, d, D, 1}}, buf.diff_heads.as_view());
   context_mm.backward(ctx, buf.diff_heads, buf.diff_probs.as_view(), head(buf.diff_qkv, 2));
-  const Tensor& diff_scores = softmax.backward(ctx, attn_drop.backward(ctx, buf.diff_probs));
+  const Tensor& diff_scores = norm.backward(ctx, attn_drop.backward(ctx, buf.diff_probs));
   if (q_norm) {
-    scores_mm.backward(ctx, diff_scores, tokens_heads(buf.diff_qk_normed[0].data(), B, N),
-                       tokens_heads(buf.diff_qk_normed[1].data(), B, N).transposed());
+    score_backward(ctx, diff_scores, tokens_heads(buf.diff_qk_normed[0].data(), B, N),
+                   tokens_heads(buf.diff_qk_normed[1].data(), B, N));
     engine::LayerNorm* norms[2] = {&*q_norm, &*k_norm};
     for (int i = 0; i < 2; ++i)
       copy_qk_(ctx, tokens_heads(norms[i]->backward(ctx, buf.diff_qk_normed[i]).data(), B, N),
                head(buf.diff_qkv, i));
   } else {
-    scores_mm.backward(ctx, diff_scores, head(buf.diff_qkv, 0), head(buf.diff_qkv, 1).transposed());
+    score_backward(ctx, diff_scores, head(buf.diff_qkv, 0), head(buf.diff_qkv, 1));
   }
   return qkv.backward(ctx, buf.diff_qkv);
 }
@@ -148,14 +192,31 @@ std::unique_ptr<FusedStep> MultiHeadAttention::fused(FusedBuild& f, const FusedT
     p->v_heads.push_back(fused_view(eng, heads_md, qkv_slabs, 2 * M * D + g * N * D));
     p->context_heads.push_back(fused_view(eng, heads_md, p->context, g * N * D));
   }
-  p->scores = f.buffer("attn.scores", fused_desc({G, H, N, N}, dt::f32));
-  p->probs = f.bf16() ? f.buffer("attn.probs", fused_desc({G, H, N, N}, low)) : p->scores;
+  // Softmax reads f32 scores and writes the probabilities in the matmul type; relu and σ are
+  // post-ops of the scores matmul, which then writes the probabilities itself.
+  const bool softmax = norm.needs_softmax();
+  p->scores = f.buffer("attn.scores", fused_desc({G, H, N, N}, softmax ? dt::f32 : low));
+  p->probs =
+      softmax && f.bf16() ? f.buffer("attn.probs", fused_desc({G, H, N, N}, low)) : p->scores;
 
   // Attention's 1/√d, folded into q's packed weight and bias instead of scaling the scores on
   // every call (a scale attribute cost that matmul 20 %): (x·W_q + b_q)/√d = x·(W_q/√d) + b_q/√d,
   // exact when √d is a power of two (d = 64).
-  const float q_scale = 1.0f / std::sqrt(float(d));
+  // Additive scores are computed in f32 from unscaled q and k (their scale is on the scores).
+  const float q_scale = additive ? 1.0f : score_scale(config);
   const memory::desc rows_md = fused_desc({M, D}, low);
+  std::vector<memory> q_f32, k_f32;  // additive: per group [G, H, N, d] views of f32 q, k
+  for (int i = 0; i < 2; ++i) p->qk_dest[i] = p->qkv_parts[i];
+  if (additive) {
+    const memory qk_f32 = f.buffer("attn.qk_f32", fused_desc({2, M, D}, dt::f32));
+    const memory::desc heads_f32_md = fused_desc(heads, dt::f32, {N * D, d, D, 1});
+    for (int64_t i = 0; i < 2; ++i)
+      p->qk_dest[i] = fused_view(eng, fused_desc({M, D}, dt::f32), qk_f32, i * M * D);
+    for (int64_t g = 0; g < B; g += G) {
+      q_f32.push_back(fused_view(eng, heads_f32_md, qk_f32, g * N * D));
+      k_f32.push_back(fused_view(eng, heads_f32_md, qk_f32, M * D + g * N * D));
+    }
+  }
   if (q_norm) {
     // q_norm(q)/√d: the scale moves into q_norm's weight and bias.
     const memory::desc raw_md = fused_desc({M, D}, dt::f32);
@@ -167,23 +228,40 @@ std::unique_ptr<FusedStep> MultiHeadAttention::fused(FusedBuild& f, const FusedT
     const memory::desc head_rows_md = fused_desc({M * H, d}, dt::f32);
     p->raw_rows = fused_view(eng, head_rows_md, p->raw);
     for (int i = 0; i < 2; ++i) {
-      p->normed_f32[i] = p->qkv_parts[i];
-      if (f.bf16()) {
+      p->normed_f32[i] = p->qk_dest[i];
+      if (f.bf16() && !additive) {
         p->normed_f32[i] = f.buffer("attn.qk_normed", raw_md);
         p->to_low[i] = dnnl::reorder(p->normed_f32[i], p->qkv_parts[i]);
       }
       p->normed_rows[i] = fused_view(eng, head_rows_md, p->normed_f32[i]);
     }
   } else {
-    p->q = qkv.fused(f, t.normed.get_desc(), rows_md, {}, 0, D, q_scale);
-    p->k = qkv.fused(f, t.normed.get_desc(), rows_md, {}, D, D);
+    p->q = qkv.fused(f, t.normed.get_desc(), p->qk_dest[0].get_desc(), {}, 0, D, q_scale);
+    p->k = qkv.fused(f, t.normed.get_desc(), p->qk_dest[1].get_desc(), {}, D, D);
   }
   p->v = qkv.fused(f, t.normed.get_desc(), rows_md, {}, 2 * D, D);
-  p->scores_mm = f.matmul({{heads_md, k_t_md, p->scores.get_desc()}, eng});
-  p->softmax = dnnl::softmax_v2_forward(
-      {{dnnl::prop_kind::forward_inference, dnnl::algorithm::softmax_accurate, p->scores.get_desc(),
-        p->probs.get_desc(), 3},
-       eng});
+  dnnl::post_ops score_ops;
+  if (!bias.empty()) {
+    // Broadcast over the images and heads of the scores matmul's destination: [G, H, N, N], or
+    // additive's [G, H, N·N, 1].
+    const memory::desc bias_md =
+        fused_desc(additive ? Dims{1, 1, N * N, 1} : Dims{1, 1, N, N}, dt::f32);
+    p->bias = memory(bias_md, eng);
+    std::copy(bias.begin(), bias.end(), static_cast<float*>(p->bias.get_data_handle()));
+    score_ops.append_binary(dnnl::algorithm::binary_add, bias_md);
+  }
+  norm.append_post_ops(score_ops);
+  dnnl::primitive_attr score_attr;
+  score_attr.set_post_ops(score_ops);
+  if (additive)
+    p->additive = additive->fused(f, q_f32, k_f32, p->scores, score_ops, p->bias);
+  else
+    p->scores_mm = f.matmul({{heads_md, k_t_md, p->scores.get_desc()}, score_attr, eng});
+  if (softmax)
+    p->softmax = dnnl::softmax_v2_forward(
+        {{dnnl::prop_kind::forward_inference, dnnl::algorithm::softmax_accurate,
+          p->scores.get_desc(), p->probs.get_desc(), 3},
+         eng});
   p->context_mm = f.matmul({{p->probs.get_desc(), heads_md, heads_md}, eng});
   // x += proj(...) in place: the sum post-op reads the residual from dst, cheaper than a binary
   // add from a second buffer.
@@ -203,14 +281,20 @@ void MultiHeadAttention::Fused::run(dnnl::stream& s) {
       if (to_low[i]) to_low[i].execute(s, normed_f32[i], qkv_parts[i]);
     }
   } else {
-    q.run(s, normed, qkv_parts[0]);
-    k.run(s, normed, qkv_parts[1]);
+    q.run(s, normed, qk_dest[0]);
+    k.run(s, normed, qk_dest[1]);
   }
   v.run(s, normed, qkv_parts[2]);
   for (size_t g = 0; g < q_heads.size(); ++g) {
-    scores_mm.execute(
-        s, {{DNNL_ARG_SRC, q_heads[g]}, {DNNL_ARG_WEIGHTS, k_t[g]}, {DNNL_ARG_DST, scores}});
-    softmax.execute(s, {{DNNL_ARG_SRC, scores}, {DNNL_ARG_DST, probs}});
+    if (additive) {
+      additive->run(s, g);
+    } else {
+      std::unordered_map<int, memory> args = {
+          {DNNL_ARG_SRC, q_heads[g]}, {DNNL_ARG_WEIGHTS, k_t[g]}, {DNNL_ARG_DST, scores}};
+      if (bias) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = bias;
+      scores_mm.execute(s, args);
+    }
+    if (softmax) softmax.execute(s, {{DNNL_ARG_SRC, scores}, {DNNL_ARG_DST, probs}});
     context_mm.execute(
         s,
         {{DNNL_ARG_SRC, probs}, {DNNL_ARG_WEIGHTS, v_heads[g]}, {DNNL_ARG_DST, context_heads[g]}});

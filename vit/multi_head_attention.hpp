@@ -1,16 +1,21 @@
 // timm's Attention: multi-head self-attention with a fused qkv projection, softmax(q·kᵀ/√d)·v
 // per head, heads merged and projected; with qk_norm, q and k each pass a LayerNorm over the
-// head dimension first. Registered as "attention", the default.
+// head dimension first. Registered as "attention", the default. The lab's variants of exact
+// attention are its pieces: the normalisation (attn_norm, vit/attention_norm.hpp) and the score
+// bias that carries a window's mask (attn_window).
 #pragma once
 
 #include <optional>
+
 #include "engine/batched_matmul.hpp"
 
 #include "engine/binary.hpp"
 #include "engine/layer_norm.hpp"
 #include "engine/reorder.hpp"
 #include "engine/softmax.hpp"
+#include "vit/additive_scores.hpp"
 #include "vit/attention.hpp"
+#include "vit/attention_norm.hpp"
 
 namespace vit {
 
@@ -21,6 +26,7 @@ class MultiHeadAttention : public Attention {
                                            const VitConfig& c) {
     return std::make_unique<MultiHeadAttention>(store, prefix, c);
   }
+  static AttentionTraits traits();
 
   const Tensor& forward(Context& ctx, const Tensor& x) override;
   const Tensor& backward(Context& ctx, const Tensor& diff_dst) override;
@@ -30,12 +36,16 @@ class MultiHeadAttention : public Attention {
   void share_gradients(const std::string& slot) override;
   std::unique_ptr<FusedStep> fused(FusedBuild& f, const FusedTokens& t) const override;
 
+  VitConfig config;  // its settings: the lab's variants among them
   int64_t num_heads, head_dim;
   std::string grad_slot;                            // non-empty: see share_gradients
   engine::Linear qkv;                               // [B, N, 3·D], laid out [B, N, 3, H, d]
   std::optional<engine::LayerNorm> q_norm, k_norm;  // over d, on [B, N, H, d] copies
-  engine::BatchedMatmul scores_mm;                  // q·kᵀ/√d  [B, H, N, N]
-  engine::Softmax softmax;
+  engine::BatchedMatmul scores_mm;                  // q·kᵀ · score_scale  [B, H, N, N]
+  std::optional<AdditiveScores> additive;           // attn_score additive: instead of q·kᵀ
+  std::vector<float> bias;                          // score_bias [N, N], or empty
+  engine::BroadcastAdd add_bias;                    // scores + bias, for every image and head
+  AttentionNorm norm;                               // softmax, relu or sigmoid
   engine::Dropout attn_drop;
   engine::BatchedMatmul context_mm;  // probs·v  [B, H, N, d]
   engine::Reorder merge;             // [B, H, N, d] -> [B, N, H·d]
@@ -49,14 +59,17 @@ class MultiHeadAttention : public Attention {
   struct Fused : FusedStep {
     engine::Linear::Fused q, k, v, proj;
     dnnl::matmul scores_mm, context_mm;
-    dnnl::softmax_v2_forward softmax;
-    dnnl::memory normed, x;      // the tokens' rows: input, and the residual stream
-    dnnl::memory qkv_parts[3];   // low [M, D] each: q, k, v
-    dnnl::memory scores, probs;  // f32 / low [G, H, N, N]; the same memory in f32
-    dnnl::memory context;        // low [M, D]: heads merged
+    dnnl::softmax_v2_forward softmax;  // attn_norm softmax; else the norm is a scores post-op
+    dnnl::memory bias;                 // f32 [1, 1, N, N] score bias, a post-op, or none
+    dnnl::memory normed, x;            // the tokens' rows: input, and the residual stream
+    dnnl::memory qkv_parts[3];         // low [M, D] each: q, k, v
+    dnnl::memory scores, probs;        // f32 / low [G, H, N, N]; the same memory in f32
+    dnnl::memory context;              // low [M, D]: heads merged
     // qk_norm: q and k land in raw f32 [M, D], are normalized per head (q's 1/√d folded into
     // q_norm) into normed_f32 and, in bf16, converted into the slab.
     std::optional<engine::LayerNorm::Fused> q_norm, k_norm;
+    dnnl::memory qk_dest[2];  // where q and k go: their slabs, or f32 [M, D] for additive
+    std::optional<AdditiveScores::Fused> additive;
     dnnl::memory raw, normed_f32[2];
     dnnl::memory raw_rows, normed_rows[2];  // the same as [M·H, d]: a row per token and head
     dnnl::reorder to_low[2];
@@ -67,13 +80,16 @@ class MultiHeadAttention : public Attention {
   };
 
  private:
-  engine::View head(const Tensor& qkv_out, int which) const;  // 0 q, 1 k, 2 v: [B, H, N, d]
+  engine::View head(const Tensor& qkv_out, int which) const;
+  void score_backward(Context& ctx, const Tensor& diff_scores, const View& diff_q,
+                      const View& diff_k);  // 0 q, 1 k, 2 v: [B, H, N, d]
   // A dense [B, N, H, d] buffer seen as heads [B, H, N, d].
   engine::View tokens_heads(float* data, int64_t B, int64_t N) const;
   struct Buffers {
     Tensor merged, diff_heads, diff_probs, diff_qkv;
     Tensor qk_raw[2], diff_qk_normed[2];  // qk_norm: q and k as [B, N, H, d], and their gradients
   };
+  Tensor bias_table_;  // bias as [1, N, N], made on the first forward
   engine::Reorder copy_qk_;
   engine::PlanCache<Buffers> buffers_;
 };

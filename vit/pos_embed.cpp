@@ -19,11 +19,41 @@ PosEmbed::PosEmbed(ParameterStore& store, const VitConfig& c)
   cls_token = c.class_token ? &store.add("cls_token", {1, 1, D}, /*decay=*/false) : nullptr;
   dist_token = c.distilled ? &store.add("dist_token", {1, 1, D}, false) : nullptr;
   reg_token = c.reg_tokens > 0 ? &store.add("reg_token", {1, c.reg_tokens, D}, false) : nullptr;
-  pos_embed = &store.add("pos_embed", {1, c.pos_embed_len(), D}, /*decay=*/false);
+  // A fixed sine-cosine table is a buffer: saved with the model (as MAE's state dict has it),
+  // never trained.
+  const Dims pos_dims = {1, c.pos_embed_len(), D};
+  pos_embed = c.pos_embed == "learn"    ? &store.add("pos_embed", pos_dims, /*decay=*/false)
+              : c.pos_embed == "sincos" ? &store.add_buffer("pos_embed", pos_dims)
+                                        : nullptr;
+  if (pos_embed && !pos_embed->trainable) sincos_config_ = c;
+}
+
+void sincos_pos_embed(const VitConfig& c, float* table) {
+  // MAE's get_2d_sincos_pos_embed: the first D/2 channels encode the column, the last D/2 the
+  // row, each as sin(p·ω_i) then cos(p·ω_i) with ω_i = 1/10000^(i/(D/4)), i < D/4; the prefix
+  // rows (MAE's cls row) are zero.
+  const int64_t D = c.embed_dim, G = c.grid(), quarter = D / 4;
+  const int64_t first = c.pos_embed_len() - c.num_patches();
+  std::fill_n(table, first * D, 0.0f);
+  for (int64_t r = 0; r < G; ++r)
+    for (int64_t col = 0; col < G; ++col) {
+      float* row = table + (first + r * G + col) * D;
+      for (int64_t half = 0; half < 2; ++half) {
+        const double pos = double(half == 0 ? col : r);
+        for (int64_t i = 0; i < quarter; ++i) {
+          const double angle = pos / std::pow(10000.0, double(i) / double(quarter));
+          row[half * 2 * quarter + i] = float(std::sin(angle));
+          row[half * 2 * quarter + quarter + i] = float(std::cos(angle));
+        }
+      }
+    }
 }
 
 void PosEmbed::init_weights(Context& ctx) {
-  engine::trunc_normal(ctx, pos_embed->value, 0.0f, 0.02f);
+  if (pos_embed && pos_embed->trainable)
+    engine::trunc_normal(ctx, pos_embed->value, 0.0f, 0.02f);
+  else if (pos_embed)
+    sincos_pos_embed(sincos_config_, pos_embed->value.data());
   if (cls_token) engine::normal(ctx, cls_token->value, 0.0f, 1e-6f);
   if (reg_token) engine::normal(ctx, reg_token->value, 0.0f, 1e-6f);
   if (dist_token) engine::trunc_normal(ctx, dist_token->value, 0.0f, 0.02f);  // DeiT's
@@ -42,15 +72,16 @@ const Tensor& PosEmbed::forward(Context& ctx, const Tensor& patch_tokens) {
     return b;
   });
   if (table_.empty()) table_ = Tensor(ctx.eng, {1, N, D}), diff_table_ = Tensor(ctx.eng, {1, N, D});
-  copy_(ctx, View{pos_embed->value.data(), {pos_rows, D}, {D, 1}},
-        View{table_.data() + first_pos * D, {pos_rows, D}, {D, 1}});
+  if (pos_embed)  // without one, the table's patch rows stay zero
+    copy_(ctx, View{pos_embed->value.data(), {pos_rows, D}, {D, 1}},
+          View{table_.data() + first_pos * D, {pos_rows, D}, {D, 1}});
   int64_t row = 0;
   for (engine::Parameter* token : {cls_token, dist_token, reg_token}) {
     if (!token) continue;
     const int64_t rows = token->value.numel() / D;
     const Tensor src = Tensor::view(ctx.eng, token->value.data(), {rows, D});
     const Tensor dst = Tensor::view(ctx.eng, table_.data() + row * D, {rows, D});
-    if (embed_prefix)
+    if (embed_prefix && pos_embed)
       add_(ctx, dst, src, dst);
     else
       copy_(ctx, src.as_view(), dst.as_view());
@@ -65,9 +96,10 @@ const Tensor& PosEmbed::backward(Context& ctx, const Tensor& diff_dst) {
   const int64_t B = diff_dst.dim(0), L = num_patches, P = num_prefix, D = embed_dim, N = L + P;
   const int64_t first_pos = embed_prefix ? 0 : P, pos_rows = N - first_pos;
   add_table_.backward(ctx, diff_dst, diff_table_);
-  // Each part of the table takes the gradient of its rows.
-  copy_(ctx, View{diff_table_.data() + first_pos * D, {pos_rows, D}, {D, 1}},
-        View{pos_embed->grad.data(), {pos_rows, D}, {D, 1}});
+  // Each trained part of the table takes the gradient of its rows.
+  if (pos_embed && pos_embed->trainable)
+    copy_(ctx, View{diff_table_.data() + first_pos * D, {pos_rows, D}, {D, 1}},
+          View{pos_embed->grad.data(), {pos_rows, D}, {D, 1}});
   int64_t row = 0;
   for (engine::Parameter* token : {cls_token, dist_token, reg_token}) {
     if (!token) continue;
@@ -88,7 +120,8 @@ void PosEmbed::fill_prefix(float* table) const {
     if (!token) continue;
     const int64_t n = token->value.numel();
     for (int64_t i = 0; i < n; ++i)
-      table[row * D + i] = token->value[i] + (embed_prefix ? pos_embed->value[row * D + i] : 0.0f);
+      table[row * D + i] =
+          token->value[i] + (embed_prefix && pos_embed ? pos_embed->value[row * D + i] : 0.0f);
     row += n / D;
   }
 }
@@ -100,11 +133,13 @@ std::unique_ptr<FusedStep> PosEmbed::fused(FusedBuild& f, const memory& patch_to
   p->images = B, p->tokens = N, p->prefix_rows = P, p->dim = D;
   p->patch_tokens =
       memory(fused_desc({B, L, D}, dt::f32), f.ctx.eng, patch_tokens.get_data_handle());
-  const memory pos = f.packed.vector(f.ctx, *pos_embed, embed_prefix ? P * D : 0, L * D);
-  p->pos_rows = memory(fused_desc({1, L, D}, dt::f32), f.ctx.eng, pos.get_data_handle());
-  p->add_pos = dnnl::binary({{dnnl::algorithm::binary_add, p->patch_tokens.get_desc(),
-                              p->pos_rows.get_desc(), p->patch_tokens.get_desc()},
-                             f.ctx.eng});
+  if (pos_embed) {
+    const memory pos = f.packed.vector(f.ctx, *pos_embed, embed_prefix ? P * D : 0, L * D);
+    p->pos_rows = memory(fused_desc({1, L, D}, dt::f32), f.ctx.eng, pos.get_data_handle());
+    p->add_pos = dnnl::binary({{dnnl::algorithm::binary_add, p->patch_tokens.get_desc(),
+                                p->pos_rows.get_desc(), p->patch_tokens.get_desc()},
+                               f.ctx.eng});
+  }
   p->x = static_cast<float*>(x.get_data_handle());
   p->x_patch_rows = memory(fused_desc({B, L, D}, dt::f32, {N * D, D, 1}), f.ctx.eng, p->x + P * D);
   p->place = dnnl::reorder(p->patch_tokens, p->x_patch_rows);
@@ -115,9 +150,10 @@ std::unique_ptr<FusedStep> PosEmbed::fused(FusedBuild& f, const memory& patch_to
 }
 
 void PosEmbed::Fused::run(dnnl::stream& s) {
-  add_pos.execute(
-      s,
-      {{DNNL_ARG_SRC_0, patch_tokens}, {DNNL_ARG_SRC_1, pos_rows}, {DNNL_ARG_DST, patch_tokens}});
+  if (add_pos)
+    add_pos.execute(
+        s,
+        {{DNNL_ARG_SRC_0, patch_tokens}, {DNNL_ARG_SRC_1, pos_rows}, {DNNL_ARG_DST, patch_tokens}});
   place.execute(s, patch_tokens, x_patch_rows);
   if (prefix_rows == 0) return;
   const float* table = static_cast<const float*>(prefix.get_data_handle());

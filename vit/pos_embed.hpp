@@ -1,6 +1,7 @@
 // timm's _pos_embed, the token embedding: the prefix tokens (cls_token, DeiT's dist_token,
 // then reg_tokens registers) before the patch tokens, and the learned pos_embed added, over all N
-// rows or, with no_embed_class, over the patch rows only. [B, L, D] -> [B, N, D].
+// rows or, with no_embed_class, over the patch rows only. [B, L, D] -> [B, N, D]. With
+// VitConfig::pos_embed "sincos" the table is MAE's fixed one (a buffer), with "none" absent.
 #pragma once
 
 #include <vector>
@@ -24,7 +25,7 @@ struct PosEmbed {
   engine::Parameter* cls_token;                // [1, 1, D], or nullptr
   engine::Parameter* dist_token;               // [1, 1, D], or nullptr
   engine::Parameter* reg_token;                // [1, R, D], or nullptr
-  engine::Parameter* pos_embed;                // [1, N, D], or [1, L, D] with no_embed_class
+  engine::Parameter* pos_embed;  // [1, N, D], or [1, L, D] with no_embed_class; or nullptr
 
   // The fused piece: pos_embed added to the patch tokens in place and the result placed in
   // the residual stream's patch rows; the prefix rows copied from a table of the prefix
@@ -48,12 +49,17 @@ struct PosEmbed {
   struct Buffers {
     Tensor tokens, diff_patch_tokens;  // [B, N, D] with the prefix rows zero, [B, L, D]
   };
+  VitConfig sincos_config_;    // the grid of a sincos table
   Tensor table_, diff_table_;  // [1, N, D]: what is added to every image, and its gradient
   engine::Binary add_{dnnl::algorithm::binary_add};
   engine::Reorder copy_;
   engine::BroadcastAdd add_table_;
   engine::PlanCache<Buffers> buffers_;
 };
+
+// MAE's 2-D sine-cosine positional table for c's grid, [pos_embed_len, D] row-major: the prefix
+// rows zero, then one row per patch in row-major grid order.
+void sincos_pos_embed(const VitConfig& c, float* table);
 
 // The weights of torch's bicubic F.interpolate along one axis (align_corners=False), as a
 // dense [out, in] matrix: with antialias (timm's resample_abs_pos_embed default) the PIL-style

@@ -1,0 +1,475 @@
+// The self-attention lab's variants (VitConfig's pos_embed and attn_* settings): each against a
+// naive loop, by finite differences, fused equal to the layers, and the properties a wrong
+// implementation fails (a model without positions is blind to the patches' order; a window
+// hides what lies outside it).
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+
+#include <nlohmann/json.hpp>
+
+#include "check.hpp"
+#include "engine/error.hpp"
+#include "engine/safetensors.hpp"
+#include "vit/additive_scores.hpp"
+#include "vit/block.hpp"
+#include "vit/inference.hpp"
+#include "vit/multi_head_attention.hpp"
+#include "vit/vision_transformer.hpp"
+
+using namespace vit;
+using check::max_abs_diff, check::parameter_targets, check::randomize_for_fd,
+    check::randomize_parameters;
+
+namespace {
+
+// A 4×4 grid of patches (N = 17 with the cls token), D 8, two heads, one or two blocks.
+VitConfig lab_config() {
+  VitConfig c;
+  c.img_size = 16, c.patch_size = 4, c.in_chans = 1, c.num_classes = 3;
+  c.embed_dim = 8, c.depth = 2, c.num_heads = 2, c.mlp_ratio = 2.0;
+  return c;
+}
+
+// The exact-attention family by the book, in double: scores q·kᵀ/√d per head, or additive
+// wᵀ tanh(W_q q + W_k k); the window's mask; softmax, relu(s)/n or σ(s − log n) over the
+// allowed keys; the values mixed; proj.
+std::vector<double> naive_attention(const MultiHeadAttention& attn, const VitConfig& c,
+                                    const Tensor& x) {
+  const int64_t B = x.dim(0), N = x.dim(1), D = c.embed_dim, H = c.num_heads, d = D / H;
+  const int64_t P = c.num_prefix_tokens(), G = c.grid(), R = c.attn_window;
+  const double n_keys = double(c.keys_per_query());
+  auto allowed = [&](int64_t i, int64_t j) {
+    if (R == 0 || i < P || j < P) return true;
+    const int64_t dr = (i - P) / G - (j - P) / G, dc = (i - P) % G - (j - P) % G;
+    return std::max(std::abs(dr), std::abs(dc)) <= R;
+  };
+  std::vector<double> qkv(B * N * 3 * D), merged(B * N * D), out(B * N * D);
+  const float* W = attn.qkv.weight->value.data();
+  for (int64_t t = 0; t < B * N; ++t)
+    for (int64_t o = 0; o < 3 * D; ++o) {
+      double s = attn.qkv.bias->value[o];
+      for (int64_t i = 0; i < D; ++i) s += double(x[t * D + i]) * W[o * D + i];
+      qkv[t * 3 * D + o] = s;
+    }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < N; ++i) {
+        std::vector<double> w(N, 0.0);
+        double mx = -1e300;
+        for (int64_t j = 0; j < N; ++j) {
+          if (!allowed(i, j)) continue;
+          const double* q = &qkv[(b * N + i) * 3 * D + h * d];
+          const double* k = &qkv[(b * N + j) * 3 * D + D + h * d];
+          double s = 0;
+          if (attn.additive) {
+            const int64_t A = c.additive_dim();
+            const float* Wq = attn.additive->w_q->value.data() + h * A * d;
+            const float* Wk = attn.additive->w_k->value.data() + h * A * d;
+            for (int64_t a = 0; a < A; ++a) {
+              double pre = 0;
+              for (int64_t e = 0; e < d; ++e) pre += Wq[a * d + e] * q[e] + Wk[a * d + e] * k[e];
+              s += attn.additive->w->value[h * A + a] * std::tanh(pre);
+            }
+          } else {
+            for (int64_t e = 0; e < d; ++e) s += q[e] * k[e];
+            s /= std::sqrt(double(d));
+          }
+          w[j] = s;
+          mx = std::max(mx, w[j]);
+        }
+        double sum = 0;
+        for (int64_t j = 0; j < N; ++j) {
+          if (!allowed(i, j)) continue;
+          if (c.attn_norm == "softmax") sum += (w[j] = std::exp(w[j] - mx));
+          if (c.attn_norm == "relu") w[j] = std::max(w[j], 0.0) / n_keys;
+          if (c.attn_norm == "sigmoid") w[j] = 1 / (1 + std::exp(-(w[j] - std::log(n_keys))));
+        }
+        if (c.attn_norm == "softmax")
+          for (double& v : w) v /= sum;
+        for (int64_t e = 0; e < d; ++e) {
+          double s = 0;
+          for (int64_t j = 0; j < N; ++j) s += w[j] * qkv[(b * N + j) * 3 * D + 2 * D + h * d + e];
+          merged[(b * N + i) * D + h * d + e] = s;
+        }
+      }
+  const float* Wp = attn.proj.weight->value.data();
+  for (int64_t t = 0; t < B * N; ++t)
+    for (int64_t o = 0; o < D; ++o) {
+      double s = attn.proj.bias->value[o];
+      for (int64_t i = 0; i < D; ++i) s += merged[t * D + i] * Wp[o * D + i];
+      out[t * D + o] = s;
+    }
+  return out;
+}
+
+// The exact-attention variants: each normalisation, global and windowed, with and without a
+// register token beside the cls token.
+std::vector<VitConfig> exact_variants() {
+  std::vector<VitConfig> out;
+  for (const char* norm : {"softmax", "relu", "sigmoid"})
+    for (int64_t window : {0, 1})
+      for (int64_t regs : {0, 1}) {
+        VitConfig c = lab_config();
+        c.attn_norm = norm, c.attn_window = window, c.reg_tokens = regs;
+        if (norm == std::string("softmax") && window == 0 && regs == 0) continue;  // test_vit's
+        out.push_back(c);
+      }
+  for (const char* norm : {"softmax", "relu"}) {
+    VitConfig c = lab_config();
+    c.attn_score = "additive", c.attn_norm = norm;
+    out.push_back(c);
+  }
+  VitConfig c = lab_config();
+  c.attn_score = "additive", c.attn_additive_dim = 3, c.attn_window = 1, c.reg_tokens = 1;
+  out.push_back(c);
+  return out;
+}
+
+// Under softmax, what W_q adds to a query's scores is the same for every key while tanh is
+// near linear, and the softmax ignores it: inside attention, W_q's and W_k's gradients are
+// mostly tanh's curvature, near float32's rounding of the loss. Their backward is checked on
+// the scores themselves (AdditiveScores by FD, below); inside attention they are left out.
+std::vector<check::GradTarget> targets_but_additive(ParameterStore& store, int64_t limit) {
+  std::vector<check::GradTarget> out;
+  for (const check::GradTarget& t : parameter_targets(store, limit))
+    if (!t.name.ends_with(".additive_q") && !t.name.ends_with(".additive_k")) out.push_back(t);
+  return out;
+}
+
+std::string describe(const VitConfig& c) {
+  return nlohmann::json(c).dump();
+}
+
+}  // namespace
+
+TEST_CASE("attention lab: the normalisations and the window against a naive loop and by FD") {
+  Context ctx(41);
+  std::mt19937_64 rng(411);
+  for (const VitConfig& c : exact_variants()) {
+    CAPTURE(describe(c));
+    ParameterStore store;
+    MultiHeadAttention attn(store, "attn", c);
+    store.allocate(ctx.eng);
+    randomize_parameters(store, rng, 0.6f);
+    Tensor x = check::random_tensor(ctx, {2, c.num_tokens(), c.embed_dim}, rng);
+    const Tensor& y = attn.forward(ctx, x);
+    ctx.wait();
+    check::check_close("attention", y, naive_attention(attn, c, x), 1e-4, 1e-5);
+
+    auto forward = [&]() -> const Tensor& { return attn.forward(ctx, x); };
+    Tensor r = check::random_tensor(ctx, y.dims(), rng);
+    const Tensor& dx = attn.backward(ctx, r);
+    ctx.wait();
+    auto targets = targets_but_additive(store, 1 << 30);
+    targets.push_back({"x", x.data(), x.numel(), dx.data()});
+    // relu(s)/n has a kink at every score: a step crosses some of them.
+    check::check_gradients(ctx, forward, r, targets, 1e-3f, c.attn_norm == "relu" ? 0.4 : 0.05);
+  }
+}
+
+TEST_CASE("attention lab: additive scores against a naive loop and by FD, strided q and k") {
+  Context ctx(45);
+  std::mt19937_64 rng(451);
+  VitConfig c = lab_config();
+  c.attn_score = "additive", c.attn_additive_dim = 3;
+  const int64_t B = 2, H = c.num_heads, Nq = 5, Nk = 4, d = c.head_dim(), A = 3;
+  ParameterStore store;
+  AdditiveScores scores(store, "attn", c, 0.5f);
+  store.allocate(ctx.eng);
+  randomize_parameters(store, rng, 0.8f);
+  // q and k as heads of token rows [B, N, H, d] with a gap after each row, as attention reads
+  // them from its qkv output.
+  const int64_t row = H * d + 3;
+  Tensor q_rows = check::random_tensor(ctx, {B, Nq, row}, rng);
+  Tensor k_rows = check::random_tensor(ctx, {B, Nk, row}, rng);
+  Tensor dq_rows(ctx.eng, {B, Nq, row}), dk_rows(ctx.eng, {B, Nk, row});
+  auto heads = [&](const Tensor& t, int64_t N) {
+    return View{t.data(), {B, H, N, d}, {N * row, d, row, 1}};
+  };
+  const Tensor& s = scores.forward(ctx, heads(q_rows, Nq), heads(k_rows, Nk));
+  ctx.wait();
+  std::vector<double> want(size_t(B * H * Nq * Nk));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < Nq; ++i)
+        for (int64_t j = 0; j < Nk; ++j) {
+          double sum = 0;
+          for (int64_t a = 0; a < A; ++a) {
+            double pre = 0;
+            for (int64_t e = 0; e < d; ++e)
+              pre +=
+                  scores.w_q->value[(h * A + a) * d + e] * q_rows[(b * Nq + i) * row + h * d + e] +
+                  scores.w_k->value[(h * A + a) * d + e] * k_rows[(b * Nk + j) * row + h * d + e];
+            sum += scores.w->value[h * A + a] * std::tanh(pre);
+          }
+          want[size_t(((b * H + h) * Nq + i) * Nk + j)] = 0.5 * sum;
+        }
+  check::check_close("additive scores", s, want, 1e-4, 1e-5);
+
+  auto forward = [&]() -> const Tensor& {
+    return scores.forward(ctx, heads(q_rows, Nq), heads(k_rows, Nk));
+  };
+  Tensor r = check::random_tensor(ctx, s.dims(), rng);
+  scores.backward(ctx, r, heads(dq_rows, Nq), heads(dk_rows, Nk));
+  ctx.wait();
+  for (int64_t t = 0; t < B * Nq; ++t)  // the gaps are not written
+    for (int64_t e = H * d; e < row; ++e) CHECK(dq_rows[t * row + e] == 0.0f);
+  auto targets = parameter_targets(store);
+  targets.push_back({"q", q_rows.data(), q_rows.numel(), dq_rows.data()});
+  targets.push_back({"k", k_rows.data(), k_rows.numel(), dk_rows.data()});
+  // The gaps have a zero gradient both ways; every other element must match.
+  check::check_gradients(ctx, forward, r, targets);
+}
+
+TEST_CASE("attention lab: score_bias masks exactly the keys outside the window") {
+  VitConfig c = lab_config();
+  c.attn_window = 1;
+  const std::vector<float> bias = score_bias(c);
+  const int64_t N = c.num_tokens();
+  REQUIRE(bias.size() == size_t(N * N));
+  // Patch (1, 1) is token 1 + 5: it sees rows 0-2, columns 0-2 and the cls token.
+  int64_t open = 0;
+  for (int64_t j = 0; j < N; ++j) open += bias[6 * N + j] == 0.0f;
+  CHECK(open == 1 + 9);
+  CHECK(bias[6 * N + 0] == 0.0f);                          // the cls token
+  CHECK(bias[6 * N + 1 + 3] == kMasked);                   // patch (0, 3)
+  CHECK(bias[6 * N + 1 + 2 * 4 + 2] == 0.0f);              // patch (2, 2)
+  CHECK(bias[(1 + 15) * N + 1 + 0] == kMasked);            // (3, 3) does not see (0, 0)
+  for (int64_t j = 0; j < N; ++j) CHECK(bias[j] == 0.0f);  // the cls token sees everything
+  c.attn_norm = "sigmoid";
+  const float shift = -float(std::log(double(c.keys_per_query())));
+  CHECK(c.keys_per_query() == 9 + 1);
+  CHECK(score_bias(c)[6 * N + 0] == shift);
+  c.attn_window = 0;
+  CHECK(score_bias(c) == std::vector<float>(size_t(N * N), -float(std::log(double(N)))));
+  c.attn_norm = "relu";
+  CHECK(score_bias(c).empty());
+  CHECK(score_scale(c) == doctest::Approx(1.0 / (std::sqrt(4.0) * double(N))));
+}
+
+TEST_CASE("attention lab: MAE's sine-cosine table equals numpy's get_2d_sincos_pos_embed") {
+  const engine::SafetensorsFile ref(std::filesystem::path(VIT_FIXTURES) /
+                                    "sincos_pos_embed.safetensors");
+  struct Case {
+    const char* name;
+    int64_t dim, grid;
+    bool embed_class;
+  };
+  for (const Case& k : {Case{"d16_grid4_cls", 16, 4, true}, Case{"d8_grid3_none", 8, 3, false},
+                        Case{"d64_grid14_cls", 64, 14, true}}) {
+    CAPTURE(k.name);
+    VitConfig c = lab_config();
+    c.embed_dim = k.dim, c.num_heads = 2, c.img_size = k.grid * c.patch_size;
+    c.no_embed_class = !k.embed_class, c.pos_embed = "sincos";
+    std::vector<float> want(size_t(c.pos_embed_len() * k.dim)), got(want.size());
+    ref.read_f32(k.name, {c.pos_embed_len(), k.dim}, want.data());
+    sincos_pos_embed(c, got.data());
+    double worst = 0;
+    for (size_t i = 0; i < want.size(); ++i)
+      worst = std::max(worst, double(std::abs(got[i] - want[i])));
+    CHECK(worst < 1e-6);
+  }
+}
+
+TEST_CASE(
+    "attention lab: whole models with each variant, gradients by FD and the fused path equal "
+    "to the layers") {
+  Context ctx(42);
+  std::mt19937_64 rng(421);
+  std::vector<VitConfig> configs;
+  for (const char* pos : {"sincos", "none"}) {
+    VitConfig c = lab_config();
+    c.pos_embed = pos;
+    configs.push_back(c);
+  }
+  VitConfig c = lab_config();
+  // DINOv2's layout with a fixed table; pooled by avg, so that every query of the last block
+  // matters (with token pooling only the cls token's does, and its q gradient is tiny).
+  c.pos_embed = "sincos", c.no_embed_class = true, c.reg_tokens = 2, c.global_pool = "avg";
+  configs.push_back(c);
+  for (const char* norm : {"relu", "sigmoid"}) {
+    c = lab_config();
+    c.attn_norm = norm;
+    configs.push_back(c);
+  }
+  c = lab_config();
+  c.attn_window = 1, c.attn_norm = "relu", c.qk_norm = true;
+  configs.push_back(c);
+  c = lab_config();
+  c.attn_window = 2, c.global_pool = "avg", c.fc_norm = true;
+  configs.push_back(c);
+  c = lab_config();
+  c.attn_score = "additive", c.attn_additive_dim = 6;
+  configs.push_back(c);
+  c = lab_config();
+  c.attn_score = "additive", c.attn_norm = "sigmoid", c.qk_norm = true, c.attn_window = 1;
+  configs.push_back(c);
+  c = lab_config();
+  c.attn_score = "additive", c.attn_norm = "relu", c.attn_window = 2;
+  configs.push_back(c);
+  for (const VitConfig& config : configs) {
+    CAPTURE(describe(config));
+    ParameterStore store;
+    VisionTransformer model(store, config);
+    store.allocate(ctx.eng);
+    model.init_weights(ctx);
+    const engine::Parameter* pos = store.find("pos_embed");
+    CHECK((pos != nullptr) == (config.pos_embed != "none"));
+    if (pos) CHECK(pos->trainable == (config.pos_embed == "learn"));
+    CHECK((store.find("blocks.1.attn.additive_w") != nullptr) == (config.attn_score == "additive"));
+    randomize_for_fd(store, rng, 0.4f);
+    Tensor patches = check::random_tensor(ctx, {2, config.num_patches(), config.patch_dim()}, rng);
+    auto forward = [&]() -> const Tensor& { return model.forward(ctx, patches); };
+    Tensor r = check::random_tensor(ctx, forward().dims(), rng);
+    store.zero_grad();
+    model.backward(ctx, r);
+    ctx.wait();
+    // A deep float32 forward: a larger step keeps rounding noise below the tolerance. Not with
+    // ReLU attention: every parameter here moves thousands of scores, some of which cross zero
+    // on both sides of any step, so no central difference is the slope at the point. Nor with
+    // additive scores, where q's part of the scores is nearly constant per query (see
+    // targets_but_additive) and the gradients of what makes q fall to rounding. Their layers are
+    // checked by FD above; the model around them is the same as for every other variant.
+    if (config.attn_norm != "relu" && config.attn_score != "additive")
+      check::check_gradients(ctx, forward, r, targets_but_additive(store, 6), 1e-2f);
+
+    model.train(false);
+    Tensor want(ctx.eng, {2, config.num_outputs()});
+    want.copy_from(model.forward(ctx, patches));
+    ctx.wait();
+    for (auto precision : {engine::Precision::f32, engine::Precision::bf16}) {
+      if (!engine::precision_supported(precision)) continue;
+      VitInference fused(model, store, precision);
+      CHECK(max_abs_diff(ctx, fused.forward(ctx, patches), want) <
+            (precision == engine::Precision::f32 ? 1e-5 : 3e-2));
+    }
+  }
+}
+
+TEST_CASE("attention lab: without positions a ViT cannot tell the patches' order") {
+  Context ctx(43);
+  std::mt19937_64 rng(431);
+  for (const std::string pos : {"none", "learn", "sincos"}) {
+    CAPTURE(pos);
+    VitConfig c = lab_config();
+    c.pos_embed = pos;
+    ParameterStore store;
+    VisionTransformer model(store, c);
+    store.allocate(ctx.eng);
+    model.init_weights(ctx);
+    randomize_parameters(store, rng, 0.4f);
+    model.train(false);
+    const int64_t L = c.num_patches(), K = c.patch_dim();
+    Tensor patches = check::random_tensor(ctx, {1, L, K}, rng);
+    Tensor permuted(ctx.eng, {1, L, K});
+    std::vector<int64_t> order(static_cast<size_t>(L));
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), rng);
+    for (int64_t l = 0; l < L; ++l)
+      std::copy_n(patches.data() + order[l] * K, K, permuted.data() + l * K);
+    Tensor logits(ctx.eng, {1, c.num_classes});
+    logits.copy_from(model.forward(ctx, patches));
+    const double moved = max_abs_diff(ctx, model.forward(ctx, permuted), logits);
+    VitInference fused(model, store, engine::Precision::f32);
+    const double moved_fused = max_abs_diff(ctx, fused.forward(ctx, permuted), logits);
+    if (c.pos_embed == "none") {  // rounding only: 1e-8 here
+      CHECK(moved < 1e-6);
+      CHECK(moved_fused < 1e-6);
+    } else {  // the positions make the order matter: 3e-4 and 9e-4 here
+      CHECK(moved > 3e-5);
+      CHECK(moved_fused > 3e-5);
+    }
+  }
+}
+
+TEST_CASE("attention lab: a window hides the patches outside it from a token's block output") {
+  Context ctx(44);
+  std::mt19937_64 rng(441);
+  for (const std::string norm : {"softmax", "relu", "sigmoid"}) {
+    CAPTURE(norm);
+    VitConfig c = lab_config();
+    c.attn_window = 1, c.attn_norm = norm, c.depth = 1;
+    ParameterStore store;
+    Block block(store, "blocks.0", c, 0.0f);
+    store.allocate(ctx.eng);
+    block.init_weights(ctx);
+    randomize_parameters(store, rng, 0.6f);
+    block.train(false);
+    const int64_t N = c.num_tokens(), D = c.embed_dim;
+    Tensor x = check::random_tensor(ctx, {1, N, D}, rng);
+    Tensor base(ctx.eng, {1, N, D});
+    base.copy_from(block.forward(ctx, x));
+    ctx.wait();
+    // Token 1 + 5 is patch (1, 1): patch (3, 3) is outside its window, (2, 2) inside.
+    auto change_of_token = [&](int64_t token, int64_t perturbed) {
+      std::vector<float> saved = check::copy_of(x.data() + perturbed * D, D);
+      // Not a constant: LayerNorm would remove it.
+      for (int64_t i = 0; i < D; ++i) x[perturbed * D + i] += 0.5f * float(i % 3) - 0.4f;
+      const Tensor& y = block.forward(ctx, x);
+      ctx.wait();
+      double m = 0;
+      for (int64_t i = 0; i < D; ++i)
+        m = std::max(m, double(std::abs(y[token * D + i] - base[token * D + i])));
+      std::copy(saved.begin(), saved.end(), x.data() + perturbed * D);
+      return m;
+    };
+    CHECK(change_of_token(6, 1 + 15) == 0.0);  // (3, 3): outside, no effect at all
+    CHECK(change_of_token(6, 1 + 10) > 1e-3);  // (2, 2): inside
+    CHECK(change_of_token(0, 1 + 15) > 1e-3);  // the cls token sees every patch
+    CHECK(change_of_token(1 + 15, 0) > 1e-3);  // and every patch sees it
+  }
+}
+
+TEST_CASE("attention lab: settings are written only when not the default, read back, refused") {
+  const VitConfig plain = lab_config();
+  const nlohmann::json j = plain;
+  const nlohmann::json settings = lab_settings(plain);
+  for (auto it = settings.begin(); it != settings.end(); ++it) CHECK_FALSE(j.contains(it.key()));
+  VitConfig c = plain;
+  c.pos_embed = "sincos", c.attn_norm = "sigmoid", c.attn_window = 2;
+  const nlohmann::json k = c;
+  CHECK(k.at("pos_embed") == "sincos");
+  CHECK(k.at("attn_norm") == "sigmoid");
+  CHECK(k.at("attn_window") == 2);
+  CHECK_FALSE(k.contains("attn_score"));
+  CHECK_FALSE(k.contains("attn_redraw"));  // Performer's only
+  CHECK(k.get<VitConfig>() == c);
+
+  auto refusal = [](VitConfig bad) {
+    try {
+      bad.validate();
+    } catch (const engine::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  c = plain;
+  c.attn_window = 4;  // a 4×4 grid: R ≤ 3
+  CHECK(refusal(c).find("--attn-window must be in [0, 3]") != std::string::npos);
+  c = plain;
+  c.pos_embed = "sincos", c.embed_dim = 6, c.num_heads = 2;
+  CHECK(refusal(c).find("--pos-embed sincos needs --embed-dim divisible by 4") !=
+        std::string::npos);
+  c = plain;
+  c.pos_embed = "fixed";
+  CHECK(refusal(c).find("--pos-embed must be learned (a file's 'learn'), sincos or none") !=
+        std::string::npos);
+  c = plain;
+  c.attn_norm = "tanh";
+  CHECK(refusal(c).find("--attn-norm must be softmax, relu or sigmoid") != std::string::npos);
+  c = plain;
+  c.attn_additive_dim = 16;
+  CHECK(refusal(c).find("--attn-additive-dim applies to --attn-score additive only") !=
+        std::string::npos);
+  c = plain;
+  c.attn_lowrank = 4, c.attn_window = 1;
+  CHECK(refusal(c).find("cannot take --attn-window") != std::string::npos);
+  c = plain;
+  c.attn_features = 16;
+  CHECK(refusal(c).find("--attn-features (Performer) needs the performer attention") !=
+        std::string::npos);
+}
