@@ -351,7 +351,7 @@ def plot(args, stats):
     ax.set_xscale("log")
     ax.set_xlabel("training images (stratified subset)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"ViT vs CNN on {os.path.basename(os.path.dirname(os.path.abspath(args.data)))}"
+    ax.set_title(f"ViT vs CNN on {args.data_name}"
                  f" ({args.seeds} seed{'s' if args.seeds > 1 else ''}, ±1 s.d.)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
@@ -369,6 +369,11 @@ def main():
              "and start this script with Debian's /usr/bin/python3")
     if not os.access(args.vit, os.X_OK):
         fail(f"'{args.vit}': no vit executable (build it: cmake --workflow --preset release)")
+    # The plot's title names the data set (the folder above the training folder) before a class
+    # selection replaces args.data with a folder of links.
+    args.data_name = os.path.basename(os.path.dirname(os.path.abspath(args.data)))
+    if args.classes:
+        args.data_name += f", {len(args.classes.split(','))} classes"
     args.data = class_subset(args, args.data, "train")
     args.test_data = class_subset(args, args.test_data, "test")
     for init in (args.vit_init, args.cnn_init):
