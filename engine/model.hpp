@@ -48,6 +48,9 @@ class Model {
   // (not trainable), its layers run in evaluation mode and backward stops at them. False when
   // the architecture has no such mode.
   virtual bool freeze_backbone() { return false; }
+  // Called by train_step before the forward of optimizer step `step` (0-based, restored on
+  // resume): for state that changes on a schedule, as Performer's redrawn random features.
+  virtual void begin_step(int64_t step) { (void)step; }
 
   ParameterStore store;
 };

@@ -53,6 +53,7 @@ std::vector<double> Metrics::per_class_accuracy() const {
 float train_step(Context& ctx, Model& model, SoftmaxCrossEntropy& loss_fn, Optimizer& optimizer,
                  const Tensor& input, const std::vector<int>& labels, const Tensor* targets,
                  float lr, Metrics* metrics) {
+  model.begin_step(optimizer.steps());
   const Tensor& logits = model.forward(ctx, input);
   const float loss =
       targets ? loss_fn.forward(ctx, logits, *targets) : loss_fn.forward(ctx, logits, labels);

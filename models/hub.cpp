@@ -511,6 +511,11 @@ vit::VitConfig at_image_size(const vit::VitConfig& c, int64_t img_size) {
   if (img_size % c.patch_size != 0)
     throw Error("--img-size " + std::to_string(img_size) +
                 " is not a multiple of the model's patch size " + std::to_string(c.patch_size));
+  if (c.attn_lowrank > 0 && img_size != c.img_size)
+    throw Error("--img-size " + std::to_string(img_size) +
+                ": a Linformer model (attn_lowrank) projects exactly its " +
+                std::to_string(c.num_tokens()) + " tokens and runs at its own size, " +
+                std::to_string(c.img_size) + ", only");
   out.img_size = img_size;
   out.validate();
   return out;

@@ -25,6 +25,7 @@ class VitModel : public engine::Model {
     engine::require(training_, "VitModel: backward after an evaluation-mode forward");
     net.backward(ctx, diff_logits);
   }
+  void begin_step(int64_t step) override { net.begin_step(step); }
   void train(bool on) override {
     training_ = on;
     net.train(on);

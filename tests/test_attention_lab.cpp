@@ -55,15 +55,34 @@ std::vector<double> naive_attention(const MultiHeadAttention& attn, const VitCon
       for (int64_t i = 0; i < D; ++i) s += double(x[t * D + i]) * W[o * D + i];
       qkv[t * 3 * D + o] = s;
     }
+  // Linformer: the keys and values replaced by E·k and F·v over the sequence, K rows of them.
+  const int64_t Nk = c.attn_lowrank > 0 ? c.attn_lowrank : N;
+  std::vector<double> keys(B * Nk * D), values(B * Nk * D);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < Nk; ++j)
+      for (int64_t e = 0; e < D; ++e) {
+        double k = 0, v = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          const double kn = qkv[(b * N + n) * 3 * D + D + e],
+                       vn = qkv[(b * N + n) * 3 * D + 2 * D + e];
+          if (c.attn_lowrank == 0) {
+            k += n == j ? kn : 0.0, v += n == j ? vn : 0.0;
+          } else {
+            k += attn.lowrank_k->weight->value[j * N + n] * kn;
+            v += attn.lowrank_v->weight->value[j * N + n] * vn;
+          }
+        }
+        keys[(b * Nk + j) * D + e] = k, values[(b * Nk + j) * D + e] = v;
+      }
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h)
       for (int64_t i = 0; i < N; ++i) {
-        std::vector<double> w(N, 0.0);
+        std::vector<double> w(Nk, 0.0);
         double mx = -1e300;
-        for (int64_t j = 0; j < N; ++j) {
+        for (int64_t j = 0; j < Nk; ++j) {
           if (!allowed(i, j)) continue;
           const double* q = &qkv[(b * N + i) * 3 * D + h * d];
-          const double* k = &qkv[(b * N + j) * 3 * D + D + h * d];
+          const double* k = &keys[(b * Nk + j) * D + h * d];
           double s = 0;
           if (attn.additive) {
             const int64_t A = c.additive_dim();
@@ -82,7 +101,7 @@ std::vector<double> naive_attention(const MultiHeadAttention& attn, const VitCon
           mx = std::max(mx, w[j]);
         }
         double sum = 0;
-        for (int64_t j = 0; j < N; ++j) {
+        for (int64_t j = 0; j < Nk; ++j) {
           if (!allowed(i, j)) continue;
           if (c.attn_norm == "softmax") sum += (w[j] = std::exp(w[j] - mx));
           if (c.attn_norm == "relu") w[j] = std::max(w[j], 0.0) / n_keys;
@@ -92,7 +111,7 @@ std::vector<double> naive_attention(const MultiHeadAttention& attn, const VitCon
           for (double& v : w) v /= sum;
         for (int64_t e = 0; e < d; ++e) {
           double s = 0;
-          for (int64_t j = 0; j < N; ++j) s += w[j] * qkv[(b * N + j) * 3 * D + 2 * D + h * d + e];
+          for (int64_t j = 0; j < Nk; ++j) s += w[j] * values[(b * Nk + j) * D + h * d + e];
           merged[(b * N + i) * D + h * d + e] = s;
         }
       }
@@ -125,6 +144,14 @@ std::vector<VitConfig> exact_variants() {
   }
   VitConfig c = lab_config();
   c.attn_score = "additive", c.attn_additive_dim = 3, c.attn_window = 1, c.reg_tokens = 1;
+  out.push_back(c);
+  for (const char* norm : {"softmax", "sigmoid"}) {  // Linformer, K < N
+    c = lab_config();
+    c.attn_lowrank = 6, c.attn_norm = norm;
+    out.push_back(c);
+  }
+  c = lab_config();
+  c.attn_lowrank = 5, c.attn_norm = "relu", c.reg_tokens = 1;
   out.push_back(c);
   return out;
 }
@@ -225,6 +252,176 @@ TEST_CASE("attention lab: additive scores against a naive loop and by FD, stride
   check::check_gradients(ctx, forward, r, targets);
 }
 
+namespace {
+
+// Performer's attention by its definition (vit/performer.hpp), in double, from q, k, v as
+// attention makes them (x·W_qkv + b), with the model's random features.
+std::vector<double> naive_performer(const MultiHeadAttention& attn, const VitConfig& c,
+                                    const Tensor& x) {
+  const int64_t B = x.dim(0), N = x.dim(1), D = c.embed_dim, H = c.num_heads, d = D / H;
+  const int64_t M = c.attn_features;
+  const double s = 1.0 / std::pow(double(d), 0.25), eps = 1e-4, scale = 1.0 / std::sqrt(double(M));
+  std::vector<double> qkv(B * N * 3 * D), merged(B * N * D), out(B * N * D);
+  const float* W = attn.qkv.weight->value.data();
+  for (int64_t t = 0; t < B * N; ++t)
+    for (int64_t o = 0; o < 3 * D; ++o) {
+      double sum = attn.qkv.bias->value[o];
+      for (int64_t i = 0; i < D; ++i) sum += double(x[t * D + i]) * W[o * D + i];
+      qkv[t * 3 * D + o] = sum;
+    }
+  const float* omega = attn.favor->w->value.data();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      auto at = [&](int64_t n, int which, int64_t e) {
+        return qkv[(b * N + n) * 3 * D + which * D + h * d + e];
+      };
+      std::vector<double> uq(N * M), uk(N * M);
+      double k_max = -1e300;
+      for (int64_t n = 0; n < N; ++n) {
+        double k_sq = 0;
+        for (int64_t e = 0; e < d; ++e) k_sq += s * at(n, 1, e) * s * at(n, 1, e);
+        for (int64_t m = 0; m < M; ++m) {
+          double dq = 0, dk = 0;
+          for (int64_t e = 0; e < d; ++e) dq += omega[m * d + e] * s * at(n, 0, e);
+          for (int64_t e = 0; e < d; ++e) dk += omega[m * d + e] * s * at(n, 1, e);
+          uq[n * M + m] = dq;
+          uk[n * M + m] = dk - k_sq / 2;
+          k_max = std::max(k_max, uk[n * M + m]);
+        }
+      }
+      std::vector<double> phi_q(N * M), phi_k(N * M);
+      for (int64_t n = 0; n < N; ++n) {
+        const double q_max = *std::max_element(&uq[n * M], &uq[n * M] + M);
+        for (int64_t m = 0; m < M; ++m) {
+          phi_q[n * M + m] = (std::exp(uq[n * M + m] - q_max) + eps) * scale;
+          phi_k[n * M + m] = (std::exp(uk[n * M + m] - k_max) + eps) * scale;
+        }
+      }
+      for (int64_t i = 0; i < N; ++i) {
+        double den = 0;
+        std::vector<double> num(d, 0.0);
+        for (int64_t j = 0; j < N; ++j) {
+          double a = 0;
+          for (int64_t m = 0; m < M; ++m) a += phi_q[i * M + m] * phi_k[j * M + m];
+          den += a;
+          for (int64_t e = 0; e < d; ++e) num[e] += a * at(j, 2, e);
+        }
+        for (int64_t e = 0; e < d; ++e) merged[(b * N + i) * D + h * d + e] = num[e] / den;
+      }
+    }
+  const float* Wp = attn.proj.weight->value.data();
+  for (int64_t t = 0; t < B * N; ++t)
+    for (int64_t o = 0; o < D; ++o) {
+      double sum = attn.proj.bias->value[o];
+      for (int64_t i = 0; i < D; ++i) sum += merged[t * D + i] * Wp[o * D + i];
+      out[t * D + o] = sum;
+    }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("attention lab: Performer against its definition, by FD, features orthogonal") {
+  Context ctx(47);
+  std::mt19937_64 rng(471);
+  for (const bool qk_norm : {false, true}) {
+    CAPTURE(qk_norm);
+    VitConfig c = lab_config();
+    c.attn_features = 12, c.qk_norm = qk_norm;  // 3 blocks of d = 4
+    ParameterStore store;
+    MultiHeadAttention attn(store, "attn", c);
+    store.allocate(ctx.eng);
+    attn.init_weights(ctx);  // the features; the rest random, norm scales near 1
+    randomize_for_fd(store, rng, 0.6f);
+    // Within a block of d rows the directions are orthogonal; the lengths vary.
+    const float* w = attn.favor->w->value.data();
+    for (int64_t i = 0; i < 4; ++i)
+      for (int64_t j = 0; j < i; ++j) {
+        double dot = 0, ni = 0, nj = 0;
+        for (int64_t e = 0; e < 4; ++e)
+          dot += w[i * 4 + e] * w[j * 4 + e], ni += w[i * 4 + e] * w[i * 4 + e],
+              nj += w[j * 4 + e] * w[j * 4 + e];
+        CHECK(std::abs(dot) < 1e-5 * std::sqrt(ni * nj));
+      }
+    Tensor x = check::random_tensor(ctx, {2, c.num_tokens(), c.embed_dim}, rng);
+    const Tensor& y = attn.forward(ctx, x);
+    ctx.wait();
+    if (!qk_norm) check::check_close("performer", y, naive_performer(attn, c, x), 1e-4, 1e-5);
+    auto forward = [&]() -> const Tensor& { return attn.forward(ctx, x); };
+    Tensor r = check::random_tensor(ctx, y.dims(), rng);
+    const Tensor& dx = attn.backward(ctx, r);
+    ctx.wait();
+    auto targets = parameter_targets(store);
+    CHECK(std::none_of(targets.begin(), targets.end(),
+                       [](const check::GradTarget& t) { return t.name == "attn.performer_w"; }));
+    targets.push_back({"x", x.data(), x.numel(), dx.data()});
+    check::check_gradients(ctx, forward, r, targets);
+  }
+}
+
+TEST_CASE("attention lab: Performer approaches softmax attention as its features grow") {
+  Context ctx(48);
+  std::mt19937_64 rng(481);
+  VitConfig exact = lab_config();
+  ParameterStore exact_store;
+  MultiHeadAttention reference(exact_store, "attn", exact);
+  exact_store.allocate(ctx.eng);
+  randomize_parameters(exact_store, rng, 0.5f);
+  Tensor x = check::random_tensor(ctx, {2, exact.num_tokens(), exact.embed_dim}, rng);
+  Tensor want(ctx.eng, x.dims());
+  want.copy_from(reference.forward(ctx, x));
+  ctx.wait();
+  std::vector<double> errors;
+  for (const int64_t M : {8, 32, 128, 512, 2048}) {
+    VitConfig c = exact;
+    c.attn_features = M;
+    ParameterStore store;
+    MultiHeadAttention attn(store, "attn", c);
+    store.allocate(ctx.eng);
+    for (const engine::Parameter& p : exact_store.parameters())
+      store[p.name].value.copy_from(p.value);
+    double error = 0;  // mean over draws of the features of the mean |error|
+    for (int draw = 0; draw < 6; ++draw) {
+      attn.favor->redraw(rng);
+      const Tensor& y = attn.forward(ctx, x);
+      ctx.wait();
+      for (int64_t i = 0; i < y.numel(); ++i) error += std::abs(y[i] - want[i]) / double(y.numel());
+    }
+    errors.push_back(error / 6);
+    MESSAGE("M " << M << ": mean |Performer - softmax| " << errors.back());
+  }
+  // Monte Carlo's 1/√M would be 16× from 8 to 2048 features; ε = 1e-4 sets a floor that the
+  // largest M nears (here 0.028, 0.013, 0.0059, 0.0046, 0.0032).
+  for (size_t i = 1; i < errors.size(); ++i) CHECK(errors[i] < errors[i - 1]);
+  CHECK(errors.back() < errors.front() / 6);
+}
+
+TEST_CASE("attention lab: Linformer with K = N and E = F = identity is exact attention") {
+  Context ctx(46);
+  std::mt19937_64 rng(461);
+  VitConfig exact = lab_config(), linformer = lab_config();
+  linformer.attn_lowrank = linformer.num_tokens();
+  ParameterStore exact_store, linformer_store;
+  MultiHeadAttention a(exact_store, "attn", exact), b(linformer_store, "attn", linformer);
+  exact_store.allocate(ctx.eng);
+  linformer_store.allocate(ctx.eng);
+  randomize_parameters(exact_store, rng, 0.6f);
+  for (const engine::Parameter& p : exact_store.parameters())
+    linformer_store[p.name].value.copy_from(p.value);
+  const int64_t N = exact.num_tokens();
+  for (engine::Linear* l : {&*b.lowrank_k, &*b.lowrank_v}) {
+    l->weight->value.zero();
+    for (int64_t i = 0; i < N; ++i) l->weight->value[i * N + i] = 1.0f;
+  }
+  Tensor x = check::random_tensor(ctx, {2, N, exact.embed_dim}, rng);
+  Tensor want(ctx.eng, x.dims());
+  want.copy_from(a.forward(ctx, x));
+  CHECK(max_abs_diff(ctx, b.forward(ctx, x), want) < 1e-6);
+  // And not with another E: the test can fail.
+  b.lowrank_k->weight->value[1] = 0.5f;
+  CHECK(max_abs_diff(ctx, b.forward(ctx, x), want) > 1e-3);
+}
+
 TEST_CASE("attention lab: score_bias masks exactly the keys outside the window") {
   VitConfig c = lab_config();
   c.attn_window = 1;
@@ -311,6 +508,15 @@ TEST_CASE(
   c = lab_config();
   c.attn_score = "additive", c.attn_norm = "relu", c.attn_window = 2;
   configs.push_back(c);
+  c = lab_config();
+  c.attn_lowrank = 6;
+  configs.push_back(c);
+  c = lab_config();
+  c.attn_lowrank = 4, c.qk_norm = true, c.attn_norm = "sigmoid", c.global_pool = "avg";
+  configs.push_back(c);
+  c = lab_config();
+  c.attn_features = 8, c.global_pool = "avg";
+  configs.push_back(c);
   for (const VitConfig& config : configs) {
     CAPTURE(describe(config));
     ParameterStore store;
@@ -321,6 +527,9 @@ TEST_CASE(
     CHECK((pos != nullptr) == (config.pos_embed != "none"));
     if (pos) CHECK(pos->trainable == (config.pos_embed == "learn"));
     CHECK((store.find("blocks.1.attn.additive_w") != nullptr) == (config.attn_score == "additive"));
+    const engine::Parameter* e = store.find("blocks.0.attn.lowrank_k.weight");
+    CHECK((e != nullptr) == (config.attn_lowrank > 0));
+    if (e) CHECK(e->dims == Dims{config.attn_lowrank, config.num_tokens()});
     randomize_for_fd(store, rng, 0.4f);
     Tensor patches = check::random_tensor(ctx, {2, config.num_patches(), config.patch_dim()}, rng);
     auto forward = [&]() -> const Tensor& { return model.forward(ctx, patches); };
@@ -469,7 +678,21 @@ TEST_CASE("attention lab: settings are written only when not the default, read b
   c.attn_lowrank = 4, c.attn_window = 1;
   CHECK(refusal(c).find("cannot take --attn-window") != std::string::npos);
   c = plain;
-  c.attn_features = 16;
-  CHECK(refusal(c).find("--attn-features (Performer) needs the performer attention") !=
+  c.attn_lowrank = 4, c.attn_score = "additive";
+  CHECK(refusal(c).find("--attn-lowrank (Linformer) takes dot-product scores only") !=
         std::string::npos);
+  c = plain;
+  c.attn_lowrank = 18;  // N is 17
+  CHECK(refusal(c).find("--attn-lowrank must be in [0, 17]") != std::string::npos);
+  c = plain;
+  c.attn_features = 16, c.attn_norm = "relu";
+  CHECK(refusal(c).find("--attn-norm relu does not apply to Performer (--attn-features)") !=
+        std::string::npos);
+  c = plain;
+  c.attn_features = 16, c.attn_window = 1;
+  CHECK(refusal(c).find("--attn-features (Performer) cannot be combined with --attn-window") !=
+        std::string::npos);
+  c = plain;
+  c.attn_features = 16, c.attn_redraw = 50;
+  CHECK(nlohmann::json(c).at("attn_redraw") == 50);
 }

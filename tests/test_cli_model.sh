@@ -393,6 +393,29 @@ run "resume a lab variant" 0 "" -- train --data "$data/train" --no-progress \
   --resume "$tmp/lab_b.ckpt.safetensors" --out "$tmp/lab_b.safetensors"
 same_tensors "$tmp/lab_a.safetensors" "$tmp/lab_b.safetensors" && ok ||
   fail "a resumed lab variant ends with other weights than the uninterrupted one"
+# Performer redraws its features every 3 steps: a resumed run draws the same ones.
+perf=("${small[@]}" --attn-features 8 --attn-redraw 3)
+run "train Performer" 0 "" -- train --data "$data/train" "${perf[@]}" --epochs 2 --out "$tmp/perf_a.safetensors"
+run "train Performer 1 of 2 epochs" 0 "stopped as asked" -- train --data "$data/train" "${perf[@]}" \
+  --epochs 2 --stop-after-epochs 1 --out "$tmp/perf_b.safetensors"
+run "resume Performer" 0 "" -- train --data "$data/train" --no-progress \
+  --resume "$tmp/perf_b.ckpt.safetensors" --out "$tmp/perf_b.safetensors"
+same_tensors "$tmp/perf_a.safetensors" "$tmp/perf_b.safetensors" && ok ||
+  fail "a resumed Performer ends with other weights or features than the uninterrupted one"
+run "train Performer, never redrawn" 0 "" -- train --data "$data/train" "${small[@]}" --attn-features 8 \
+  --attn-redraw 0 --epochs 2 --out "$tmp/perf_c.safetensors"
+python3 - "$tmp/perf_a.safetensors" "$tmp/perf_c.safetensors" <<'PY' && ok || fail "the redraws did not change the features"
+import json, struct, sys
+def tensor(path, name):
+    blob = open(path, "rb").read()
+    n = struct.unpack("<Q", blob[:8])[0]
+    e = json.loads(blob[8:8 + n])[name]
+    return blob[8 + n + e["data_offsets"][0]:8 + n + e["data_offsets"][1]]
+name = "blocks.0.attn.performer_w"
+sys.exit(0 if tensor(sys.argv[1], name) != tensor(sys.argv[2], name) else 1)
+PY
+run "Performer with ReLU" 1 "--attn-norm relu does not apply to Performer" -- \
+  train --data "$data/train" "${small[@]}" --attn-features 8 --attn-norm relu
 run "eval a lab variant" 0 "" -- eval --model "$tmp/lab_a.safetensors" --data "$data/val" --json
 run "classify with a lab variant" 0 "" -- classify --model "$tmp/lab_a.safetensors" "$data/val/diagonal"
 run "resume with another attention" 2 "--attn-norm relu contradicts the checkpoint's attn_norm sigmoid" -- \

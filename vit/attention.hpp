@@ -30,6 +30,8 @@ class Attention {
   virtual const Tensor& forward(Context& ctx, const Tensor& x) = 0;  // [B, N, D] -> [B, N, D]
   virtual const Tensor& backward(Context& ctx, const Tensor& diff_dst) = 0;  // -> diff of x
   virtual void train(bool on) = 0;                                           // dropout
+  // Before training step `step` (0-based, the same after a resume); Performer redraws here.
+  virtual void begin_step(int64_t step) { (void)step; }
   virtual void set_precision(engine::Precision p) = 0;
   virtual void init_weights(Context& ctx) = 0;  // timm's init
   // Takes every gradient buffer of its backward from Context::shared_buffer under `slot`:

@@ -17,6 +17,7 @@ struct Block {
   const Tensor& forward(Context& ctx, const Tensor& x);  // [B, N, D] -> [B, N, D]
   const Tensor& backward(Context& ctx, const Tensor& diff_dst);
   void train(bool on);
+  void begin_step(int64_t step) { attn->begin_step(step); }
   void set_precision(engine::Precision p);
   void init_weights(Context& ctx);
 

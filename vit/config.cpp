@@ -84,6 +84,16 @@ void VitConfig::validate() const {
       "--attn-lowrank (Linformer) takes dot-product scores only, not --attn-score " + attn_score);
   require(attn_features >= 0 && attn_features <= 65536,
           "--attn-features must be in [0, 65536], got " + std::to_string(attn_features));
+  if (attn_features > 0) {  // Performer approximates softmax(q·kᵀ/√d) over all keys: nothing else
+    require(attn_norm == "softmax", "--attn-norm " + attn_norm +
+                                        " does not apply to Performer (--attn-features), which "
+                                        "approximates softmax attention");
+    require(attn_score == "dot", "--attn-score " + attn_score +
+                                     " does not apply to Performer (--attn-features), whose "
+                                     "kernel is the dot product's");
+    require(attn_window == 0 && attn_lowrank == 0,
+            "--attn-features (Performer) cannot be combined with --attn-window or --attn-lowrank");
+  }
   require(attn_redraw >= 0,
           "--attn-redraw must not be negative, got " + std::to_string(attn_redraw));
   check_attention(*this);

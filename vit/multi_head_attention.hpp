@@ -1,8 +1,11 @@
 // timm's Attention: multi-head self-attention with a fused qkv projection, softmax(q·kᵀ/√d)·v
 // per head, heads merged and projected; with qk_norm, q and k each pass a LayerNorm over the
 // head dimension first. Registered as "attention", the default. The lab's variants of exact
-// attention are its pieces: the normalisation (attn_norm, vit/attention_norm.hpp) and the score
-// bias that carries a window's mask (attn_window).
+// attention are its pieces: the scores (attn_score: additive, vit/additive_scores.hpp), the
+// normalisation (attn_norm, vit/attention_norm.hpp), the score bias that carries a window's
+// mask (attn_window), Linformer's projection of the keys and values along the sequence
+// (attn_lowrank), and Performer's random-feature attention instead of all of these
+// (attn_features, vit/performer.hpp).
 #pragma once
 
 #include <optional>
@@ -16,6 +19,7 @@
 #include "vit/additive_scores.hpp"
 #include "vit/attention.hpp"
 #include "vit/attention_norm.hpp"
+#include "vit/performer.hpp"
 
 namespace vit {
 
@@ -31,6 +35,7 @@ class MultiHeadAttention : public Attention {
   const Tensor& forward(Context& ctx, const Tensor& x) override;
   const Tensor& backward(Context& ctx, const Tensor& diff_dst) override;
   void train(bool on) override { attn_drop.training = proj_drop.training = on; }
+  void begin_step(int64_t step) override;
   void set_precision(engine::Precision p) override;
   void init_weights(Context& ctx) override;
   void share_gradients(const std::string& slot) override;
@@ -43,9 +48,15 @@ class MultiHeadAttention : public Attention {
   std::optional<engine::LayerNorm> q_norm, k_norm;  // over d, on [B, N, H, d] copies
   engine::BatchedMatmul scores_mm;                  // q·kᵀ · score_scale  [B, H, N, N]
   std::optional<AdditiveScores> additive;           // attn_score additive: instead of q·kᵀ
-  std::vector<float> bias;                          // score_bias [N, N], or empty
-  engine::BroadcastAdd add_bias;                    // scores + bias, for every image and head
-  AttentionNorm norm;                               // softmax, relu or sigmoid
+  // attn_lowrank K (Linformer, Wang et al. 2020): k and v projected along the sequence, E·k and
+  // F·v with E, F [K, N] shared by the heads: bias-free Linears from N to K applied to each
+  // channel's sequence (attn.lowrank_k.weight is E, attn.lowrank_v.weight is F).
+  std::optional<engine::Linear> lowrank_k, lowrank_v;
+  int64_t keys;                         // Nk: N, or K
+  std::optional<FavorAttention> favor;  // attn_features M: Performer, instead of scores·values
+  std::vector<float> bias;              // score_bias [N, N], or empty
+  engine::BroadcastAdd add_bias;        // scores + bias, for every image and head
+  AttentionNorm norm;                   // softmax, relu or sigmoid
   engine::Dropout attn_drop;
   engine::BatchedMatmul context_mm;  // probs·v  [B, H, N, d]
   engine::Reorder merge;             // [B, H, N, d] -> [B, N, H·d]
@@ -70,6 +81,15 @@ class MultiHeadAttention : public Attention {
     std::optional<engine::LayerNorm::Fused> q_norm, k_norm;
     dnnl::memory qk_dest[2];  // where q and k go: their slabs, or f32 [M, D] for additive
     std::optional<AdditiveScores::Fused> additive;
+    // Linformer: k and v turned to [B, D, N] (one row per channel), projected to [B, D, K].
+    dnnl::reorder to_channels;
+    dnnl::memory k_tokens, v_tokens, k_channels, v_channels;  // [B, N, D]; [B, D, N] as such
+    dnnl::memory k_rows, v_rows, k_projected, v_projected;    // [B·D, N], [B·D, K]
+    std::optional<engine::Linear::Fused> project_k, project_v;
+    // Performer: q, k, v in f32 [M, D] each, its output [B, H, N, d] merged into context.
+    std::optional<FavorAttention::Fused> favor;
+    dnnl::reorder favor_merge;
+    dnnl::memory favor_out, context_as_heads;
     dnnl::memory raw, normed_f32[2];
     dnnl::memory raw_rows, normed_rows[2];  // the same as [M·H, d]: a row per token and head
     dnnl::reorder to_low[2];
@@ -82,15 +102,19 @@ class MultiHeadAttention : public Attention {
  private:
   engine::View head(const Tensor& qkv_out, int which) const;
   void score_backward(Context& ctx, const Tensor& diff_scores, const View& diff_q,
-                      const View& diff_k);  // 0 q, 1 k, 2 v: [B, H, N, d]
+                      const View& diff_k);
+  // Exact attention (and Linformer's): scores, bias, normalisation, dropout, probs·v.
+  const Tensor& mix(Context& ctx, const View& q, const View& k, const View& v, int64_t B,
+                    int64_t N);  // 0 q, 1 k, 2 v: [B, H, N, d]
   // A dense [B, N, H, d] buffer seen as heads [B, H, N, d].
   engine::View tokens_heads(float* data, int64_t B, int64_t N) const;
   struct Buffers {
     Tensor merged, diff_heads, diff_probs, diff_qkv;
-    Tensor qk_raw[2], diff_qk_normed[2];  // qk_norm: q and k as [B, N, H, d], and their gradients
+    Tensor channels[2], diff_projected[2];  // Linformer: k, v as [B, D, N]; grads of E·k, F·v
+    Tensor qk_raw[2], diff_qk_normed[2];    // qk_norm: q and k as [B, N, H, d], and their gradients
   };
-  Tensor bias_table_;  // bias as [1, N, N], made on the first forward
-  engine::Reorder copy_qk_;
+  Tensor bias_table_;  // bias as [1, N, Nk], made on the first forward
+  engine::Reorder copy_qk_, to_channels_;
   engine::PlanCache<Buffers> buffers_;
 };
 

@@ -34,6 +34,10 @@ VisionTransformer::VisionTransformer(ParameterStore& store, const VitConfig& c)
       norm_(make_norm(store, "norm", !c.fc_norm, c)),
       head_(store, c) {}
 
+void VisionTransformer::begin_step(int64_t step) {
+  for (auto& b : blocks_) b->begin_step(step);
+}
+
 void VisionTransformer::train(bool on) {
   const bool backbone = on && !frozen_backbone_;  // frozen features are computed as in eval
   pos_drop_.training = backbone;

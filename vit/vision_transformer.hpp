@@ -28,6 +28,7 @@ class VisionTransformer {
   // From diff_logits [B, K] writes the gradient of every parameter.
   void backward(Context& ctx, const Tensor& diff_logits);
   void train(bool on);
+  void begin_step(int64_t step);  // each block's attention: see Attention::begin_step
   // bf16: the matmuls of the patch embedding and of every block take bf16 operands
   // (engine::Linear); the head and everything else stay f32.
   void set_precision(engine::Precision p);
