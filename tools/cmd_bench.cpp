@@ -219,7 +219,9 @@ int run_bench(const std::vector<std::string>& args) {
     const models::Preset& preset = models::preset(model_name);
     nlohmann::json config = model_config(vm, preset, "vit bench");
     if (vm.count("num-classes")) config["num_classes"] = vm["num-classes"].as<int64_t>();
-    net = models::make_model(preset.arch, config, ctx);
+    // Inference needs no gradients or optimizer moments (three copies of the weights: 1 GB
+    // for ViT-B); --mode train allocates them below.
+    net = models::make_model(preset.arch, config, ctx, /*inference_only=*/true);
     net->init_weights(ctx);
     preprocess = model_preprocess(net->config());
   }
