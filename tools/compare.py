@@ -32,21 +32,13 @@ Uses Debian's python3 and python3-matplotlib (tools/install-deps.sh installs the
 """
 
 import argparse
-import csv
-import datetime
-import json
 import math
 import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIELDS = ["model", "preset", "size", "seed", "epochs", "steps", "test_acc", "test_loss",
-          "train_acc", "train_seconds", "images_per_second", "parameters", "flops_per_image"]
-FMNIST = os.path.join(ROOT, "data", "fashion-mnist")
+from experiment import (FMNIST, ROOT, Results, count_images, fail, mean_sd,
+                        train_and_eval)
+
 # The defaults of the flags that --quick changes: the full sweep, and about 5 minutes on 2 cores.
 FULL = {"out": os.path.join(ROOT, "compare-results"), "sizes": "500,1000,2000,5000,10000,20000,60000",
         "seeds": 3, "epochs": 6, "min_steps": 400}
@@ -65,11 +57,6 @@ CNN_FT_RECIPE = "--opt sgd --lr 0.01 --weight-decay 5e-4 --pad 2 --hflip 0.5"
 # Every line the sweep can have: key, label, plot marker.
 LINES = [("vit", "ViT", "o"), ("cnn", "CNN (ResNet)", "s"),
          ("vit_ft", "ViT, pretrained", "^"), ("cnn_ft", "CNN, pretrained", "D")]
-
-
-def fail(message):
-    print(f"compare: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
@@ -165,95 +152,6 @@ def class_subset(args, folder, name):
     return linked
 
 
-def count_images(args, folder):
-    """Images per class folder, as vit train lists them: `vit folder` is the one place that
-    knows the image extensions and skips hidden entries."""
-    if not os.path.isdir(folder):
-        hint = " (prepare it: python3 datasets/prepare_fashion_mnist.py data/fashion-mnist)" \
-            if folder.startswith(FMNIST) else ""
-        fail(f"'{folder}': no such folder{hint}")
-    proc = subprocess.run([args.vit, "folder", folder], capture_output=True, text=True)
-    if proc.returncode != 0:
-        fail(proc.stderr.strip().removeprefix("vit: "))
-    return {c["name"]: c["images"] for c in json.loads(proc.stdout)["classes"]}
-
-
-def run(cmd, log_path):
-    """Runs a vit command; its output goes to log_path. Exits the script if it fails."""
-    with open(log_path, "w") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        with open(log_path) as log:
-            tail = log.read().strip().splitlines()[-5:]
-        fail(f"'{' '.join(cmd[:2])}' failed (exit {proc.returncode}); see {log_path}:\n  " +
-             "\n  ".join(tail))
-
-
-def cell_epochs(args, size):
-    steps_per_epoch = size // args.batch_size
-    if steps_per_epoch == 0:
-        fail(f"size {size} is smaller than --batch-size {args.batch_size}")
-    if args.budget == "steps":
-        return math.ceil(args.steps / steps_per_epoch), steps_per_epoch
-    return max(args.epochs, math.ceil(args.min_steps / steps_per_epoch)), steps_per_epoch
-
-
-def train_and_eval(args, kind, preset, recipe, size, images, seed, init=None):
-    """One cell: `size` names it, `images` (the size clamped to the folder) is trained on."""
-    cells = os.path.join(args.out, "cells")
-    stem = os.path.join(cells, f"{kind}_{size}_seed{seed}")
-    model_file, ckpt = stem + ".safetensors", stem + ".ckpt.safetensors"
-    epochs, per_epoch = cell_epochs(args, images)
-    subset = images if images < args.total else 0  # 0: the whole folder
-    # From scratch: the preset and our normalization; fine-tuned: the checkpoint's model and
-    # preprocessing.
-    model = ["--init", init] if init else ["--model", preset, "--mean", args.mean, "--std", args.std]
-    train = [args.vit, "train", "--data", args.data] + model + [
-             "--subset", str(subset), "--seed", str(seed), "--epochs", str(epochs),
-             "--batch-size", str(args.batch_size), "--warmup-epochs", f"{0.05 * epochs:.4g}",
-             "--threads", str(args.threads), "--out", model_file, "--checkpoint", ckpt,
-             "--log", stem + ".jsonl", "--no-progress"] + recipe.split()
-    if os.path.exists(stem + ".jsonl"):
-        os.remove(stem + ".jsonl")  # a cell interrupted earlier starts again
-    start = time.monotonic()
-    run(train, stem + ".train.log")
-    seconds = time.monotonic() - start
-    with open(stem + ".jsonl") as f:
-        epochs_log = [json.loads(line) for line in f if line.strip()]
-    evaluation = [args.vit, "eval", "--model", model_file, "--data", args.test_data, "--json",
-                  "--threads", str(args.threads)]
-    run(evaluation, stem + ".eval.log")
-    with open(stem + ".eval.log") as f:
-        result = json.loads(f.read().splitlines()[-1])
-    if not args.keep_models:
-        os.remove(model_file)
-    if os.path.exists(ckpt):
-        os.remove(ckpt)
-    trained = sum(e["seconds"] for e in epochs_log)
-    images = sum(e["images_per_second"] * e["seconds"] for e in epochs_log)
-    return {"model": kind, "preset": preset, "size": size, "seed": seed, "epochs": epochs,
-            "steps": epochs * per_epoch, "test_acc": result["top1"], "test_loss": result["loss"],
-            "train_acc": epochs_log[-1]["train_acc"], "train_seconds": round(seconds, 1),
-            "images_per_second": round(images / trained, 1) if trained > 0 else 0,
-            "parameters": result["parameters"], "flops_per_image": result["flops_per_image"]}, \
-        [train, evaluation]
-
-
-def versions(args):
-    def output(cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout.strip()
-        except OSError:
-            return ""
-    import matplotlib
-    return {"vit_info": output([args.vit, "info"]),
-            "git_commit": output(["git", "rev-parse", "HEAD"]),
-            "python": platform.python_version(), "matplotlib": matplotlib.__version__,
-            "machine": platform.machine(), "cpus": os.cpu_count()}
-
-
 def summarize(args, rows, settings):
     kinds = [k for k, _, _ in LINES if any(r["model"] == k for r in rows)]
     rows = [r for r in rows if r["size"] in args.sizes and r["seed"] < args.seeds]
@@ -262,8 +160,7 @@ def summarize(args, rows, settings):
         for size in args.sizes:
             accs = [r["test_acc"] for r in rows if r["model"] == kind and r["size"] == size]
             if accs:
-                sd = statistics.stdev(accs) if len(accs) > 1 else float("nan")
-                stats[kind, size] = (statistics.mean(accs), sd, len(accs))
+                stats[kind, size] = mean_sd(accs)
     first = {k: next((r for r in rows if r["model"] == k), None) for k in kinds}
 
     lines = ["# ViT vs CNN across training-set sizes", ""]
@@ -379,11 +276,11 @@ def main():
     for init in (args.vit_init, args.cnn_init):
         if init and not os.path.exists(init):
             fail(f"'{init}': no such model file or folder")
-    train_counts, test_counts = count_images(args, args.data), count_images(args, args.test_data)
+    train_counts = count_images(args.vit, args.data)
+    test_counts = count_images(args.vit, args.test_data)
     if set(train_counts) != set(test_counts):
         fail(f"'{args.test_data}' has other class folders than '{args.data}'")
     total = args.total = sum(train_counts.values())
-    os.makedirs(os.path.join(args.out, "cells"), exist_ok=True)
 
     if args.budget == "steps":
         rule = f"{args.steps} optimizer steps per cell (batch {args.batch_size})"
@@ -398,35 +295,8 @@ def main():
                 "cnn_recipe": args.cnn_recipe, "mean": args.mean, "std": args.std,
                 "classes": args.classes, "vit_init": args.vit_init, "cnn_init": args.cnn_init,
                 "vit_ft_recipe": args.vit_ft_recipe, "cnn_ft_recipe": args.cnn_ft_recipe}
-    run_file = os.path.join(args.out, "run.json")
-    previous = {}
-    if os.path.exists(run_file):
-        with open(run_file) as f:
-            previous = json.load(f)
-        changed = [k for k in settings if k not in ("sizes", "seeds", "budget_rule")
-                   and previous.get("settings", {}).get(k) != settings[k]]
-        if changed:
-            fail(f"'{args.out}' holds a run with other settings ({', '.join(changed)}); "
-                 "give another --out to start a new one")
-    record = {"settings": settings, "command": [sys.executable] + sys.argv,
-              "started": previous.get("started", datetime.datetime.now().isoformat()),
-              "versions": versions(args), "cells": previous.get("cells", {})}
-
-    csv_path = os.path.join(args.out, "cells.csv")
-    rows = []
-    if os.path.exists(csv_path):
-        with open(csv_path) as f:
-            for r in csv.DictReader(f):
-                for k in ("size", "seed", "epochs", "steps", "parameters"):
-                    r[k] = int(r[k])
-                for k in ("test_acc", "test_loss", "train_acc", "train_seconds",
-                          "images_per_second", "flops_per_image"):
-                    r[k] = float(r[k])
-                rows.append(r)
-    done = {(r["model"], r["size"], r["seed"]) for r in rows}
-    if not os.path.exists(csv_path):
-        with open(csv_path, "w", newline="") as f:
-            csv.DictWriter(f, FIELDS).writeheader()
+    results = Results(args.out, args.vit, settings)
+    done = results.done()
 
     models = [("vit", args.vit_model, args.vit_recipe, None),
               ("cnn", args.cnn_model, args.cnn_recipe, None)]
@@ -446,22 +316,12 @@ def main():
         row["size"] = size
         print(f" test acc {100 * row['test_acc']:.2f}%, {row['train_seconds']:.0f}s, "
               f"{row['images_per_second']:.0f} img/s", flush=True)
-        with open(csv_path, "a", newline="") as f:
-            csv.DictWriter(f, FIELDS).writerow(row)
-        rows.append(row)
-        record["cells"][f"{kind}_{size}_seed{seed}"] = commands
-        with open(run_file + ".tmp", "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(run_file + ".tmp", run_file)
-        stats = summarize(args, rows, settings)
-        plot(args, stats)
+        results.add(row, f"{kind}_{size}_seed{seed}", commands)
+        plot(args, summarize(args, results.rows, settings))
 
-    with open(run_file + ".tmp", "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(run_file + ".tmp", run_file)
-    stats = summarize(args, rows, settings)
-    plot(args, stats)
-    print(f"compare: wrote {csv_path}, {os.path.join(args.out, 'summary.md')}, "
+    results.save()
+    plot(args, summarize(args, results.rows, settings))
+    print(f"compare: wrote {results.path}, {os.path.join(args.out, 'summary.md')}, "
           f"{os.path.join(args.out, 'accuracy.png')}")
     with open(os.path.join(args.out, "summary.md")) as f:
         print(f.read())
