@@ -31,7 +31,8 @@ struct AdditiveScores {
   struct Fused {
     dnnl::matmul a_mm, b_mm, s_mm;
     dnnl::binary sum_tanh;
-    dnnl::memory w_q_t, w_k_t, w_col, a, a_wide, b, b_wide, t, t_rows, scores_col;
+    dnnl::reorder spread_a, spread_b;
+    dnnl::memory w_q_t, w_k_t, w_col, a, a_wide, b, b_wide, b_dense, t, t_rows, scores_col;
     std::vector<dnnl::memory> q, k;                 // per group of images: [G, H, N, d] views
     dnnl::memory bias;                              // the post-op's score bias, or none
     void run(dnnl::stream& s, size_t group) const;  // the scores of group `group`
@@ -44,16 +45,21 @@ struct AdditiveScores {
 
  private:
   struct Plan {
-    dnnl::matmul a_mm, b_mm, s_mm;  // q·W_qᵀ, k·W_kᵀ, T·w
-    dnnl::binary sum_tanh;          // T = tanh(a ⊕ b), a broadcast over keys, b over queries
+    dnnl::matmul a_mm, b_mm, s_mm;     // q·W_qᵀ, k·W_kᵀ, T·w
+    dnnl::reorder spread_a, spread_b;  // a over the keys into T, b over the queries
+    dnnl::binary sum_tanh;             // T = tanh(T + b spread), in place
     dnnl::matmul d_t_mm, d_w_mm, d_q_mm, d_k_mm, d_wq_mm, d_wk_mm;
     dnnl::eltwise_backward tanh_bwd;
-    dnnl::reduction sum_keys, sum_queries;  // dT summed over keys (-> da), over queries (-> db)
+    dnnl::matmul sum_keys, sum_queries;  // dT summed over keys (-> da), over queries (-> db)
     engine::RowSum sum_images_w, sum_images_wq;  // Σ over the batch of the weights' gradients
-    dnnl::memory q, k, w_q_t, w_k_t, w_col, w_row, a, a_wide, b, b_wide, t, t_rows, scores_col;
+    dnnl::memory q, k, w_q_t, w_k_t, w_col, w_row, a, a_wide, b, b_wide, b_dense, t, t_rows,
+        scores_col;
     dnnl::memory diff_scores_col, diff_scores_row, d_t, d_t_rows, d_a, d_b, d_a_t, d_b_t;
     dnnl::memory diff_q, diff_k, w_q_mem, w_k_mem, d_w_heads, d_w_images, d_wq_images, d_wk_images;
     dnnl::memory d_w_sum, d_wq_sum, d_wk_sum;
+    Tensor b_dense_buf;  // b spread over the queries, scratch
+    Tensor ones;         // max(Nq, Nk) ones: the sums over keys and queries as matmuls
+    dnnl::memory ones_k, ones_q, d_t_wide, d_b_wide;
     Tensor scores, t_buf, d_t_buf, d_a_buf, d_b_buf, d_w_buf, d_wq_buf, d_wk_buf;
   };
   std::unique_ptr<Plan> build(Context& ctx, const View& q, const View& k);
