@@ -207,13 +207,12 @@ void AdditiveScores::backward(Context& ctx, const Tensor& diff_scores, const Vie
 
 AdditiveScores::Fused AdditiveScores::fused(FusedBuild& f, const std::vector<memory>& q_heads,
                                             const std::vector<memory>& k_heads,
-                                            const memory& scores, const dnnl::post_ops& ops,
-                                            const memory& bias) const {
+                                            const memory& scores, const dnnl::post_ops& ops) const {
   const dnnl::engine& eng = f.ctx.eng;
   const memory::dims qd = q_heads.front().get_desc().dims();
   const int64_t G = qd[0], H = heads, N = qd[2], d = head_dim, A = dim;
   Fused p;
-  p.q = q_heads, p.k = k_heads, p.bias = bias;
+  p.q = q_heads, p.k = k_heads;
   const memory::desc w_q_t_md({1, H, d, A}, dt::f32, {H * A * d, A * d, 1, d});
   const memory::desc w_col_md = plain_desc({1, H, A, 1});
   const memory::desc ab_md = plain_desc({G, H, N, A});
@@ -256,10 +255,7 @@ void AdditiveScores::Fused::run(dnnl::stream& s, size_t group) const {
   spread_a.execute(s, {{DNNL_ARG_FROM, a_wide}, {DNNL_ARG_TO, t}});
   spread_b.execute(s, {{DNNL_ARG_FROM, b_wide}, {DNNL_ARG_TO, b_dense}});
   sum_tanh.execute(s, {{DNNL_ARG_SRC_0, t}, {DNNL_ARG_SRC_1, b_dense}, {DNNL_ARG_DST, t}});
-  std::unordered_map<int, memory> args = {
-      {DNNL_ARG_SRC, t_rows}, {DNNL_ARG_WEIGHTS, w_col}, {DNNL_ARG_DST, scores_col}};
-  if (bias) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = bias;
-  s_mm.execute(s, args);
+  s_mm.execute(s, {{DNNL_ARG_SRC, t_rows}, {DNNL_ARG_WEIGHTS, w_col}, {DNNL_ARG_DST, scores_col}});
 }
 
 }  // namespace vit

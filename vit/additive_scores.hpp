@@ -27,21 +27,20 @@ struct AdditiveScores {
   engine::Parameter *w_q, *w_k, *w;
 
   // The fused form, for G images at a time: f32 throughout (q and k arrive in f32), the
-  // normalisation's post-ops (and the score bias) on the last matmul, which writes `scores`.
+  // normalisation's eltwise post-ops on the last matmul, which writes `scores`.
   struct Fused {
     dnnl::matmul a_mm, b_mm, s_mm;
     dnnl::binary sum_tanh;
     dnnl::reorder spread_a, spread_b;
     dnnl::memory w_q_t, w_k_t, w_col, a, a_wide, b, b_wide, b_dense, t, t_rows, scores_col;
     std::vector<dnnl::memory> q, k;                 // per group of images: [G, H, N, d] views
-    dnnl::memory bias;                              // the post-op's score bias, or none
     void run(dnnl::stream& s, size_t group) const;  // the scores of group `group`
   };
   // q_heads and k_heads: [G, H, N, d] f32 views per group; `scores` [G, H, N, N] the
-  // destination; `ops` its post-ops (a binary add of `bias` first when given).
+  // destination; `ops` its post-ops (eltwise only).
   Fused fused(FusedBuild& f, const std::vector<dnnl::memory>& q_heads,
               const std::vector<dnnl::memory>& k_heads, const dnnl::memory& scores,
-              const dnnl::post_ops& ops, const dnnl::memory& bias) const;
+              const dnnl::post_ops& ops) const;
 
  private:
   struct Plan {

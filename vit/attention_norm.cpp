@@ -48,9 +48,21 @@ void AttentionNorm::share_gradients(const std::string& slot) {
   softmax.grad_slot = relu.grad_slot = sigmoid.grad_slot = slot;
 }
 
-void AttentionNorm::append_post_ops(dnnl::post_ops& ops) const {
+void AttentionNorm::append_post_ops(dnnl::post_ops& ops, const VitConfig& c) const {
   if (kind == "relu") ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
-  if (kind == "sigmoid") ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_logistic, 0.0f, 0.0f);
+  if (kind == "sigmoid") {
+    const float shift = -float(std::log(double(c.keys_per_query())));
+    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_linear, 1.0f, shift);
+    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_logistic, 0.0f, 0.0f);
+  }
+}
+
+dnnl::eltwise_forward AttentionNorm::eltwise(const dnnl::engine& eng,
+                                             const dnnl::memory::desc& md) const {
+  if (kind == "softmax") return {};
+  const dnnl::algorithm alg =
+      kind == "relu" ? dnnl::algorithm::eltwise_relu : dnnl::algorithm::eltwise_logistic;
+  return dnnl::eltwise_forward({{dnnl::prop_kind::forward_inference, alg, md, 0.0f, 0.0f}, eng});
 }
 
 }  // namespace vit

@@ -35,9 +35,12 @@ class AttentionNorm {
   engine::Relu relu;
   engine::Eltwise sigmoid{dnnl::algorithm::eltwise_logistic};
 
-  // Fused: relu and σ become post-ops of the scores matmul (after the bias, a binary add);
-  // softmax stays a primitive of its own, run by the caller (needs_softmax()).
-  void append_post_ops(dnnl::post_ops& ops) const;
+  // Fused: relu and σ become post-ops of the scores matmul (σ's −log n as a linear post-op
+  // before it); softmax stays a primitive of its own, run by the caller (needs_softmax()).
+  void append_post_ops(dnnl::post_ops& ops, const VitConfig& c) const;
+  // Or, after a mask was added to f32 scores `md`, relu or σ in place (the mask carries σ's
+  // −log n); an empty primitive for softmax.
+  dnnl::eltwise_forward eltwise(const dnnl::engine& eng, const dnnl::memory::desc& md) const;
   bool needs_softmax() const { return kind == "softmax"; }
 };
 

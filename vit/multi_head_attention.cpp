@@ -317,12 +317,16 @@ std::unique_ptr<FusedStep> MultiHeadAttention::fused(FusedBuild& f, const FusedT
     p->context_heads.push_back(fused_view(eng, heads_md, p->context, g * N * D));
   }
   // Softmax reads f32 scores and writes the probabilities in the matmul type; relu and σ are
-  // post-ops of the scores matmul, which then writes the probabilities itself.
-  const bool softmax = norm.needs_softmax();
+  // post-ops of the scores matmul, which then writes the probabilities itself. A window's mask
+  // is a binary add of its own after the matmul (as a post-op, its broadcast over images and
+  // heads sent oneDNN 2.6 to its reference gemm: 150× slower), and then relu and σ follow it
+  // as an eltwise primitive on the f32 scores.
+  const bool softmax = norm.needs_softmax(), masked = config.attn_window > 0;
+  const bool f32_scores = softmax || masked;
   if (!favor) {  // Performer never holds N × N
-    p->scores = f.buffer("attn.scores", fused_desc({G, H, N, Nk}, softmax ? dt::f32 : low));
+    p->scores = f.buffer("attn.scores", fused_desc({G, H, N, Nk}, f32_scores ? dt::f32 : low));
     p->probs =
-        softmax && f.bf16() ? f.buffer("attn.probs", fused_desc({G, H, N, Nk}, low)) : p->scores;
+        f32_scores && f.bf16() ? f.buffer("attn.probs", fused_desc({G, H, N, Nk}, low)) : p->scores;
   }
 
   // Attention's 1/√d, folded into q's packed weight and bias instead of scaling the scores on
@@ -388,20 +392,25 @@ std::unique_ptr<FusedStep> MultiHeadAttention::fused(FusedBuild& f, const FusedT
     return p;
   }
   dnnl::post_ops score_ops;
-  if (!bias.empty()) {
-    // Broadcast over the images and heads of the scores matmul's destination: [G, H, N, N], or
-    // additive's [G, H, N·N, 1].
-    const memory::desc bias_md =
-        fused_desc(additive ? Dims{1, 1, N * N, 1} : Dims{1, 1, N, Nk}, dt::f32);
-    p->bias = memory(bias_md, eng);
-    std::copy(bias.begin(), bias.end(), static_cast<float*>(p->bias.get_data_handle()));
-    score_ops.append_binary(dnnl::algorithm::binary_add, bias_md);
+  if (masked) {
+    // The scores as rows of N·Nk, one per image and head: the mask is a per-column add.
+    const memory::desc rows_of_scores = fused_desc({G * H, N * Nk}, dt::f32);
+    p->mask = memory(fused_desc({1, N * Nk}, dt::f32), eng);
+    std::copy(bias.begin(), bias.end(), static_cast<float*>(p->mask.get_data_handle()));
+    p->scores_rows = fused_view(eng, rows_of_scores, p->scores);
+    p->add_mask = dnnl::binary(
+        {{dnnl::algorithm::binary_add, rows_of_scores, p->mask.get_desc(), rows_of_scores}, eng});
+    if (!softmax) {
+      p->norm_eltwise = norm.eltwise(eng, p->scores.get_desc());
+      if (f.bf16()) p->to_probs = dnnl::reorder(p->scores, p->probs);
+    }
+  } else {
+    norm.append_post_ops(score_ops, config);
   }
-  norm.append_post_ops(score_ops);
   dnnl::primitive_attr score_attr;
   score_attr.set_post_ops(score_ops);
   if (additive)
-    p->additive = additive->fused(f, q_f32, k_f32, p->scores, score_ops, p->bias);
+    p->additive = additive->fused(f, q_f32, k_f32, p->scores, score_ops);
   else
     p->scores_mm = f.matmul(
         {{heads_md, lowrank_k ? k_t_projected_md : k_t_md, p->scores.get_desc()}, score_attr, eng});
@@ -442,13 +451,16 @@ void MultiHeadAttention::Fused::run(dnnl::stream& s) {
     project_v->run(s, v_rows, v_projected);
   }
   for (size_t g = 0; g < q_heads.size(); ++g) {
-    if (additive) {
+    if (additive)
       additive->run(s, g);
-    } else {
-      std::unordered_map<int, memory> args = {
-          {DNNL_ARG_SRC, q_heads[g]}, {DNNL_ARG_WEIGHTS, k_t[g]}, {DNNL_ARG_DST, scores}};
-      if (bias) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = bias;
-      scores_mm.execute(s, args);
+    else
+      scores_mm.execute(
+          s, {{DNNL_ARG_SRC, q_heads[g]}, {DNNL_ARG_WEIGHTS, k_t[g]}, {DNNL_ARG_DST, scores}});
+    if (add_mask) {
+      add_mask.execute(
+          s, {{DNNL_ARG_SRC_0, scores_rows}, {DNNL_ARG_SRC_1, mask}, {DNNL_ARG_DST, scores_rows}});
+      if (norm_eltwise) norm_eltwise.execute(s, {{DNNL_ARG_SRC, scores}, {DNNL_ARG_DST, scores}});
+      if (to_probs) to_probs.execute(s, scores, probs);
     }
     if (softmax) softmax.execute(s, {{DNNL_ARG_SRC, scores}, {DNNL_ARG_DST, probs}});
     context_mm.execute(

@@ -71,11 +71,16 @@ class MultiHeadAttention : public Attention {
     engine::Linear::Fused q, k, v, proj;
     dnnl::matmul scores_mm, context_mm;
     dnnl::softmax_v2_forward softmax;  // attn_norm softmax; else the norm is a scores post-op
-    dnnl::memory bias;                 // f32 [1, 1, N, N] score bias, a post-op, or none
-    dnnl::memory normed, x;            // the tokens' rows: input, and the residual stream
-    dnnl::memory qkv_parts[3];         // low [M, D] each: q, k, v
-    dnnl::memory scores, probs;        // f32 / low [G, H, N, N]; the same memory in f32
-    dnnl::memory context;              // low [M, D]: heads merged
+    // attn_window: the mask [1, N·Nk] added to the scores seen as rows [G·H, N·Nk], then relu
+    // or σ on them in place (converted to bf16 probabilities when the matmuls are bf16).
+    dnnl::binary add_mask;
+    dnnl::eltwise_forward norm_eltwise;
+    dnnl::reorder to_probs;
+    dnnl::memory mask, scores_rows;
+    dnnl::memory normed, x;      // the tokens' rows: input, and the residual stream
+    dnnl::memory qkv_parts[3];   // low [M, D] each: q, k, v
+    dnnl::memory scores, probs;  // f32 / low [G, H, N, N]; the same memory in f32
+    dnnl::memory context;        // low [M, D]: heads merged
     // qk_norm: q and k land in raw f32 [M, D], are normalized per head (q's 1/√d folded into
     // q_norm) into normed_f32 and, in bf16, converted into the slab.
     std::optional<engine::LayerNorm::Fused> q_norm, k_norm;
