@@ -693,6 +693,10 @@ TEST_CASE("attention lab: settings are written only when not the default, read b
   CHECK(refusal(c).find("--attn-features (Performer) cannot be combined with --attn-window") !=
         std::string::npos);
   c = plain;
+  c.attn_redraw = 50;  // it would not be saved without features: refused, not dropped
+  CHECK(refusal(c).find("--attn-redraw applies to Performer (--attn-features) only") !=
+        std::string::npos);
+  c = plain;
   c.attn_features = 16, c.attn_redraw = 50;
   CHECK(nlohmann::json(c).at("attn_redraw") == 50);
 }

@@ -96,6 +96,8 @@ void VitConfig::validate() const {
   }
   require(attn_redraw >= 0,
           "--attn-redraw must not be negative, got " + std::to_string(attn_redraw));
+  require(attn_features > 0 || attn_redraw == VitConfig{}.attn_redraw,
+          "--attn-redraw applies to Performer (--attn-features) only");
   check_attention(*this);
   require(
       init_values >= 0.0 && init_values <= 1e3,
