@@ -355,7 +355,9 @@ TEST_CASE("attention lab: Performer against its definition, by FD, features orth
     CHECK(std::none_of(targets.begin(), targets.end(),
                        [](const check::GradTarget& t) { return t.name == "attn.performer_w"; }));
     targets.push_back({"x", x.data(), x.numel(), dx.data()});
-    check::check_gradients(ctx, forward, r, targets);
+    // The exp of oneDNN's jit kernels rounds unevenly from input to input: a step of 1e-3
+    // turns it into 3 % errors of the differences; 1e-2 does not.
+    check::check_gradients(ctx, forward, r, targets, 1e-2f);
   }
 }
 

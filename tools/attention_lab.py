@@ -55,9 +55,11 @@ SWEEP = ["baseline", "additive", "relu", "window2", "linformer", "performer"]
 VIT_RECIPE = "--lr 2e-3 --weight-decay 0.05 --pad 2 --hflip 0.5"  # compare.py's
 CNN_RECIPE = "--opt sgd --lr 0.1 --weight-decay 5e-4 --pad 2 --hflip 0.5"
 FULL = {"out": os.path.join(ROOT, "attention-lab"), "sizes": "5000,20000", "seeds": 3,
-        "epochs": 6, "min_steps": 400, "sweep_patches": "32,16,8,4"}
+        "epochs": 6, "min_steps": 400, "sweep_patches": "32,16,8,4", "bench_iters": 3,
+        "bench_repeats": 3}
 QUICK = {"out": os.path.join(ROOT, "attention-lab-quick"), "sizes": "1000", "seeds": 1,
-         "epochs": 2, "min_steps": 60, "sweep_patches": "32,16,8"}
+         "epochs": 2, "min_steps": 60, "sweep_patches": "32,16,8", "bench_iters": 1,
+         "bench_repeats": 2}
 # Additive scores hold B·H·N²·d_a floats twice in training (tanh's output and its gradient):
 # beyond this the sweep does not run them. Counted for ViT-Ti's H = 3 and d_a = d = 64.
 ADDITIVE_LIMIT_BYTES = 2 << 30
@@ -96,8 +98,8 @@ def parse_args():
     p.add_argument("--sweep-patches", help="patch sizes of the sweep (default 32,16,8,4)")
     p.add_argument("--sweep-flags", default="", help="more size flags for the sweep's model")
     p.add_argument("--no-sweep", action="store_true", help="skip the speed sweep over N")
-    p.add_argument("--bench-iters", type=int, default=3, help="vit bench --iters")
-    p.add_argument("--bench-repeats", type=int, default=3, help="vit bench --repeats")
+    p.add_argument("--bench-iters", type=int, help="vit bench --iters (default 3; --quick 1)")
+    p.add_argument("--bench-repeats", type=int, help="vit bench --repeats (default 3; --quick 2)")
     p.add_argument("--threads", type=int, default=0, help="compute threads (0: all cores)")
     p.add_argument("--quick", action="store_true", help="about 10 minutes on 2 cores")
     p.add_argument("--keep-models", action="store_true")

@@ -62,7 +62,8 @@ struct FavorAttention::Plan {
   dnnl::eltwise_forward k_sq_scale;
   dnnl::binary q_phi, k_minus_square, k_phi, divide;
   // backward
-  dnnl::binary d_num, g_out, d_den, dq_u, dk_u, k_times_rs;
+  dnnl::binary d_num, g_out, d_den, dq_u, dk_u, k_times_rs, add_dksum, add_k_term;
+  dnnl::reorder k_to_dense, dk_to_diff;
   dnnl::eltwise_forward q_less_eps, k_less_eps;
   dnnl::primitive gd_sum, rs_sum;
   dnnl::matmul d_phi_q, d_phi_q_den, d_kv, d_ksum, d_phi_k, d_v, d_q, d_k;
@@ -71,6 +72,12 @@ struct FavorAttention::Plan {
       ksum_t, num, den, out;
   memory diff_out, d_num_m, g_out_m, gd, dden, dphi_q, dkv, dkv_t, dksum, dksum_row, dphi_k, u_q,
       u_k, rs, k_rs, diff_q, diff_k, diff_v;
+  // The same buffers seen as rows, [B·H·N, ·] or [B·H, ·]: oneDNN 2.6's jit binary broadcasts a
+  // [rows, 1] column over [rows, cols], not [B, H, N, 1] over [B, H, N, M] (its reference
+  // kernel made Performer 30× slower than exact attention at N = 50).
+  memory phi_q_rows, q_stab_rows, phi_k_rows, k_sq_rows, phi_k_images, k_stab_images, num_rows,
+      den_rows, out_rows, diff_out_rows, d_num_rows, dphi_k_3, dksum_3, k_dense, k_dense_rows,
+      rs_rows, k_rs_rows, dk_tmp, dk_tmp_rows;
   Tensor out_tensor;
   std::vector<Tensor> owned;  // the buffers behind the memories above
 };
@@ -166,7 +173,22 @@ std::unique_ptr<FavorAttention::Plan> FavorAttention::build(Context& ctx, const 
   // φ(q') up to its row's constant: exp(s q·ω − max_m) (the ‖q‖²/2 cancels with it).
   p->q_features = make_matmul(eng, q.desc(), w_t_md, feat_md, s);
   p->q_max = make_reduction(eng, algorithm::reduction_max, feat_md, row_md);
-  p->q_phi = make_binary(eng, algorithm::binary_sub, feat_md, row_md, feat_md, feature_ops(M));
+  const int64_t X = B * H * N;
+  auto rows = [&](const memory& m, const Dims& dims) {
+    return memory_over(ctx, plain_desc(dims), static_cast<float*>(m.get_data_handle()));
+  };
+  p->phi_q_rows = rows(p->phi_q, {X, M});
+  p->q_stab_rows = rows(p->q_stab, {X, 1});
+  p->phi_k_rows = rows(p->phi_k, {X, M});
+  p->k_sq_rows = rows(p->k_sq, {X, 1});
+  p->phi_k_images = rows(p->phi_k, {B * H, N * M});
+  p->k_stab_images = rows(p->k_stab, {B * H, 1});
+  p->num_rows = rows(p->num, {X, d});
+  p->den_rows = rows(p->den, {X, 1});
+  p->out_rows = rows(p->out, {X, d});
+  const memory::desc feat_rows = plain_desc({X, M}), col = plain_desc({X, 1});
+  const memory::desc head_rows = plain_desc({X, d});
+  p->q_phi = make_binary(eng, algorithm::binary_sub, feat_rows, col, feat_rows, feature_ops(M));
   // φ(k'): exp(s k·ω − ‖k‖²/(2√d) − max over the image's and head's keys and features).
   p->k_features = make_matmul(eng, k.desc(), w_t_md, feat_md, s);
   p->k_square =
@@ -175,15 +197,16 @@ std::unique_ptr<FavorAttention::Plan> FavorAttention::build(Context& ctx, const 
       dnnl::eltwise_forward({{dnnl::prop_kind::forward_inference, algorithm::eltwise_linear, row_md,
                               0.5f / std::sqrt(float(d)), 0.0f},
                              eng});
-  p->k_minus_square = make_binary(eng, algorithm::binary_sub, feat_md, row_md, feat_md);
+  p->k_minus_square = make_binary(eng, algorithm::binary_sub, feat_rows, col, feat_rows);
   p->k_max = make_reduction(eng, algorithm::reduction_max, feat_md, stab_md);
-  p->k_phi = make_binary(eng, algorithm::binary_sub, feat_md, stab_md, feat_md, feature_ops(M));
+  p->k_phi = make_binary(eng, algorithm::binary_sub, plain_desc({B * H, N * M}),
+                         plain_desc({B * H, 1}), plain_desc({B * H, N * M}), feature_ops(M));
   // Σ_j φ(k_j) v_jᵀ, Σ_j φ(k_j), and per query their products with φ(q_i).
   p->kv_mm = make_matmul(eng, feat_t_md, v.desc(), kv_md);
   p->k_sum = make_reduction(eng, algorithm::reduction_sum, feat_md, ksum_md);
   p->num_mm = make_matmul(eng, feat_md, kv_md, heads_md);
   p->den_mm = make_matmul(eng, feat_md, ksum_t_md, row_md);
-  p->divide = make_binary(eng, algorithm::binary_div, heads_md, row_md, heads_md);
+  p->divide = make_binary(eng, algorithm::binary_div, head_rows, col, head_rows);
   if (!training) return p;
 
   p->diff_out = memory_over(ctx, heads_md);
@@ -205,7 +228,9 @@ std::unique_ptr<FavorAttention::Plan> FavorAttention::build(Context& ctx, const 
   p->diff_k = memory_over(ctx, k.desc());
   p->diff_v = memory_over(ctx, v.desc());
   // out = num/den: dnum = g/den, dden = −Σ_e g·out / den.
-  p->d_num = make_binary(eng, algorithm::binary_div, heads_md, row_md, heads_md);
+  p->diff_out_rows = memory_over(ctx, head_rows);
+  p->d_num_rows = rows(p->d_num_m, {X, d});
+  p->d_num = make_binary(eng, algorithm::binary_div, head_rows, col, head_rows);
   p->g_out = make_binary(eng, algorithm::binary_mul, heads_md, heads_md, heads_md);
   p->gd_sum = make_reduction(eng, algorithm::reduction_sum, heads_md, row_md);
   dnnl::post_ops negate;
@@ -219,9 +244,11 @@ std::unique_ptr<FavorAttention::Plan> FavorAttention::build(Context& ctx, const 
   p->d_kv = make_matmul(eng, feat_t_md, heads_md, kv_md);
   p->d_ksum = make_matmul(eng, feat_t_md, row_md, ksum_t_md);
   // dφk = v·dkvᵀ + dksumᵀ, dv = φk·dkv.
-  dnnl::post_ops add_ksum;
-  add_ksum.append_binary(algorithm::binary_add, ksum_md);
-  p->d_phi_k = make_matmul(eng, v.desc(), kv_t_md, feat_md, 1.0f, add_ksum);
+  p->d_phi_k = make_matmul(eng, v.desc(), kv_t_md, feat_md);
+  p->dphi_k_3 = rows(p->dphi_k, {B * H, N, M});
+  p->dksum_3 = rows(p->dksum, {B * H, 1, M});
+  p->add_dksum = make_binary(eng, algorithm::binary_add, p->dphi_k_3.get_desc(),
+                             p->dksum_3.get_desc(), p->dphi_k_3.get_desc());
   p->d_v = make_matmul(eng, feat_md, kv_md, v.desc());
   // Through φ = (exp(u) + ε)/√M: du = dφ·(φ − ε/√M); the stabilisers are constants.
   const float c = 1.0f / std::sqrt(float(M));
@@ -236,10 +263,17 @@ std::unique_ptr<FavorAttention::Plan> FavorAttention::build(Context& ctx, const 
   p->rs_sum = make_reduction(eng, algorithm::reduction_sum, feat_md, row_md);
   dnnl::post_ops scale_k;
   scale_k.append_eltwise(1.0f, algorithm::eltwise_linear, -1.0f / std::sqrt(float(d)), 0.0f);
-  p->k_times_rs = make_binary(eng, algorithm::binary_mul, k.desc(), row_md, heads_md, scale_k);
-  dnnl::post_ops add_k_term;
-  add_k_term.append_binary(algorithm::binary_add, heads_md);
-  p->d_k = make_matmul(eng, feat_md, w_md, k.desc(), s, add_k_term);
+  p->k_dense = buffer({B, H, N, d});  // k copied dense in forward
+  p->k_dense_rows = rows(p->k_dense, {X, d});
+  p->k_to_dense = dnnl::reorder(p->k, p->k_dense);
+  p->rs_rows = rows(p->rs, {X, 1});
+  p->k_rs_rows = rows(p->k_rs, {X, d});
+  p->k_times_rs = make_binary(eng, algorithm::binary_mul, head_rows, col, head_rows, scale_k);
+  p->dk_tmp = buffer({B, H, N, d});
+  p->dk_tmp_rows = rows(p->dk_tmp, {X, d});
+  p->d_k = make_matmul(eng, feat_md, w_md, heads_md, s);
+  p->add_k_term = make_binary(eng, algorithm::binary_add, head_rows, head_rows, head_rows);
+  p->dk_to_diff = dnnl::reorder(p->dk_tmp, p->diff_k);
   return p;
 }
 
@@ -261,26 +295,27 @@ void FavorAttention::Fused::run(dnnl::stream& s) const {
 }
 
 void FavorAttention::run_forward(dnnl::stream& s, Plan& p) {
-  p.q_features.execute(s,
-                       {{DNNL_ARG_SRC, p.q}, {DNNL_ARG_WEIGHTS, p.w_t}, {DNNL_ARG_DST, p.phi_q}});
+  auto mm = [&](const dnnl::matmul& m, const memory& a, const memory& b, const memory& c) {
+    m.execute(s, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
+  };
+  auto bin = [&](const dnnl::binary& b, const memory& a, const memory& c, const memory& dst) {
+    b.execute(s, {{DNNL_ARG_SRC_0, a}, {DNNL_ARG_SRC_1, c}, {DNNL_ARG_DST, dst}});
+  };
+  mm(p.q_features, p.q, p.w_t, p.phi_q);
   execute(s, p.q_max, p.phi_q, p.q_stab);
-  p.q_phi.execute(s,
-                  {{DNNL_ARG_SRC_0, p.phi_q}, {DNNL_ARG_SRC_1, p.q_stab}, {DNNL_ARG_DST, p.phi_q}});
-  p.k_features.execute(s,
-                       {{DNNL_ARG_SRC, p.k}, {DNNL_ARG_WEIGHTS, p.w_t}, {DNNL_ARG_DST, p.phi_k}});
+  bin(p.q_phi, p.phi_q_rows, p.q_stab_rows, p.phi_q_rows);
+  mm(p.k_features, p.k, p.w_t, p.phi_k);
   execute(s, p.k_square, p.k, p.k_sq);  // ‖k‖², then ‖k‖²/(2√d)
   p.k_sq_scale.execute(s, {{DNNL_ARG_SRC, p.k_sq}, {DNNL_ARG_DST, p.k_sq}});
-  p.k_minus_square.execute(
-      s, {{DNNL_ARG_SRC_0, p.phi_k}, {DNNL_ARG_SRC_1, p.k_sq}, {DNNL_ARG_DST, p.phi_k}});
+  bin(p.k_minus_square, p.phi_k_rows, p.k_sq_rows, p.phi_k_rows);
   execute(s, p.k_max, p.phi_k, p.k_stab);
-  p.k_phi.execute(s,
-                  {{DNNL_ARG_SRC_0, p.phi_k}, {DNNL_ARG_SRC_1, p.k_stab}, {DNNL_ARG_DST, p.phi_k}});
-  p.kv_mm.execute(s, {{DNNL_ARG_SRC, p.phi_k_t}, {DNNL_ARG_WEIGHTS, p.v}, {DNNL_ARG_DST, p.kv}});
+  bin(p.k_phi, p.phi_k_images, p.k_stab_images, p.phi_k_images);
+  mm(p.kv_mm, p.phi_k_t, p.v, p.kv);
   execute(s, p.k_sum, p.phi_k, p.ksum);
-  p.num_mm.execute(s, {{DNNL_ARG_SRC, p.phi_q}, {DNNL_ARG_WEIGHTS, p.kv}, {DNNL_ARG_DST, p.num}});
-  p.den_mm.execute(s,
-                   {{DNNL_ARG_SRC, p.phi_q}, {DNNL_ARG_WEIGHTS, p.ksum_t}, {DNNL_ARG_DST, p.den}});
-  p.divide.execute(s, {{DNNL_ARG_SRC_0, p.num}, {DNNL_ARG_SRC_1, p.den}, {DNNL_ARG_DST, p.out}});
+  mm(p.num_mm, p.phi_q, p.kv, p.num);
+  mm(p.den_mm, p.phi_q, p.ksum_t, p.den);
+  bin(p.divide, p.num_rows, p.den_rows, p.out_rows);
+  if (p.training) p.k_to_dense.execute(s, p.k, p.k_dense);
 }
 
 void FavorAttention::backward(Context& ctx, const Tensor& diff_out, const View& diff_q,
@@ -289,42 +324,40 @@ void FavorAttention::backward(Context& ctx, const Tensor& diff_out, const View& 
   Plan& p = *plan_;
   engine::check_same_dims(diff_out.dims(), p.out_tensor.dims(), "FavorAttention", "diff_out");
   dnnl::stream& s = ctx.strm;
+  auto mm = [&](const dnnl::matmul& m, const memory& a, const memory& b, const memory& c) {
+    m.execute(s, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
+  };
+  auto bin = [&](const dnnl::binary& b, const memory& a, const memory& c, const memory& dst) {
+    b.execute(s, {{DNNL_ARG_SRC_0, a}, {DNNL_ARG_SRC_1, c}, {DNNL_ARG_DST, dst}});
+  };
   p.diff_out.set_data_handle(diff_out.data());
+  p.diff_out_rows.set_data_handle(diff_out.data());
   p.diff_q.set_data_handle(diff_q.data);
   p.diff_k.set_data_handle(diff_k.data);
   p.diff_v.set_data_handle(diff_v.data);
-  p.d_num.execute(
-      s, {{DNNL_ARG_SRC_0, p.diff_out}, {DNNL_ARG_SRC_1, p.den}, {DNNL_ARG_DST, p.d_num_m}});
-  p.g_out.execute(
-      s, {{DNNL_ARG_SRC_0, p.diff_out}, {DNNL_ARG_SRC_1, p.out}, {DNNL_ARG_DST, p.g_out_m}});
+  bin(p.d_num, p.diff_out_rows, p.den_rows, p.d_num_rows);
+  bin(p.g_out, p.diff_out, p.out, p.g_out_m);
   execute(s, p.gd_sum, p.g_out_m, p.gd);
-  p.d_den.execute(s, {{DNNL_ARG_SRC_0, p.gd}, {DNNL_ARG_SRC_1, p.den}, {DNNL_ARG_DST, p.dden}});
-  p.d_phi_q.execute(
-      s, {{DNNL_ARG_SRC, p.d_num_m}, {DNNL_ARG_WEIGHTS, p.kv_t}, {DNNL_ARG_DST, p.dphi_q}});
-  p.d_phi_q_den.execute(
-      s, {{DNNL_ARG_SRC, p.dden}, {DNNL_ARG_WEIGHTS, p.ksum}, {DNNL_ARG_DST, p.dphi_q}});
-  p.d_kv.execute(s,
-                 {{DNNL_ARG_SRC, p.phi_q_t}, {DNNL_ARG_WEIGHTS, p.d_num_m}, {DNNL_ARG_DST, p.dkv}});
-  p.d_ksum.execute(
-      s, {{DNNL_ARG_SRC, p.phi_q_t}, {DNNL_ARG_WEIGHTS, p.dden}, {DNNL_ARG_DST, p.dksum}});
-  p.d_phi_k.execute(s, {{DNNL_ARG_SRC, p.v},
-                        {DNNL_ARG_WEIGHTS, p.dkv_t},
-                        {DNNL_ARG_DST, p.dphi_k},
-                        {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, p.dksum_row}});
-  p.d_v.execute(s, {{DNNL_ARG_SRC, p.phi_k}, {DNNL_ARG_WEIGHTS, p.dkv}, {DNNL_ARG_DST, p.diff_v}});
+  bin(p.d_den, p.gd, p.den, p.dden);
+  mm(p.d_phi_q, p.d_num_m, p.kv_t, p.dphi_q);
+  mm(p.d_phi_q_den, p.dden, p.ksum, p.dphi_q);  // accumulates
+  mm(p.d_kv, p.phi_q_t, p.d_num_m, p.dkv);
+  mm(p.d_ksum, p.phi_q_t, p.dden, p.dksum);
+  mm(p.d_phi_k, p.v, p.dkv_t, p.dphi_k);
+  bin(p.add_dksum, p.dphi_k_3, p.dksum_3, p.dphi_k_3);
+  mm(p.d_v, p.phi_k, p.dkv, p.diff_v);
   // Queries.
   p.q_less_eps.execute(s, {{DNNL_ARG_SRC, p.phi_q}, {DNNL_ARG_DST, p.u_q}});
-  p.dq_u.execute(s, {{DNNL_ARG_SRC_0, p.dphi_q}, {DNNL_ARG_SRC_1, p.u_q}, {DNNL_ARG_DST, p.u_q}});
-  p.d_q.execute(s, {{DNNL_ARG_SRC, p.u_q}, {DNNL_ARG_WEIGHTS, p.w}, {DNNL_ARG_DST, p.diff_q}});
+  bin(p.dq_u, p.dphi_q, p.u_q, p.u_q);
+  mm(p.d_q, p.u_q, p.w, p.diff_q);
   // Keys.
   p.k_less_eps.execute(s, {{DNNL_ARG_SRC, p.phi_k}, {DNNL_ARG_DST, p.u_k}});
-  p.dk_u.execute(s, {{DNNL_ARG_SRC_0, p.dphi_k}, {DNNL_ARG_SRC_1, p.u_k}, {DNNL_ARG_DST, p.u_k}});
+  bin(p.dk_u, p.dphi_k, p.u_k, p.u_k);
   execute(s, p.rs_sum, p.u_k, p.rs);
-  p.k_times_rs.execute(s, {{DNNL_ARG_SRC_0, p.k}, {DNNL_ARG_SRC_1, p.rs}, {DNNL_ARG_DST, p.k_rs}});
-  p.d_k.execute(s, {{DNNL_ARG_SRC, p.u_k},
-                    {DNNL_ARG_WEIGHTS, p.w},
-                    {DNNL_ARG_DST, p.diff_k},
-                    {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, p.k_rs}});
+  bin(p.k_times_rs, p.k_dense_rows, p.rs_rows, p.k_rs_rows);
+  mm(p.d_k, p.u_k, p.w, p.dk_tmp);
+  bin(p.add_k_term, p.dk_tmp_rows, p.k_rs_rows, p.dk_tmp_rows);
+  p.dk_to_diff.execute(s, p.dk_tmp, p.diff_k);
 }
 
 FavorAttention::Fused FavorAttention::fused(FusedBuild& f, const memory& q, const memory& k,
