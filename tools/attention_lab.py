@@ -58,7 +58,7 @@ FULL = {"out": os.path.join(ROOT, "attention-lab"), "sizes": "5000,20000", "seed
         "epochs": 6, "min_steps": 400, "sweep_patches": "32,16,8,4", "bench_iters": 3,
         "bench_repeats": 3}
 QUICK = {"out": os.path.join(ROOT, "attention-lab-quick"), "sizes": "1000", "seeds": 1,
-         "epochs": 2, "min_steps": 60, "sweep_patches": "32,16,8", "bench_iters": 1,
+         "epochs": 2, "min_steps": 60, "sweep_patches": "32,16", "bench_iters": 1,
          "bench_repeats": 2}
 # Additive scores hold B·H·N²·d_a floats twice in training (tanh's output and its gradient):
 # beyond this the sweep does not run them. Counted for ViT-Ti's H = 3 and d_a = d = 64.
