@@ -4,13 +4,6 @@ namespace engine {
 
 using dnnl::memory;
 
-static dnnl::matmul make_matmul(Context& ctx, const memory::desc& src, const memory::desc& weights,
-                                const memory::desc& dst, float alpha) {
-  dnnl::primitive_attr attr;
-  if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
-  return dnnl::matmul({dnnl::matmul::desc(src, weights, dst), attr, ctx.eng});
-}
-
 std::unique_ptr<BatchedMatmul::Plan> BatchedMatmul::build(Context& ctx, const View& a,
                                                           const View& b) {
   const size_t r = a.dims.size();
@@ -33,16 +26,16 @@ std::unique_ptr<BatchedMatmul::Plan> BatchedMatmul::build(Context& ctx, const Vi
   const memory::desc a_md = a.desc(), b_md = b.desc();
   const memory::desc a_t_md = a.transposed().desc(), b_t_md = b.transposed().desc();
 
-  p->fwd = make_matmul(ctx, a_md, b_md, dst_md, alpha);
+  p->fwd = make_matmul(ctx.eng, a_md, b_md, dst_md, alpha);
   // oneDNN's fast matmul wants a destination whose last axis is contiguous; for a gradient
   // laid out as a transposed view (kᵀ in attention), compute its transpose instead:
   // diff_aᵀ = alpha·B·diff_dstᵀ, diff_bᵀ = alpha·diff_dstᵀ·A.
   p->a_transposed = a.strides[r - 1] != 1;
   p->b_transposed = b.strides[r - 1] != 1;
-  p->bwd_a = p->a_transposed ? make_matmul(ctx, b_md, dst_t_md, a_t_md, alpha)
-                             : make_matmul(ctx, dst_md, b_t_md, a_md, alpha);
-  p->bwd_b = p->b_transposed ? make_matmul(ctx, dst_t_md, a_md, b_t_md, alpha)
-                             : make_matmul(ctx, a_t_md, dst_md, b_md, alpha);
+  p->bwd_a = p->a_transposed ? make_matmul(ctx.eng, b_md, dst_t_md, a_t_md, alpha)
+                             : make_matmul(ctx.eng, dst_md, b_t_md, a_md, alpha);
+  p->bwd_b = p->b_transposed ? make_matmul(ctx.eng, dst_t_md, a_md, b_t_md, alpha)
+                             : make_matmul(ctx.eng, a_t_md, dst_md, b_md, alpha);
 
   p->a_mem = memory_over(ctx, a_md);
   p->b_mem = memory_over(ctx, b_md);

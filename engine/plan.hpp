@@ -53,6 +53,16 @@ inline dnnl::memory memory_over(const Context& ctx, const dnnl::memory::desc& de
   return dnnl::memory(desc, ctx.eng, data != nullptr ? static_cast<void*>(data) : DNNL_MEMORY_NONE);
 }
 
+// A matmul primitive dst = scale · src·weights, then `ops`.
+inline dnnl::matmul make_matmul(const dnnl::engine& eng, const dnnl::memory::desc& src,
+                                const dnnl::memory::desc& weights, const dnnl::memory::desc& dst,
+                                float scale = 1.0f, const dnnl::post_ops& ops = {}) {
+  dnnl::primitive_attr attr;
+  if (scale != 1.0f) attr.set_output_scales(0, {scale});
+  attr.set_post_ops(ops);
+  return dnnl::matmul({{src, weights, dst}, attr, eng});
+}
+
 // A scratch or workspace buffer the size a primitive descriptor asks for (none if zero).
 inline dnnl::memory owned_memory(const Context& ctx, const dnnl::memory::desc& desc) {
   return dnnl::memory(desc, ctx.eng);

@@ -34,6 +34,21 @@ VitConfig lab_config() {
   return c;
 }
 
+// A Linear layer by the book, in double: rows [T, in] -> [T, out], x·Wᵀ + b.
+template <class Rows>
+std::vector<double> naive_linear(const engine::Linear& l, const Rows& x, int64_t T) {
+  const int64_t in = l.in_features, out = l.out_features;
+  const float* W = l.weight->value.data();
+  std::vector<double> y(size_t(T * out));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t o = 0; o < out; ++o) {
+      double s = l.bias ? double(l.bias->value[o]) : 0.0;
+      for (int64_t i = 0; i < in; ++i) s += double(x[t * in + i]) * W[o * in + i];
+      y[size_t(t * out + o)] = s;
+    }
+  return y;
+}
+
 // The exact-attention family by the book, in double: scores q·kᵀ/√d per head, or additive
 // wᵀ tanh(W_q q + W_k k); the window's mask; softmax, relu(s)/n or σ(s − log n) over the
 // allowed keys; the values mixed; proj.
@@ -47,14 +62,8 @@ std::vector<double> naive_attention(const MultiHeadAttention& attn, const VitCon
     const int64_t dr = (i - P) / G - (j - P) / G, dc = (i - P) % G - (j - P) % G;
     return std::max(std::abs(dr), std::abs(dc)) <= R;
   };
-  std::vector<double> qkv(B * N * 3 * D), merged(B * N * D), out(B * N * D);
-  const float* W = attn.qkv.weight->value.data();
-  for (int64_t t = 0; t < B * N; ++t)
-    for (int64_t o = 0; o < 3 * D; ++o) {
-      double s = attn.qkv.bias->value[o];
-      for (int64_t i = 0; i < D; ++i) s += double(x[t * D + i]) * W[o * D + i];
-      qkv[t * 3 * D + o] = s;
-    }
+  const std::vector<double> qkv = naive_linear(attn.qkv, x, B * N);
+  std::vector<double> merged(B * N * D);
   // Linformer: the keys and values replaced by E·k and F·v over the sequence, K rows of them.
   const int64_t Nk = c.attn_lowrank > 0 ? c.attn_lowrank : N;
   std::vector<double> keys(B * Nk * D), values(B * Nk * D);
@@ -115,14 +124,7 @@ std::vector<double> naive_attention(const MultiHeadAttention& attn, const VitCon
           merged[(b * N + i) * D + h * d + e] = s;
         }
       }
-  const float* Wp = attn.proj.weight->value.data();
-  for (int64_t t = 0; t < B * N; ++t)
-    for (int64_t o = 0; o < D; ++o) {
-      double s = attn.proj.bias->value[o];
-      for (int64_t i = 0; i < D; ++i) s += merged[t * D + i] * Wp[o * D + i];
-      out[t * D + o] = s;
-    }
-  return out;
+  return naive_linear(attn.proj, merged, B * N);
 }
 
 // The exact-attention variants: each normalisation, global and windowed, with and without a
@@ -261,14 +263,8 @@ std::vector<double> naive_performer(const MultiHeadAttention& attn, const VitCon
   const int64_t B = x.dim(0), N = x.dim(1), D = c.embed_dim, H = c.num_heads, d = D / H;
   const int64_t M = c.attn_features;
   const double s = 1.0 / std::pow(double(d), 0.25), eps = 1e-4, scale = 1.0 / std::sqrt(double(M));
-  std::vector<double> qkv(B * N * 3 * D), merged(B * N * D), out(B * N * D);
-  const float* W = attn.qkv.weight->value.data();
-  for (int64_t t = 0; t < B * N; ++t)
-    for (int64_t o = 0; o < 3 * D; ++o) {
-      double sum = attn.qkv.bias->value[o];
-      for (int64_t i = 0; i < D; ++i) sum += double(x[t * D + i]) * W[o * D + i];
-      qkv[t * 3 * D + o] = sum;
-    }
+  const std::vector<double> qkv = naive_linear(attn.qkv, x, B * N);
+  std::vector<double> merged(B * N * D);
   const float* omega = attn.favor->w->value.data();
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h) {
@@ -309,14 +305,7 @@ std::vector<double> naive_performer(const MultiHeadAttention& attn, const VitCon
         for (int64_t e = 0; e < d; ++e) merged[(b * N + i) * D + h * d + e] = num[e] / den;
       }
     }
-  const float* Wp = attn.proj.weight->value.data();
-  for (int64_t t = 0; t < B * N; ++t)
-    for (int64_t o = 0; o < D; ++o) {
-      double sum = attn.proj.bias->value[o];
-      for (int64_t i = 0; i < D; ++i) sum += merged[t * D + i] * Wp[o * D + i];
-      out[t * D + o] = sum;
-    }
-  return out;
+  return naive_linear(attn.proj, merged, B * N);
 }
 
 }  // namespace

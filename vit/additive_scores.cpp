@@ -4,21 +4,9 @@ namespace vit {
 
 using dnnl::memory;
 using dt = memory::data_type;
+using engine::make_matmul;
 using engine::memory_over;
 using engine::plain_desc;
-
-namespace {
-
-dnnl::matmul make_matmul(const dnnl::engine& eng, const memory::desc& src,
-                         const memory::desc& weights, const memory::desc& dst, float scale = 1.0f,
-                         const dnnl::post_ops& ops = {}) {
-  dnnl::primitive_attr attr;
-  if (scale != 1.0f) attr.set_output_scales(0, {scale});
-  attr.set_post_ops(ops);
-  return dnnl::matmul({{src, weights, dst}, attr, eng});
-}
-
-}  // namespace
 
 AdditiveScores::AdditiveScores(ParameterStore& store, const std::string& prefix, const VitConfig& c,
                                float alpha)
