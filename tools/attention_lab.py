@@ -28,10 +28,9 @@ import argparse
 import json
 import math
 import os
-import sys
 
-from experiment import (FMNIST, ROOT, VIT, Results, count_images, fail, mean_sd, run,
-                        train_and_eval)
+from experiment import (FMNIST, ROOT, VIT, Results, check_tools, count_images, fail, mean_sd,
+                        run, train_and_eval)
 
 # name, label, vit train flags; "cnn" is the CNN baseline, the rest the ViT with those flags.
 # Windows on vit_fmnist_patch4's 7×7 grid: R 1 and 2 see 3×3 and 5×5 patches of 49; Linformer
@@ -306,12 +305,7 @@ def plot(args, stats, variants, speed):
 
 def main():
     args = parse_args()
-    try:
-        import matplotlib  # noqa: F401  (checked before hours of training, not after)
-    except ImportError:
-        fail(f"{sys.executable} has no matplotlib: run tools/install-deps.sh (python3-matplotlib)")
-    if not os.access(args.vit, os.X_OK):
-        fail(f"'{args.vit}': no vit executable (build it: cmake --workflow --preset release)")
+    check_tools(args.vit)
     train_counts = count_images(args.vit, args.data)
     if set(train_counts) != set(count_images(args.vit, args.test_data)):
         fail(f"'{args.test_data}' has other class folders than '{args.data}'")

@@ -34,9 +34,8 @@ Uses Debian's python3 and python3-matplotlib (tools/install-deps.sh installs the
 import argparse
 import math
 import os
-import sys
 
-from experiment import (FMNIST, ROOT, Results, count_images, fail, mean_sd,
+from experiment import (FMNIST, ROOT, Results, check_tools, count_images, fail, mean_sd,
                         train_and_eval)
 
 # The defaults of the flags that --quick changes: the full sweep, and about 5 minutes on 2 cores.
@@ -259,13 +258,7 @@ def plot(args, stats):
 
 def main():
     args = parse_args()
-    try:
-        import matplotlib  # noqa: F401  (checked before hours of training, not after)
-    except ImportError:
-        fail(f"{sys.executable} has no matplotlib: run tools/install-deps.sh (python3-matplotlib) "
-             "and start this script with Debian's /usr/bin/python3")
-    if not os.access(args.vit, os.X_OK):
-        fail(f"'{args.vit}': no vit executable (build it: cmake --workflow --preset release)")
+    check_tools(args.vit)
     # The plot's title names the data set (the folder above the training folder) before a class
     # selection replaces args.data with a folder of links.
     args.data_name = os.path.basename(os.path.dirname(os.path.abspath(args.data)))

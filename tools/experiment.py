@@ -46,6 +46,17 @@ def run(cmd, log_path):
              "\n  ".join(tail))
 
 
+def check_tools(vit):
+    """Before hours of training, not after: matplotlib and the vit executable are there."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        fail(f"{sys.executable} has no matplotlib: run tools/install-deps.sh (python3-matplotlib) "
+             "and start this script with Debian's /usr/bin/python3")
+    if not os.access(vit, os.X_OK):
+        fail(f"'{vit}': no vit executable (build it: cmake --workflow --preset release)")
+
+
 def count_images(vit, folder):
     """Images per class folder, as vit train lists them: `vit folder` is the one place that
     knows the image extensions and skips hidden entries."""
