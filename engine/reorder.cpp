@@ -11,7 +11,13 @@ void Reorder::operator()(Context& ctx, const View& src, const View& dst) {
     auto plan = std::make_unique<Plan>();
     plan->src = memory_over(ctx, src.desc());
     plan->dst = memory_over(ctx, dst.desc());
-    plan->prim = dnnl::reorder(plan->src, plan->dst);
+    dnnl::primitive_attr attr;
+    if (accumulate) {
+      dnnl::post_ops ops;
+      ops.append_sum(1.0f);
+      attr.set_post_ops(ops);
+    }
+    plan->prim = dnnl::reorder(plan->src, plan->dst, attr);
     return plan;
   });
   p.src.set_data_handle(src.data);

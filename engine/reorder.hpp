@@ -11,7 +11,11 @@ namespace engine {
 
 class Reorder {
  public:
+  // accumulate: dst += src (a sum post-op), the adjoint of a gather whose copies overlap.
+  explicit Reorder(bool accumulate = false) : accumulate(accumulate) {}
   void operator()(Context& ctx, const View& src, const View& dst);
+
+  bool accumulate;
 
  private:
   struct Plan {

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <numeric>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -139,6 +140,28 @@ std::vector<VitConfig> exact_variants() {
         if (norm == std::string("softmax") && window == 0 && regs == 0) continue;  // test_vit's
         out.push_back(c);
       }
+  // The window as blocks against their halo: b = 2R dividing the 4×4 grid (R 1) or one block
+  // larger than it (R 2, 3); a 5×5 grid with padded blocks; without any prefix token.
+  for (const char* norm : {"softmax", "relu", "sigmoid"})
+    for (int64_t window : {1, 2})
+      for (int64_t regs : {0, 1}) {
+        VitConfig c = lab_config();
+        c.attn_norm = norm, c.attn_window = window, c.reg_tokens = regs;
+        c.attn_window_impl = "blocks";
+        out.push_back(c);
+      }
+  for (int64_t window : {1, 2, 3}) {
+    VitConfig c = lab_config();
+    c.img_size = 20, c.attn_window = window, c.attn_window_impl = "blocks";
+    c.attn_norm = window == 2 ? "sigmoid" : "softmax";
+    out.push_back(c);
+  }
+  for (const char* norm : {"softmax", "relu"}) {
+    VitConfig c = lab_config();
+    c.class_token = false, c.global_pool = "avg", c.attn_window = 1, c.attn_norm = norm;
+    c.attn_window_impl = "blocks";
+    out.push_back(c);
+  }
   for (const char* norm : {"softmax", "relu"}) {
     VitConfig c = lab_config();
     c.attn_score = "additive", c.attn_norm = norm;
@@ -170,7 +193,7 @@ std::vector<check::GradTarget> targets_but_additive(ParameterStore& store, int64
 }
 
 std::string describe(const VitConfig& c) {
-  return nlohmann::json(c).dump();
+  return nlohmann::json(c).dump() + " attn_window_impl " + c.attn_window_impl;
 }
 
 }  // namespace
@@ -182,6 +205,7 @@ TEST_CASE("attention lab: the normalisations and the window against a naive loop
     CAPTURE(describe(c));
     ParameterStore store;
     MultiHeadAttention attn(store, "attn", c);
+    REQUIRE(attn.halo.has_value() == (c.attn_window_impl == "blocks"));
     store.allocate(ctx.eng);
     randomize_parameters(store, rng, 0.6f);
     Tensor x = check::random_tensor(ctx, {2, c.num_tokens(), c.embed_dim}, rng);
@@ -195,8 +219,10 @@ TEST_CASE("attention lab: the normalisations and the window against a naive loop
     ctx.wait();
     auto targets = targets_but_additive(store, 1 << 30);
     targets.push_back({"x", x.data(), x.numel(), dx.data()});
-    // relu(s)/n has a kink at every score: a step crosses some of them.
-    check::check_gradients(ctx, forward, r, targets, 1e-3f, c.attn_norm == "relu" ? 0.4 : 0.05);
+    // relu(s)/n has a kink at every score: a step crosses some of them. With the halo blocks
+    // it is left to the test that their gradients equal the masked scores' (checked here).
+    if (c.attn_norm != "relu" || !attn.halo)
+      check::check_gradients(ctx, forward, r, targets, 1e-3f, c.attn_norm == "relu" ? 0.4 : 0.05);
   }
 }
 
@@ -490,6 +516,13 @@ TEST_CASE(
   c = lab_config();
   c.attn_window = 2, c.global_pool = "avg", c.fc_norm = true;
   configs.push_back(c);
+  c = lab_config();  // the window as halo blocks, on a 5×5 grid with padded blocks
+  c.img_size = 20, c.attn_window = 1, c.attn_norm = "sigmoid", c.qk_norm = true;
+  c.reg_tokens = 1, c.attn_window_impl = "blocks";
+  configs.push_back(c);
+  c = lab_config();
+  c.attn_window = 2, c.global_pool = "avg", c.attn_window_impl = "blocks";
+  configs.push_back(c);
   c = lab_config();
   c.attn_score = "additive", c.attn_additive_dim = 6;
   configs.push_back(c);
@@ -589,39 +622,127 @@ TEST_CASE("attention lab: without positions a ViT cannot tell the patches' order
 TEST_CASE("attention lab: a window hides the patches outside it from a token's block output") {
   Context ctx(44);
   std::mt19937_64 rng(441);
-  for (const std::string norm : {"softmax", "relu", "sigmoid"}) {
-    CAPTURE(norm);
-    VitConfig c = lab_config();
-    c.attn_window = 1, c.attn_norm = norm, c.depth = 1;
-    ParameterStore store;
-    Block block(store, "blocks.0", c, 0.0f);
-    store.allocate(ctx.eng);
-    block.init_weights(ctx);
-    randomize_parameters(store, rng, 0.6f);
-    block.train(false);
-    const int64_t N = c.num_tokens(), D = c.embed_dim;
-    Tensor x = check::random_tensor(ctx, {1, N, D}, rng);
-    Tensor base(ctx.eng, {1, N, D});
-    base.copy_from(block.forward(ctx, x));
-    ctx.wait();
-    // Token 1 + 5 is patch (1, 1): patch (3, 3) is outside its window, (2, 2) inside.
-    auto change_of_token = [&](int64_t token, int64_t perturbed) {
-      std::vector<float> saved = check::copy_of(x.data() + perturbed * D, D);
-      // Not a constant: LayerNorm would remove it.
-      for (int64_t i = 0; i < D; ++i) x[perturbed * D + i] += 0.5f * float(i % 3) - 0.4f;
-      const Tensor& y = block.forward(ctx, x);
+  for (const std::string impl : {"mask", "blocks"})
+    for (const std::string norm : {"softmax", "relu", "sigmoid"}) {
+      CAPTURE(norm);
+      CAPTURE(impl);
+      VitConfig c = lab_config();
+      c.attn_window = 1, c.attn_norm = norm, c.depth = 1, c.attn_window_impl = impl;
+      ParameterStore store;
+      Block block(store, "blocks.0", c, 0.0f);
+      store.allocate(ctx.eng);
+      block.init_weights(ctx);
+      randomize_parameters(store, rng, 0.6f);
+      block.train(false);
+      const int64_t N = c.num_tokens(), D = c.embed_dim;
+      Tensor x = check::random_tensor(ctx, {1, N, D}, rng);
+      Tensor base(ctx.eng, {1, N, D});
+      base.copy_from(block.forward(ctx, x));
       ctx.wait();
-      double m = 0;
-      for (int64_t i = 0; i < D; ++i)
-        m = std::max(m, double(std::abs(y[token * D + i] - base[token * D + i])));
-      std::copy(saved.begin(), saved.end(), x.data() + perturbed * D);
-      return m;
-    };
-    CHECK(change_of_token(6, 1 + 15) == 0.0);  // (3, 3): outside, no effect at all
-    CHECK(change_of_token(6, 1 + 10) > 1e-3);  // (2, 2): inside
-    CHECK(change_of_token(0, 1 + 15) > 1e-3);  // the cls token sees every patch
-    CHECK(change_of_token(1 + 15, 0) > 1e-3);  // and every patch sees it
-  }
+      // Token 1 + 5 is patch (1, 1): patch (3, 3) is outside its window, (2, 2) inside.
+      auto change_of_token = [&](int64_t token, int64_t perturbed) {
+        std::vector<float> saved = check::copy_of(x.data() + perturbed * D, D);
+        // Not a constant: LayerNorm would remove it.
+        for (int64_t i = 0; i < D; ++i) x[perturbed * D + i] += 0.5f * float(i % 3) - 0.4f;
+        const Tensor& y = block.forward(ctx, x);
+        ctx.wait();
+        double m = 0;
+        for (int64_t i = 0; i < D; ++i)
+          m = std::max(m, double(std::abs(y[token * D + i] - base[token * D + i])));
+        std::copy(saved.begin(), saved.end(), x.data() + perturbed * D);
+        return m;
+      };
+      CHECK(change_of_token(6, 1 + 15) == 0.0);  // (3, 3): outside, no effect at all
+      CHECK(change_of_token(6, 1 + 10) > 1e-3);  // (2, 2): inside
+      CHECK(change_of_token(0, 1 + 15) > 1e-3);  // the cls token sees every patch
+      CHECK(change_of_token(1 + 15, 0) > 1e-3);  // and every patch sees it
+    }
+}
+
+TEST_CASE("attention lab: a window's halo blocks and its masked scores, the same function") {
+  // Forward and backward of the two formulations, from the same weights and inputs: equal to
+  // rounding, gradients included, at every kink of relu (which a central difference can not
+  // settle). Grids with and without padded blocks, with 0, 1 and 2 prefix tokens.
+  Context ctx(45);
+  std::mt19937_64 rng(451);
+  for (const char* norm : {"softmax", "relu", "sigmoid"})
+    for (int64_t img : {16, 20, 28, 32})
+      for (int64_t window : {1, 2})
+        for (int64_t prefix : {0, 1, 2}) {
+          VitConfig c = lab_config();
+          c.img_size = img, c.attn_norm = norm, c.attn_window = window;
+          c.class_token = prefix > 0, c.reg_tokens = prefix > 1 ? 1 : 0;
+          if (prefix == 0) c.global_pool = "avg";
+          CAPTURE(describe(c));
+          ParameterStore stores[2];
+          std::optional<MultiHeadAttention> attn[2];
+          for (int i = 0; i < 2; ++i) {
+            c.attn_window_impl = i == 0 ? "mask" : "blocks";
+            attn[i].emplace(stores[i], "attn", c);
+            REQUIRE(attn[i]->halo.has_value() == (i == 1));
+            stores[i].allocate(ctx.eng);
+          }
+          randomize_parameters(stores[0], rng, 0.6f);
+          for (size_t p = 0; p < stores[0].parameters().size(); ++p)
+            stores[1].parameters()[p].value.copy_from(stores[0].parameters()[p].value);
+          Tensor x = check::random_tensor(ctx, {2, c.num_tokens(), c.embed_dim}, rng);
+          Tensor r = check::random_tensor(ctx, x.dims(), rng);
+          std::vector<float> y[2], dx[2], grads[2];
+          for (int i = 0; i < 2; ++i) {
+            stores[i].zero_grad();
+            y[i] = check::copy_of(attn[i]->forward(ctx, x));
+            dx[i] = check::copy_of(attn[i]->backward(ctx, r));
+            ctx.wait();
+            for (const engine::Parameter& p : stores[i].parameters()) {
+              const std::vector<float> g = check::copy_of(p.grad);
+              grads[i].insert(grads[i].end(), g.begin(), g.end());
+            }
+          }
+          auto largest_gap = [](const std::vector<float>& a, const std::vector<float>& b) {
+            double m = 0, scale = 1e-3;
+            for (size_t i = 0; i < a.size(); ++i) {
+              m = std::max(m, double(std::abs(a[i] - b[i])));
+              scale = std::max(scale, double(std::abs(a[i])));
+            }
+            return m / scale;
+          };
+          CHECK(largest_gap(y[0], y[1]) < 1e-5);
+          CHECK(largest_gap(dx[0], dx[1]) < 1e-5);
+          CHECK(largest_gap(grads[0], grads[1]) < 1e-5);
+        }
+}
+
+TEST_CASE("attention lab: a window runs as halo blocks where they score fewer keys") {
+  VitConfig c = lab_config();
+  c.img_size = 224, c.patch_size = 8, c.attn_window = 1;  // N 785: 37 keys a block query
+  CHECK(HaloAttention::cheaper(c));
+  c.attn_window = 2;
+  CHECK(HaloAttention::cheaper(c));
+  c.attn_window = 1, c.attn_score = "additive";  // the blocks take dot-product scores only
+  CHECK_FALSE(HaloAttention::cheaper(c));
+  c.attn_score = "dot", c.patch_size = 16;  // N 197: 4× fewer scores, not enough
+  CHECK_FALSE(HaloAttention::cheaper(c));
+  c.attn_window_impl = "blocks";
+  CHECK(HaloAttention::used(c));
+  c = lab_config();
+  c.attn_window = 1;  // a 4×4 grid: one block of 4 × 4 queries, 1 + 6 × 6 keys
+  CHECK_FALSE(HaloAttention::cheaper(c));
+  HaloAttention halo(c);
+  CHECK(halo.block == 4);
+  CHECK(halo.keys == 1 + 36);
+  CHECK(halo.blocks == 1);
+  CHECK(halo.padded == 6);
+  // Query (1, 1): the halo spans grid rows and columns −1..4, of which 0..2 are on the grid and
+  // in its window; row and column −1 and 3 are not, nor 4 (off the grid).
+  const float* row = halo.mask.data() + (1 * 4 + 1) * halo.keys;
+  int allowed = 0;
+  for (int64_t h = 0; h < halo.keys; ++h) allowed += row[h] == 0.0f;
+  CHECK(allowed == 1 + 9);
+  CHECK(row[0] == 0.0f);                 // the cls token
+  CHECK(row[1 + 0] == kMasked);          // (−1, −1)
+  CHECK(row[1 + 1 * 6 + 1] == 0.0f);     // (0, 0)
+  CHECK(row[1 + 3 * 6 + 3] == 0.0f);     // (2, 2)
+  CHECK(row[1 + 4 * 6 + 3] == kMasked);  // (3, 2)
 }
 
 TEST_CASE("attention lab: settings are written only when not the default, read back, refused") {

@@ -31,8 +31,10 @@ names = ["baseline", "additive", "relu", "sigmoid", "sincos", "nopos", "window1"
          "linformer", "performer", "cnn"]
 assert sorted(r["model"] for r in cells) == sorted(names * 2), [r["model"] for r in cells]
 assert sorted(r["variant"] for r in variants) == sorted(names)
-# 6 attention variants x 2 grids (N = 5 and 17) x inference and training
-assert len(speed) == 24 and {int(r["tokens"]) for r in speed} == {5, 17}, speed
+# 7 sweep lines (the window both as halo blocks and masked) x 2 grids (N = 5 and 17) x
+# inference and training
+assert len(speed) == 28 and {int(r["tokens"]) for r in speed} == {5, 17}, speed
+assert sum(r["variant"] == "window2_mask" for r in speed) == 4, speed
 for r in variants:
     assert float(r["train_images_per_second"]) > 0 and float(r["infer_images_per_second"]) > 0
     assert int(r["parameters"]) > 0 and float(r["train_peak_rss_mb"]) > 0

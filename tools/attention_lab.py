@@ -49,8 +49,12 @@ VARIANTS = [
     ("cnn", "CNN (ResNet), for reference", None),
 ]
 # The sweep's variants (positions do not change the cost) and their flags at any N: the window
-# R = 2, Linformer K = 64 (or N), Performer M = 64.
-SWEEP = ["baseline", "additive", "relu", "window2", "linformer", "performer"]
+# R = 2 both ways (the same function: query blocks against their halo of keys, and the N × N
+# scores masked), Linformer K = 64 (or N), Performer M = 64.
+SWEEP = ["baseline", "additive", "relu", "window2", "window2_mask", "linformer", "performer"]
+# Sweep lines that are another way of computing a trained variant: (that variant, label).
+SWEEP_ONLY = {"window2_mask": ("window2", "window R = 2, N × N scores masked")}
+SWEEP_LABELS = {"window2": "window R = 2, query blocks and their halo"}
 VIT_RECIPE = "--lr 2e-3 --weight-decay 0.05 --pad 2 --hflip 0.5"  # compare.py's
 CNN_RECIPE = "--opt sgd --lr 0.1 --weight-decay 5e-4 --pad 2 --hflip 0.5"
 FULL = {"out": os.path.join(ROOT, "attention-lab"), "sizes": "5000,20000", "seeds": 3,
@@ -132,8 +136,17 @@ def flags_of(name):
     return next(v[2] for v in VARIANTS if v[0] == name)
 
 
-def label_of(name):
+def label_of(name, sweep=False):
+    if name in SWEEP_ONLY:
+        return SWEEP_ONLY[name][1]
+    if sweep and name in SWEEP_LABELS:
+        return SWEEP_LABELS[name]
     return next(v[1] for v in VARIANTS if v[0] == name)
+
+
+def in_sweep(args, name):
+    """Whether the sweep runs this line: its variant was asked for."""
+    return SWEEP_ONLY.get(name, (name,))[0] in args.variants
 
 
 def bench(args, stem, flags, mode, batch):
@@ -154,8 +167,9 @@ def sweep_flags(name, grid):
         return ["--attn-lowrank", str(min(64, tokens))]
     if name == "performer":
         return ["--attn-features", "64"]
-    if name == "window2":
-        return ["--attn-window", str(min(2, grid - 1))]
+    if name in ("window2", "window2_mask"):
+        return ["--attn-window", str(min(2, grid - 1)), "--attn-window-impl",
+                "mask" if name == "window2_mask" else "blocks"]
     return flags_of(name).split()
 
 
@@ -234,7 +248,7 @@ def summarize(args, cells, variants, speed):
                 rows = {r["tokens"]: r for r in speed if r["variant"] == name and r["mode"] == mode}
                 times[name] = {n: r["step_ms"] for n, r in rows.items() if not r["skipped"]}
             for name in SWEEP:
-                if name not in args.variants:
+                if not in_sweep(args, name):
                     continue
                 t = times[name]
                 cols = [f"{t[n]:.1f}" if n in t else "—" for n in ns]
@@ -244,7 +258,7 @@ def summarize(args, cells, variants, speed):
                     c = crossover(times["baseline"], t)
                     cross = "not on this grid" if c is None else (
                         f"from N = {c[1]:,}" if c[0] == "from" else f"N ≈ {c[1]:,.0f}")
-                lines.append(f"| {label_of(name)} | " + " | ".join(cols) +
+                lines.append(f"| {label_of(name, sweep=True)} | " + " | ".join(cols) +
                              f" | {fit_exponent(pts):.2f} | {fit_exponent(pts[-2:]):.2f} | {cross} |")
             lines.append("")
         skipped = sorted({(r["variant"], r["tokens"]) for r in speed if r["skipped"]})
@@ -290,7 +304,8 @@ def plot(args, stats, variants, speed):
             pts = sorted((r["tokens"], r["step_ms"]) for r in speed
                          if r["variant"] == name and r["mode"] == mode and not r["skipped"])
             if pts:
-                ax.plot([n for n, _ in pts], [t for _, t in pts], marker="o", label=label_of(name))
+                ax.plot([n for n, _ in pts], [t for _, t in pts], marker="o",
+                        label=label_of(name, sweep=True))
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("tokens N")
@@ -371,7 +386,7 @@ def main():
         for patch in args.sweep_patches:
             tokens = (args.sweep_img_size // patch) ** 2 + 1
             for name in SWEEP:
-                if name not in args.variants:
+                if not in_sweep(args, name):
                     continue
                 for mode in ("infer", "train"):
                     if (name, tokens, mode) in sweep.done():

@@ -20,6 +20,7 @@
 #include "engine/trainer.hpp"
 #include "models/registry.hpp"
 #include "tools/cli.hpp"
+#include "vit/halo_attention.hpp"
 
 namespace cli {
 
@@ -169,6 +170,9 @@ int run_bench(const std::vector<std::string>& args) {
   add("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
   add("precision", po::value<std::string>()->default_value("f32"),
       "f32 or bf16 (bf16 matmul operands, f32 results; AVX-512 CPUs)");
+  add("attn-window-impl", po::value<std::string>(),
+      "with --attn-window: auto (default), mask (N × N scores, masked) or blocks (query blocks "
+      "against their halo of keys)");
   add("no-peak", "skip measuring the machine's matmul peak");
   add("profile",
       "also time every oneDNN primitive (its verbose mode) over one more repeat: a table on "
@@ -202,8 +206,11 @@ int run_bench(const std::vector<std::string>& args) {
   std::unique_ptr<engine::Model> net;
   datasets::Preprocess preprocess;
   nlohmann::json load_report;
+  std::string window_impl;  // how a ViT's attn_window runs: "mask" or "blocks"
   std::error_code ec;
   if (std::filesystem::exists(model_name, ec)) {
+    if (vm.count("attn-window-impl"))
+      throw UsageError("vit bench: --attn-window-impl applies to a preset, not a model file");
     models::LoadOptions load;
     if (vm.count("img-size")) load.img_size = vm["img-size"].as<int64_t>();
     const double rss_before = peak_rss_mb();
@@ -215,10 +222,23 @@ int run_bench(const std::vector<std::string>& args) {
                    {"weights_mb", double(loaded.model->store.size()) * 4 / 1048576.0}};
     net = std::move(loaded.model);
     preprocess = loaded.preprocess;
+    if (net->arch() == "vit") {
+      const vit::VitConfig c = net->config().get<vit::VitConfig>();
+      if (c.attn_window > 0) window_impl = vit::HaloAttention::used(c) ? "blocks" : "mask";
+    }
   } else {
     const models::Preset& preset = models::preset(model_name);
     nlohmann::json config = model_config(vm, preset, "vit bench");
     if (vm.count("num-classes")) config["num_classes"] = vm["num-classes"].as<int64_t>();
+    if (vm.count("attn-window-impl")) {
+      if (preset.arch != "vit")
+        throw UsageError("vit bench: --attn-window-impl applies to a ViT, not " + preset.name);
+      config["attn_window_impl"] = vm["attn-window-impl"].as<std::string>();
+    }
+    if (preset.arch == "vit") {
+      const vit::VitConfig c = config.get<vit::VitConfig>();
+      if (c.attn_window > 0) window_impl = vit::HaloAttention::used(c) ? "blocks" : "mask";
+    }
     // Inference needs no gradients or optimizer moments (three copies of the weights: 1 GB
     // for ViT-B); --mode train allocates them below.
     net = models::make_model(preset.arch, config, ctx, /*inference_only=*/true);
@@ -291,6 +311,7 @@ int run_bench(const std::vector<std::string>& args) {
                         {"isa", engine::onednn_isa()},
                         {"onednn", engine::onednn_version()}};
   if (!load_report.is_null()) out["load"] = load_report;
+  if (!window_impl.empty()) out["attn_window_impl"] = window_impl;
   if (!vm.count("no-peak")) {
     const double peak = measure_matmul_gflops(ctx, 2048, 5, precision);
     out["peak_gflops"] = peak;

@@ -11,10 +11,13 @@ float score_scale(const VitConfig& c) {
   return float(c.attn_norm == "relu" ? scale / double(c.keys_per_query()) : scale);
 }
 
+float score_shift(const VitConfig& c) {
+  return c.attn_norm == "sigmoid" ? -float(std::log(double(c.keys_per_query()))) : 0.0f;
+}
+
 std::vector<float> score_bias(const VitConfig& c) {
-  const bool shift = c.attn_norm == "sigmoid";
-  if (!shift && c.attn_window == 0) return {};
-  const float allowed = shift ? -float(std::log(double(c.keys_per_query()))) : 0.0f;
+  if (c.attn_norm != "sigmoid" && c.attn_window == 0) return {};
+  const float allowed = score_shift(c);
   // Linformer's keys are projections, not positions: the bias spans its K keys.
   const int64_t Nq = c.num_tokens(), Nk = c.attn_lowrank > 0 ? c.attn_lowrank : Nq;
   std::vector<float> bias(static_cast<size_t>(Nq * Nk), allowed);
@@ -51,8 +54,7 @@ void AttentionNorm::share_gradients(const std::string& slot) {
 void AttentionNorm::append_post_ops(dnnl::post_ops& ops, const VitConfig& c) const {
   if (kind == "relu") ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
   if (kind == "sigmoid") {
-    const float shift = -float(std::log(double(c.keys_per_query())));
-    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_linear, 1.0f, shift);
+    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_linear, 1.0f, score_shift(c));
     ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_logistic, 0.0f, 0.0f);
   }
 }

@@ -18,6 +18,9 @@ namespace vit {
 // The factor on q·kᵀ (dot scores) or on wᵀ tanh(·) (additive): 1/√d for dot, and 1/n for relu.
 float score_scale(const VitConfig& c);
 
+// What is added to every score a query may use: σ's −log n, else 0.
+float score_shift(const VitConfig& c);
+
 // What is added to the scores [Nq, Nk] of every image and head, or empty when nothing is:
 // 0 or −log n where a query may attend to a key, kMasked where it may not (attn_window).
 std::vector<float> score_bias(const VitConfig& c);

@@ -94,6 +94,10 @@ void VitConfig::validate() const {
     require(attn_window == 0 && attn_lowrank == 0,
             "--attn-features (Performer) cannot be combined with --attn-window or --attn-lowrank");
   }
+  require(attn_window_impl == "auto" || attn_window_impl == "mask" || attn_window_impl == "blocks",
+          "--attn-window-impl must be auto, mask or blocks, got '" + attn_window_impl + "'");
+  require(attn_window_impl != "blocks" || (attn_window > 0 && attn_score == "dot"),
+          "--attn-window-impl blocks needs --attn-window R > 0 and dot-product scores");
   require(attn_redraw >= 0,
           "--attn-redraw must not be negative, got " + std::to_string(attn_redraw));
   require(attn_features > 0 || attn_redraw == VitConfig{}.attn_redraw,
@@ -185,13 +189,13 @@ void from_json(const nlohmann::json& j, VitConfig& c) {
       engine::json_int, engine::json_string;
   if (!j.is_object()) throw engine::Error("a ViT config must be a JSON object, not " + j.dump());
   static const char* const known[] = {
-      "img_size",       "patch_size",        "in_chans",    "num_classes", "embed_dim",
-      "depth",          "num_heads",         "mlp_ratio",   "qkv_bias",    "drop_rate",
-      "attn_drop_rate", "drop_path_rate",    "class_token", "reg_tokens",  "no_embed_class",
-      "global_pool",    "fc_norm",           "attn_layer",  "init_values", "qk_norm",
-      "pre_norm",       "distilled",         "norm_eps",    "act_layer",   "pos_embed",
-      "attn_score",     "attn_additive_dim", "attn_norm",   "attn_window", "attn_lowrank",
-      "attn_features",  "attn_redraw"};
+      "img_size",       "patch_size",        "in_chans",        "num_classes", "embed_dim",
+      "depth",          "num_heads",         "mlp_ratio",       "qkv_bias",    "drop_rate",
+      "attn_drop_rate", "drop_path_rate",    "class_token",     "reg_tokens",  "no_embed_class",
+      "global_pool",    "fc_norm",           "attn_layer",      "init_values", "qk_norm",
+      "pre_norm",       "distilled",         "norm_eps",        "act_layer",   "pos_embed",
+      "attn_score",     "attn_additive_dim", "attn_norm",       "attn_window", "attn_lowrank",
+      "attn_features",  "attn_redraw",       "attn_window_impl"};
   for (const auto& [key, value] : j.items())
     require(std::find(std::begin(known), std::end(known), key) != std::end(known),
             "'" + key + "' is not a setting of a ViT");
@@ -234,6 +238,8 @@ void from_json(const nlohmann::json& j, VitConfig& c) {
   c.attn_lowrank = json_int(j, "attn_lowrank", plain.attn_lowrank);
   c.attn_features = json_int(j, "attn_features", plain.attn_features);
   c.attn_redraw = json_int(j, "attn_redraw", plain.attn_redraw);
+  // Read when a command passes it (vit bench --attn-window-impl); to_json never writes it.
+  c.attn_window_impl = json_string(j, "attn_window_impl", plain.attn_window_impl);
 }
 
 static VitConfig make(int64_t img, int64_t patch, int64_t chans, int64_t dim, int64_t depth,

@@ -59,6 +59,10 @@ struct VitConfig {
   // attn_window R > 0: a patch attends to the patches within Chebyshev distance R on the grid
   // and to the prefix tokens, which attend to everything (truncated attention).
   int64_t attn_window = 0;
+  // How, not what (read from a config, never written): "mask", the N × N scores with the mask
+  // added; "blocks", HaloAttention's b × b query blocks against their halo (dot scores only);
+  // "auto", blocks where they cost less (HaloAttention::cheaper). Both compute the same function.
+  std::string attn_window_impl = "auto";
   int64_t attn_lowrank = 0;    // Linformer's K: keys and values projected to K rows (E, F [K, N])
   int64_t attn_features = 0;   // Performer's M random features (attn_layer "performer")
   int64_t attn_redraw = 1000;  // Performer: training steps between feature redraws; 0: never

@@ -37,7 +37,8 @@ MultiHeadAttention::MultiHeadAttention(ParameterStore& store, const std::string&
       keys(c.attn_lowrank > 0 ? c.attn_lowrank : c.num_tokens()),
       favor(c.attn_features > 0 ? std::optional<FavorAttention>(std::in_place, store, prefix, c)
                                 : std::nullopt),
-      bias(score_bias(c)),
+      halo(HaloAttention::used(c) ? std::optional<HaloAttention>(std::in_place, c) : std::nullopt),
+      bias(halo ? std::vector<float>() : score_bias(c)),
       norm(c.attn_norm),
       attn_drop(static_cast<float>(c.attn_drop_rate)),
       proj(store, prefix + ".proj", c.embed_dim, c.embed_dim),
@@ -53,6 +54,10 @@ AttentionTraits MultiHeadAttention::traits() {
     // Linformer: E·k and F·v, then scores and probs·v over its K keys.
     const double Nk = double(c.attn_lowrank > 0 ? c.attn_lowrank : c.num_tokens());
     const double projections = c.attn_lowrank > 0 ? 2 * Nk * N * D : 0.0;
+    // Blocks: the padded grid's queries against their halo and the prefix, the prefix
+    // queries against all N.
+    if (HaloAttention::used(c))
+      return 2.0 * (N * 4 * D * D + 2 * HaloAttention::scored_pairs(c) * D);
     const double scores =
         c.attn_score == "additive" ? 2 * N * H * A * d + N * Nk * H * A : N * Nk * D;
     return 2.0 * (N * 4 * D * D + projections + scores + N * Nk * D);
@@ -112,6 +117,7 @@ void MultiHeadAttention::share_gradients(const std::string& slot) {
   if (q_norm) q_norm->grad_slot = slot + ".q_norm", k_norm->grad_slot = slot + ".k_norm";
   if (lowrank_k)
     lowrank_k->grad_slot = slot + ".lowrank_k", lowrank_v->grad_slot = slot + ".lowrank_v";
+  if (halo) halo->share_gradients(slot);
 }
 
 View MultiHeadAttention::tokens_heads(float* data, int64_t B, int64_t N) const {
@@ -152,7 +158,7 @@ const Tensor& MultiHeadAttention::forward(Context& ctx, const Tensor& x) {
     b->merged = Tensor(ctx.eng, {B, N, D});
     const std::string& s = grad_slot;
     b->diff_heads = engine::gradient_buffer(ctx, s.empty() ? s : s + ".heads", {B, H, N, d});
-    if (!favor)  // Performer never holds N × N
+    if (!favor && !halo)  // Performer and the halo blocks never hold N × N
       b->diff_probs = engine::gradient_buffer(ctx, s.empty() ? s : s + ".probs", {B, H, N, keys});
     b->diff_qkv = engine::gradient_buffer(ctx, s.empty() ? s : s + ".qkv", {B, N, 3 * D});
     if (q_norm)
@@ -189,7 +195,9 @@ const Tensor& MultiHeadAttention::forward(Context& ctx, const Tensor& x) {
           projected_heads(projections[i]->forward(ctx, buf.channels[i]).data(), B, H, keys, d);
     }
   }
-  const Tensor& heads = favor ? favor->forward(ctx, q, k, v) : mix(ctx, q, k, v, B, N);
+  const Tensor& heads = favor  ? favor->forward(ctx, q, k, v)
+                        : halo ? halo->forward(ctx, q, k, v)
+                               : mix(ctx, q, k, v, B, N);
   merge(ctx, heads.as_view(), View{buf.merged.data(), {B, H, N, d}, {N * D, d, D, 1}});
   return proj_drop.forward(ctx, proj.forward(ctx, buf.merged));
 }
@@ -227,6 +235,8 @@ const Tensor& MultiHeadAttention::backward(Context& ctx, const Tensor& diff_dst)
   };
   if (favor) {
     favor->backward(ctx, buf.diff_heads, diff_q, diff_k, diff_v);
+  } else if (halo) {
+    halo->backward(ctx, buf.diff_heads, diff_q, diff_k, diff_v);
   } else {
     context_mm.backward(ctx, buf.diff_heads, buf.diff_probs.as_view(),
                         lowrank_k ? projected(1) : diff_v);
@@ -323,7 +333,7 @@ std::unique_ptr<FusedStep> MultiHeadAttention::fused(FusedBuild& f, const FusedT
   // as an eltwise primitive on the f32 scores.
   const bool softmax = norm.needs_softmax(), masked = config.attn_window > 0;
   const bool f32_scores = softmax || masked;
-  if (!favor) {  // Performer never holds N × N
+  if (!favor && !halo) {  // Performer and the halo blocks never hold N × N
     p->scores = f.buffer("attn.scores", fused_desc({G, H, N, Nk}, f32_scores ? dt::f32 : low));
     p->probs =
         f32_scores && f.bf16() ? f.buffer("attn.probs", fused_desc({G, H, N, Nk}, low)) : p->scores;
@@ -391,6 +401,10 @@ std::unique_ptr<FusedStep> MultiHeadAttention::fused(FusedBuild& f, const FusedT
     p->favor_merge = dnnl::reorder(p->favor_out, p->context_as_heads);
     return p;
   }
+  if (halo) {
+    p->halo = halo->fused(f, p->qkv_parts[0], p->qkv_parts[1], p->qkv_parts[2], p->context);
+    return p;
+  }
   dnnl::post_ops score_ops;
   if (masked) {
     // The scores as rows of N·Nk, one per image and head: the mask is a per-column add.
@@ -441,6 +455,11 @@ void MultiHeadAttention::Fused::run(dnnl::stream& s) {
   if (favor) {
     favor->run(s);
     favor_merge.execute(s, favor_out, context_as_heads);
+    proj.run(s, context, x);
+    return;
+  }
+  if (halo) {
+    halo->run(s);
     proj.run(s, context, x);
     return;
   }

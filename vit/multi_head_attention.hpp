@@ -5,7 +5,8 @@
 // normalisation (attn_norm, vit/attention_norm.hpp), the score bias that carries a window's
 // mask (attn_window), Linformer's projection of the keys and values along the sequence
 // (attn_lowrank), and Performer's random-feature attention instead of all of these
-// (attn_features, vit/performer.hpp).
+// (attn_features, vit/performer.hpp). A window is a mask on the scores, or blocks of queries
+// against their halo of keys (vit/halo_attention.hpp) where that costs less.
 #pragma once
 
 #include <optional>
@@ -19,6 +20,7 @@
 #include "vit/additive_scores.hpp"
 #include "vit/attention.hpp"
 #include "vit/attention_norm.hpp"
+#include "vit/halo_attention.hpp"
 #include "vit/performer.hpp"
 
 namespace vit {
@@ -34,7 +36,10 @@ class MultiHeadAttention : public Attention {
 
   const Tensor& forward(Context& ctx, const Tensor& x) override;
   const Tensor& backward(Context& ctx, const Tensor& diff_dst) override;
-  void train(bool on) override { attn_drop.training = proj_drop.training = on; }
+  void train(bool on) override {
+    attn_drop.training = proj_drop.training = on;
+    if (halo) halo->train(on);
+  }
   void begin_step(int64_t step) override;
   void set_precision(engine::Precision p) override;
   void init_weights(Context& ctx) override;
@@ -54,9 +59,12 @@ class MultiHeadAttention : public Attention {
   std::optional<engine::Linear> lowrank_k, lowrank_v;
   int64_t keys;                         // Nk: N, or K
   std::optional<FavorAttention> favor;  // attn_features M: Performer, instead of scores·values
-  std::vector<float> bias;              // score_bias [N, N], or empty
-  engine::BroadcastAdd add_bias;        // scores + bias, for every image and head
-  AttentionNorm norm;                   // softmax, relu or sigmoid
+  // attn_window R where its blocks cost less than masking N × N (attn_window_impl): instead of
+  // the scores, bias, normalisation and probs·v below.
+  std::optional<HaloAttention> halo;
+  std::vector<float> bias;        // score_bias [N, N], or empty
+  engine::BroadcastAdd add_bias;  // scores + bias, for every image and head
+  AttentionNorm norm;             // softmax, relu or sigmoid
   engine::Dropout attn_drop;
   engine::BatchedMatmul context_mm;  // probs·v  [B, H, N, d]
   engine::Reorder merge;             // [B, H, N, d] -> [B, N, H·d]
@@ -91,6 +99,7 @@ class MultiHeadAttention : public Attention {
     dnnl::memory k_tokens, v_tokens, k_channels, v_channels;  // [B, N, D]; [B, D, N] as such
     dnnl::memory k_rows, v_rows, k_projected, v_projected;    // [B·D, N], [B·D, K]
     std::optional<engine::Linear::Fused> project_k, project_v;
+    std::optional<HaloAttention::Fused> halo;
     // Performer: q, k, v in f32 [M, D] each, its output [B, H, N, d] merged into context.
     std::optional<FavorAttention::Fused> favor;
     dnnl::reorder favor_merge;
