@@ -18,11 +18,11 @@ lab=("$tools/attention_lab.py" --vit "$vit" --data "$data/train" --test-data "$d
      --model-flags "--img-size 16 --embed-dim 16 --depth 1 --num-heads 2" --vit-recipe "--lr 3e-3 --crop none"
      --cnn-recipe "--img-size 16 --crop none" --sweep-model vit_fmnist_patch4
      --sweep-img-size 16 --sweep-patches 8,4 --sweep-flags "--embed-dim 16 --depth 1 --num-heads 2"
-     --bench-iters 1 --bench-repeats 1)
+     --bench-iters 1 --bench-repeats 1 --test-subset 30)
 
 "${lab[@]}" --out "$tmp/r" >"$tmp/out" 2>&1 && ok || { fail "the lab failed"; tail -5 "$tmp/out"; }
 /usr/bin/python3 - "$tmp/r" <<'PY' && ok || fail "the lab's outputs disagree"
-import csv, os, re, statistics, sys
+import csv, json, os, re, statistics, sys
 out = sys.argv[1]
 cells = list(csv.DictReader(open(os.path.join(out, "cells.csv"))))
 variants = list(csv.DictReader(open(os.path.join(out, "variants.csv"))))
@@ -52,6 +52,10 @@ for name, label in labels.items():
     mean = 100 * statistics.mean(float(r["test_acc"]) for r in cells if r["model"] == name)
     assert f"{mean:.2f}" in line, (name, mean, line)
 assert "exponent" in summary and "faster than exact attention" in summary
+assert "a stratified 30 of it" in summary  # --test-subset: every cell evaluated 30 images
+for name in names:
+    ev = json.loads(open(os.path.join(out, "cells", f"{name}_48_seed0.eval.log")).read().splitlines()[-1])
+    assert ev["images"] == 30, (name, ev["images"])
 for png in ("accuracy.png", "speed.png"):
     with open(os.path.join(out, png), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n", png

@@ -63,6 +63,17 @@ fi
 
 run "eval text" 0 "" -- eval --model "$tmp/m.safetensors" --data "$data/val"
 grep -q "top-1" "$tmp/out" && grep -q "confusion" "$tmp/out" && ok || fail "eval text lacks top-1 or confusion"
+# A stratified subset: 30 of the 60 images, 10 of each class; another seed draws others.
+run "eval --subset" 0 "" -- eval --model "$tmp/m.safetensors" --data "$data/val" --json --subset 30
+python3 - "$tmp/out" <<'PY' && ok || fail "eval --subset 30 did not see 10 images of each class"
+import json, sys
+j = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+assert j["images"] == 30 and [sum(row) for row in j["confusion"]] == [10, 10, 10], j
+PY
+run "eval --subset -1" 2 "--subset must not be negative" -- eval --model "$tmp/m.safetensors" \
+  --data "$data/val" --subset -1
+run "eval --subset 2" 1 "subset 2 is smaller than the number of classes" -- eval \
+  --model "$tmp/m.safetensors" --data "$data/val" --subset 2
 
 run "classify --json" 0 "" -- classify --model "$tmp/m.safetensors" --json --top-k 2 \
   "$data/val/horizontal/000.png" "$data/val/vertical/000.png" "$data/val/diagonal/000.png"

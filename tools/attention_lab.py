@@ -58,9 +58,11 @@ SWEEP_LABELS = {"window2": "window R = 2, query blocks and their halo"}
 VIT_RECIPE = "--lr 2e-3 --weight-decay 0.05 --pad 2 --hflip 0.5"  # compare.py's
 CNN_RECIPE = "--opt sgd --lr 0.1 --weight-decay 5e-4 --pad 2 --hflip 0.5"
 FULL = {"out": os.path.join(ROOT, "attention-lab"), "sizes": "5000,20000", "seeds": 3,
+        "batch_size": 128, "test_subset": 0,
         "epochs": 6, "min_steps": 400, "sweep_patches": "32,16,8,4", "bench_iters": 3,
         "bench_repeats": 3}
 QUICK = {"out": os.path.join(ROOT, "attention-lab-quick"), "sizes": "1000", "seeds": 1,
+         "batch_size": 64, "test_subset": 2000,
          "epochs": 2, "min_steps": 60, "sweep_patches": "32,16", "bench_iters": 1,
          "bench_repeats": 2}
 # Additive scores hold B·H·N²·d_a floats twice in training (tanh's output and its gradient):
@@ -87,7 +89,10 @@ def parse_args():
     p.add_argument("--epochs", type=int, help="epochs per cell (default 6; --quick 2)")
     p.add_argument("--min-steps", type=int, help="at least this many steps (default 400)")
     p.add_argument("--steps", type=int, default=1000, help="steps per cell (--budget steps)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, help="training batch (default 128; --quick 64)")
+    p.add_argument("--test-subset", type=int,
+                   help="evaluate on a stratified subset of the test folder (default 0: all of "
+                        "it; --quick 2000)")
     p.add_argument("--vit-model", default="vit_fmnist_patch4", help="the ViT preset")
     p.add_argument("--model-flags", default="", help="size flags for every ViT cell and bench "
                    "(e.g. '--img-size 16 --embed-dim 32')")
@@ -126,6 +131,8 @@ def parse_args():
                  "bench_repeats"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive")
+    if args.test_subset < 0:
+        fail("--test-subset must not be negative")
     fmnist = os.path.abspath(args.data) == os.path.join(FMNIST, "train")
     args.mean = args.mean or ("0.286" if fmnist else "0.5")
     args.std = args.std or ("0.353" if fmnist else "0.5")
@@ -201,7 +208,8 @@ def crossover(base, other):
 
 def summarize(args, cells, variants, speed):
     lines = ["# The self-attention lab", ""]
-    lines.append(f"Data: `{args.data}` (stratified subsets), test: `{args.test_data}` (all of it). "
+    test_part = (f"a stratified {args.test_subset:,} of it" if args.test_subset else "all of it")
+    lines.append(f"Data: `{args.data}` (stratified subsets), test: `{args.test_data}` ({test_part}). "
                  f"ViT: `{args.vit_model}` {args.model_flags}, recipe `{args.vit_recipe}`; CNN: "
                  f"`{args.cnn_model}`, recipe `{args.cnn_recipe}`. Budget: {args.budget_rule}. "
                  f"Seeds: {args.seeds}.")
@@ -331,7 +339,7 @@ def main():
                         f"steps (batch {args.batch_size})")
     settings = {k: getattr(args, k) for k in (
         "data", "test_data", "sizes", "seeds", "budget", "epochs", "min_steps", "steps",
-        "batch_size", "vit_model", "model_flags", "cnn_model", "vit_recipe", "cnn_recipe",
+        "batch_size", "test_subset", "vit_model", "model_flags", "cnn_model", "vit_recipe", "cnn_recipe",
         "mean", "std", "sweep_model", "sweep_img_size", "sweep_patches", "sweep_flags",
         "variants", "bench_iters", "bench_repeats")}
     settings["data"], settings["test_data"] = os.path.abspath(args.data), os.path.abspath(args.test_data)

@@ -107,6 +107,9 @@ int run_eval(const std::vector<std::string>& args) {
   add("json", "print the result as one JSON object");
   add("batch-size", po::value<int64_t>()->default_value(256), "");
   add("strict", "an unreadable image is an error (default: skipped and counted)");
+  add("subset", po::value<int64_t>()->default_value(0),
+      "evaluate a stratified subset of N images, as vit train --subset draws it (0: all)");
+  add("seed", po::value<uint64_t>()->default_value(0), "the subset's seed");
   add("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
   add("precision", po::value<std::string>()->default_value("f32"),
       "f32 or bf16 (matmul operands in bf16 on AVX-512 CPUs; ViT models)");
@@ -119,6 +122,8 @@ int run_eval(const std::vector<std::string>& args) {
   }
   if (!vm.count("model")) throw UsageError("vit eval: --model is required");
   if (!vm.count("data")) throw UsageError("vit eval: --data is required");
+  const int64_t subset = vm["subset"].as<int64_t>();
+  if (subset < 0) throw UsageError("vit eval: --subset must not be negative");
   const engine::Precision precision = parse_precision_flag(vm, "vit eval");
   engine::Context ctx(0, vm["threads"].as<int>());
   // A training checkpoint is a model file plus optimizer state: it evaluates as one.
@@ -129,6 +134,10 @@ int run_eval(const std::vector<std::string>& args) {
   const datasets::ImageFolder folder(vm["data"].as<std::string>(), loaded.classes);
   std::vector<size_t> all(folder.samples().size());
   std::iota(all.begin(), all.end(), size_t{0});
+  if (subset > 0) {  // in folder order, so the batches are those of the whole folder's
+    all = datasets::stratified_subset(folder.samples(), size_t(subset), vm["seed"].as<uint64_t>());
+    std::sort(all.begin(), all.end());
+  }
   datasets::SourceOptions source_opts;
   source_opts.strict = vm.count("strict") > 0;
   const datasets::ImageSource source(folder, all, loaded.preprocess, source_opts);

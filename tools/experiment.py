@@ -105,6 +105,8 @@ def train_and_eval(args, kind, preset, recipe, size, images, seed, init=None):
         epochs_log = [json.loads(line) for line in f if line.strip()]
     evaluation = [args.vit, "eval", "--model", model_file, "--data", args.test_data, "--json",
                   "--threads", str(args.threads)]
+    if getattr(args, "test_subset", 0):  # a quick run's stratified share of the test folder
+        evaluation += ["--subset", str(args.test_subset)]
     run(evaluation, stem + ".eval.log")
     with open(stem + ".eval.log") as f:
         result = json.loads(f.read().splitlines()[-1])
