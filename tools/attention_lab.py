@@ -242,7 +242,8 @@ def summarize(args, cells, variants, speed):
     if speed:
         lines += ["", "## Step time over sequence length", "",
                   f"`{args.sweep_model}` at {args.sweep_img_size}×{args.sweep_img_size}, patch " +
-                  ", ".join(str(p) for p in args.sweep_patches) + f" {args.sweep_flags}, batch 1; "
+                  ", ".join(str(p) for p in args.sweep_patches) +
+                  (f" {args.sweep_flags}" if args.sweep_flags else "") + ", batch 1; "
                   "milliseconds per image (median of the repeats). Fitted exponent: the slope of "
                   "log time against log N over all N, and over the two largest.", ""]
         ns = sorted({r["tokens"] for r in speed})
