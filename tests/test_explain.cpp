@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include "check.hpp"
 #include "engine/error.hpp"
+#include "vit/multi_head_attention.hpp"
 #include "vit/rollout.hpp"
 
 using namespace vit;
@@ -151,4 +153,88 @@ TEST_CASE("attention rollout refuses what it cannot read, in one line") {
   CHECK_THROWS_WITH_AS(attention_rollout(ctx, {&q}, 1, true, {}),
                        doctest::Contains("must be [B, H, N, N]"), engine::Error);
   CHECK_THROWS_AS(attention_rollout(ctx, {}, 1, true, {}), engine::Error);
+}
+
+TEST_CASE("attention probabilities: exact softmax, and the halo blocks spread over all keys") {
+  Context ctx(74);
+  std::mt19937_64 rng(741);
+  VitConfig c;
+  c.img_size = 20, c.patch_size = 4, c.in_chans = 1, c.num_classes = 3;
+  c.embed_dim = 8, c.depth = 1, c.num_heads = 2, c.mlp_ratio = 2.0;
+  const int64_t N = c.num_tokens(), D = c.embed_dim, H = c.num_heads, d = D / H;
+  ParameterStore store;
+  MultiHeadAttention attn(store, "attn", c);
+  store.allocate(ctx.eng);
+  check::randomize_parameters(store, rng, 0.6f);
+  attn.train(false);
+  Tensor x = check::random_tensor(ctx, {2, N, D}, rng);
+  attn.forward(ctx, x);
+  const Tensor& p = attn.probabilities(ctx);
+  ctx.wait();
+  REQUIRE(p.dims() == Dims{2, H, N, N});
+  // softmax(q·kᵀ/√d) by the book, from the qkv projection.
+  const float* W = attn.qkv.weight->value.data();
+  const float* bias = attn.qkv.bias->value.data();
+  std::vector<double> want(size_t(p.numel()));
+  for (int64_t b = 0; b < 2; ++b) {
+    std::vector<double> qkv(size_t(N * 3 * D));
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t o = 0; o < 3 * D; ++o) {
+        double s = bias[o];
+        for (int64_t i = 0; i < D; ++i) s += double(x[(b * N + n) * D + i]) * W[o * D + i];
+        qkv[size_t(n * 3 * D + o)] = s;
+      }
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < N; ++i) {
+        std::vector<double> s(static_cast<size_t>(N), 0.0);
+        double mx = -1e300, sum = 0;
+        for (int64_t j = 0; j < N; ++j) {
+          for (int64_t e = 0; e < d; ++e)
+            s[size_t(j)] +=
+                qkv[size_t(i * 3 * D + h * d + e)] * qkv[size_t(j * 3 * D + D + h * d + e)];
+          s[size_t(j)] /= std::sqrt(double(d));
+          mx = std::max(mx, s[size_t(j)]);
+        }
+        for (double& v : s) sum += (v = std::exp(v - mx));
+        for (int64_t j = 0; j < N; ++j)
+          want[size_t(((b * H + h) * N + i) * N + j)] = s[size_t(j)] / sum;
+      }
+  }
+  check::check_close("probabilities", p, want, 1e-5, 1e-6);
+
+  // A window: the halo blocks' probabilities spread over all N keys equal the masked scores'.
+  for (const char* norm : {"softmax", "sigmoid"}) {
+    CAPTURE(norm);
+    c.attn_window = 1, c.attn_norm = norm;
+    ParameterStore stores[2];
+    std::optional<MultiHeadAttention> windowed[2];
+    for (int i = 0; i < 2; ++i) {
+      c.attn_window_impl = i == 0 ? "mask" : "blocks";
+      windowed[i].emplace(stores[i], "attn", c);
+      stores[i].allocate(ctx.eng);
+    }
+    check::randomize_parameters(stores[0], rng, 0.6f);
+    for (size_t k = 0; k < stores[0].parameters().size(); ++k)
+      stores[1].parameters()[k].value.copy_from(stores[0].parameters()[k].value);
+    std::vector<float> probs[2];
+    for (int i = 0; i < 2; ++i) {
+      windowed[i]->train(false);
+      windowed[i]->forward(ctx, x);
+      probs[i] = check::copy_of(windowed[i]->probabilities(ctx));
+    }
+    REQUIRE(probs[0].size() == size_t(2 * H * N * N));
+    double gap = 0;
+    for (size_t k = 0; k < probs[0].size(); ++k)
+      gap = std::max(gap, double(std::abs(probs[0][k] - probs[1][k])));
+    CHECK(gap < 1e-6);
+    CHECK(probs[0][size_t((1 + 24) * N + 1)] == 0.0f);  // patch (4, 4) does not see (0, 0)
+  }
+  // Variants without a token-to-token matrix say so.
+  c = VitConfig{};
+  c.img_size = 16, c.patch_size = 4, c.in_chans = 1, c.num_classes = 3;
+  c.embed_dim = 8, c.depth = 1, c.num_heads = 2, c.attn_features = 8;
+  ParameterStore s2;
+  MultiHeadAttention performer(s2, "attn", c);
+  CHECK_THROWS_WITH_AS(performer.probabilities(ctx), doctest::Contains("never forms"),
+                       engine::Error);
 }

@@ -24,6 +24,10 @@ std::map<std::string, Variant>& registry() {
 
 }  // namespace
 
+const Tensor& Attention::probabilities(Context&) {
+  throw engine::Error("this attention variant does not expose its attention probabilities");
+}
+
 bool register_attention(const std::string& name, AttentionFactory factory, AttentionTraits traits) {
   return !name.empty() &&
          registry().emplace(name, Variant{std::move(factory), std::move(traits)}).second;

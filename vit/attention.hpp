@@ -37,6 +37,10 @@ class Attention {
   // Takes every gradient buffer of its backward from Context::shared_buffer under `slot`:
   // the blocks' backward passes never overlap, so they can share them.
   virtual void share_gradients(const std::string& slot) = 0;
+  // The attention probabilities of the last forward, [B, H, N, N] (each query's weights over
+  // the tokens), for explaining a prediction (attention maps, rollout). A variant that has no
+  // such matrix throws engine::Error saying so, in one line.
+  virtual const Tensor& probabilities(Context& ctx);
   // Evaluation mode, fused: x += attention(normed), for the batch size of `f`.
   virtual std::unique_ptr<FusedStep> fused(FusedBuild& f, const FusedTokens& t) const = 0;
 };

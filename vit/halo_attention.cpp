@@ -223,8 +223,8 @@ const Tensor& HaloAttention::forward(Context& ctx, const View& q, const View& k,
       scores_mm.forward(ctx, x.q_rows().on(buf.q_blk.data()), x.k_t().on(buf.k_blk.data()));
   const Tensor& masked =
       add_mask.forward(ctx, scores.reshaped({B * H, x.NB() * x.Q() * keys}), buf.mask_table);
-  const Tensor& probs =
-      drop.forward(ctx, norm.forward(ctx, masked.reshaped({B * H * x.NB(), x.Q(), keys})));
+  buf.probs = &norm.forward(ctx, masked.reshaped({B * H * x.NB(), x.Q(), keys}));
+  const Tensor& probs = drop.forward(ctx, *buf.probs);
   const Tensor& out = context_mm.forward(ctx, probs.as_view(), x.v_rows().on(buf.v_blk.data()));
   copy_(ctx, x.dense_blocks().on(out.data()), x.query_blocks().on(buf.out_grid.data()));
   copy_(ctx, x.interior().on(buf.out_grid.data()),
@@ -234,12 +234,44 @@ const Tensor& HaloAttention::forward(Context& ctx, const View& q, const View& k,
         &prefix_scores_mm.forward(ctx, on(Shape::prefix(x, q.strides), q), k.transposed());
     if (!buf.prefix_bias_table.empty())
       s = &add_prefix_bias.forward(ctx, s->reshaped({B * H, prefix * N}), buf.prefix_bias_table);
-    const Tensor& p =
-        drop_prefix.forward(ctx, prefix_norm.forward(ctx, s->reshaped({B, H, prefix, N})));
+    buf.prefix_probs = &prefix_norm.forward(ctx, s->reshaped({B, H, prefix, N}));
+    const Tensor& p = drop_prefix.forward(ctx, *buf.prefix_probs);
     const Tensor& o = prefix_context_mm.forward(ctx, p.as_view(), v);
     copy_(ctx, o.as_view(), Shape::prefix(x, buf.out.as_view().strides).on(buf.out.data()));
   }
   return buf.out;
+}
+
+const Tensor& HaloAttention::probabilities(Context& ctx) {
+  Buffers& buf = buffers_.current("HaloAttention");
+  const int64_t B = buf.q.dims[0], H = heads, N = buf.q.dims[2], S = side, b = block;
+  const int64_t W = b + 2 * radius, Q = b * b;
+  if (buf.dense.empty()) buf.dense = Tensor(ctx.eng, {B, H, N, N});
+  ctx.wait();
+  // A plain copy: explaining one prediction, not a step of training or inference.
+  float* dense = buf.dense.data();
+  std::fill_n(dense, buf.dense.numel(), 0.0f);
+  for (int64_t bh = 0; bh < B * H; ++bh) {
+    float* out = dense + bh * N * N;
+    if (prefix > 0) std::copy_n(buf.prefix_probs->data() + bh * prefix * N, prefix * N, out);
+    for (int64_t I = 0; I < blocks; ++I)
+      for (int64_t J = 0; J < blocks; ++J)
+        for (int64_t u = 0; u < b; ++u)
+          for (int64_t v = 0; v < b; ++v) {
+            const int64_t r = I * b + u, c = J * b + v;
+            if (r >= S || c >= S) continue;  // a padded query
+            const float* row = buf.probs->data() +
+                               ((bh * blocks * blocks + I * blocks + J) * Q + u * b + v) * keys;
+            float* to = out + (prefix + r * S + c) * N;
+            std::copy_n(row, prefix, to);
+            for (int64_t h = 0; h < W * W; ++h) {
+              const int64_t r2 = I * b - radius + h / W, c2 = J * b - radius + h % W;
+              if (r2 >= 0 && r2 < S && c2 >= 0 && c2 < S)
+                to[prefix + r2 * S + c2] = row[prefix + h];
+            }
+          }
+  }
+  return buf.dense;
 }
 
 void HaloAttention::backward(Context& ctx, const Tensor& diff_out, const View& diff_q,

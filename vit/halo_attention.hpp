@@ -40,6 +40,9 @@ struct HaloAttention {
   void backward(Context& ctx, const Tensor& diff_out, const View& diff_q, const View& diff_k,
                 const View& diff_v);
   void train(bool on) { drop.training = drop_prefix.training = on; }
+  // The last forward's probabilities spread over all N keys, [B, H, N, N]: zero outside each
+  // query's window (what the masked formulation's probabilities are).
+  const Tensor& probabilities(Context& ctx);
   void share_gradients(const std::string& slot);
 
   int64_t heads, head_dim;  // H, d
@@ -91,7 +94,10 @@ struct HaloAttention {
     Tensor mask_table, prefix_bias_table, ones;  // ones [B·H, 1, nb²]: Σ over blocks
     Tensor diff_out_grid, diff_out_blk, diff_probs, diff_qkv_blk[3], diff_grid[3];
     Tensor diff_out_prefix, diff_probs_prefix;
-    View q, k, v;  // the forward's inputs
+    View q, k, v;                          // the forward's inputs
+    const Tensor* probs = nullptr;         // [B·H·nb², b², Kb], before dropout
+    const Tensor* prefix_probs = nullptr;  // [B, H, P, N]
+    Tensor dense;                          // probabilities(): [B, H, N, N]
   };
   engine::PlanCache<Buffers> buffers_;
   engine::Reorder copy_, add_{true};

@@ -215,8 +215,23 @@ const Tensor& MultiHeadAttention::mix(Context& ctx, const View& q, const View& k
     // Its backward is the identity: the bias is a constant.
     scores = &add_bias.forward(ctx, scores->reshaped({B * H, N, Nk}), bias_table_);
   }
-  const Tensor& probs = attn_drop.forward(ctx, norm.forward(ctx, scores->reshaped({B, H, N, Nk})));
+  probs_ = &norm.forward(ctx, scores->reshaped({B, H, N, Nk}));
+  const Tensor& probs = attn_drop.forward(ctx, *probs_);
   return context_mm.forward(ctx, probs.as_view(), v);
+}
+
+const Tensor& MultiHeadAttention::probabilities(Context& ctx) {
+  if (favor)
+    throw engine::Error(
+        "Performer (--attn-features) never forms its attention matrix: it has "
+        "no attention probabilities to show");
+  if (lowrank_k)
+    throw engine::Error(
+        "Linformer (--attn-lowrank) attends to projections of the tokens, not "
+        "to the tokens: it has no token-to-token attention to show");
+  if (halo) return halo->probabilities(ctx);
+  engine::require(probs_ != nullptr, "attention probabilities asked for before a forward");
+  return *probs_;
 }
 
 const Tensor& MultiHeadAttention::backward(Context& ctx, const Tensor& diff_dst) {

@@ -45,6 +45,10 @@ class MultiHeadAttention : public Attention {
   void init_weights(Context& ctx) override;
   void share_gradients(const std::string& slot) override;
   std::unique_ptr<FusedStep> fused(FusedBuild& f, const FusedTokens& t) const override;
+  // Exact attention's normalised scores; the halo blocks' spread back over all N keys (zero
+  // outside the window). Linformer's keys are projections, and Performer never forms the
+  // matrix: both refuse.
+  const Tensor& probabilities(Context& ctx) override;
 
   VitConfig config;  // its settings: the lab's variants among them
   int64_t num_heads, head_dim;
@@ -127,7 +131,8 @@ class MultiHeadAttention : public Attention {
     Tensor channels[2], diff_projected[2];  // Linformer: k, v as [B, D, N]; grads of E·k, F·v
     Tensor qk_raw[2], diff_qk_normed[2];    // qk_norm: q and k as [B, N, H, d], and their gradients
   };
-  Tensor bias_table_;  // bias as [1, N, Nk], made on the first forward
+  Tensor bias_table_;              // bias as [1, N, Nk], made on the first forward
+  const Tensor* probs_ = nullptr;  // the last forward's, before dropout (exact attention)
   engine::Reorder copy_qk_, to_channels_;
   engine::PlanCache<Buffers> buffers_;
 };

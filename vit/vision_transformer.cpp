@@ -131,4 +131,11 @@ void VisionTransformer::Fused::run(dnnl::stream& s) {
   head->run(s);
 }
 
+const Tensor& VisionTransformer::attention_probabilities(Context& ctx, int64_t block) const {
+  engine::require(
+      block >= 0 && block < depth(),
+      "block " + std::to_string(block) + " of a ViT with " + std::to_string(depth()) + " blocks");
+  return blocks_[size_t(block)]->attn->probabilities(ctx);
+}
+
 }  // namespace vit

@@ -43,6 +43,10 @@ class VisionTransformer {
   // marked not trainable in `store`, the frozen part runs in evaluation mode, and backward stops
   // after the final norm.
   void freeze_backbone(ParameterStore& store);
+  // Block `block`'s attention probabilities [B, H, N, N] of the last forward (see
+  // Attention::probabilities), for attention maps and rollout.
+  const Tensor& attention_probabilities(Context& ctx, int64_t block) const;
+  int64_t depth() const { return int64_t(blocks_.size()); }
 
   // The evaluation-mode forward of one batch size, fused (see VitInference).
   struct Fused : FusedStep {
