@@ -10,8 +10,10 @@
 
 #include "check.hpp"
 #include "engine/error.hpp"
+#include "vit/inference.hpp"
 #include "vit/multi_head_attention.hpp"
 #include "vit/rollout.hpp"
+#include "vit/vision_transformer.hpp"
 
 using namespace vit;
 
@@ -236,5 +238,67 @@ TEST_CASE("attention probabilities: exact softmax, and the halo blocks spread ov
   ParameterStore s2;
   MultiHeadAttention performer(s2, "attn", c);
   CHECK_THROWS_WITH_AS(performer.probabilities(ctx), doctest::Contains("never forms"),
+                       engine::Error);
+}
+
+TEST_CASE("the fused path's attention tap equals the layers' probabilities, logits unchanged") {
+  Context ctx(75);
+  std::mt19937_64 rng(751);
+  std::vector<VitConfig> configs;
+  VitConfig base;
+  base.img_size = 16, base.patch_size = 4, base.in_chans = 1, base.num_classes = 3;
+  base.embed_dim = 8, base.depth = 2, base.num_heads = 2, base.mlp_ratio = 2.0;
+  configs.push_back(base);
+  VitConfig c = base;
+  c.attn_norm = "relu", c.qk_norm = true;
+  configs.push_back(c);
+  c = base;
+  c.attn_norm = "sigmoid", c.attn_window = 1, c.attn_window_impl = "mask";
+  configs.push_back(c);
+  c = base;
+  c.img_size = 32, c.embed_dim = 16;  // N 65: the batch of 12 runs in several chunks
+  configs.push_back(c);
+  for (const VitConfig& config : configs) {
+    CAPTURE(config.attn_norm);
+    CAPTURE(config.img_size);
+    ParameterStore store;
+    VisionTransformer model(store, config);
+    store.allocate(ctx.eng);
+    model.init_weights(ctx);
+    check::randomize_parameters(store, rng, 0.4f);
+    model.train(false);
+    const int64_t B = 12;
+    Tensor patches = check::random_tensor(ctx, {B, config.num_patches(), config.patch_dim()}, rng);
+    model.forward(ctx, patches);
+    std::vector<float> want[2];
+    for (int64_t block = 0; block < 2; ++block)
+      want[block] = check::copy_of(model.attention_probabilities(ctx, block));
+    VitInference fused(model, store, engine::Precision::f32);
+    Tensor plain(ctx.eng, {B, config.num_classes});
+    plain.copy_from(fused.forward(ctx, patches));
+    fused.tap_attention({1, 0});
+    CHECK(check::max_abs_diff(ctx, fused.forward(ctx, patches), plain) == 0.0);
+    for (int64_t block = 0; block < 2; ++block) {
+      const std::vector<float> got = check::copy_of(fused.attention_probabilities(block));
+      REQUIRE(got.size() == want[block].size());
+      double gap = 0;
+      for (size_t i = 0; i < got.size(); ++i)
+        gap = std::max(gap, double(std::abs(got[i] - want[block][i])));
+      CHECK(gap < 1e-5);
+    }
+    fused.tap_attention({});
+    CHECK_THROWS_AS(fused.attention_probabilities(0), engine::Error);
+  }
+  VitConfig performer = base;
+  performer.attn_features = 8;
+  ParameterStore store;
+  VisionTransformer model(store, performer);
+  store.allocate(ctx.eng);
+  model.init_weights(ctx);
+  VitInference fused(model, store, engine::Precision::f32);
+  fused.tap_attention({0});
+  Tensor patches =
+      check::random_tensor(ctx, {2, performer.num_patches(), performer.patch_dim()}, rng);
+  CHECK_THROWS_WITH_AS(fused.forward(ctx, patches), doctest::Contains("exact attention only"),
                        engine::Error);
 }

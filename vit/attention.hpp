@@ -22,6 +22,9 @@ struct FusedTokens {
   // The block's LayerScale γ [D] (or nullptr): the piece adds γ · attention(normed), folded into
   // its output projection.
   const engine::Parameter* out_scale = nullptr;
+  // Where to copy the attention probabilities, f32 [B, H, N, N], or empty: not asked for (and
+  // then nothing is copied, nor built).
+  dnnl::memory probs_tap;
 };
 
 class Attention {

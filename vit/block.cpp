@@ -78,7 +78,8 @@ const Tensor& Block::backward(Context& ctx, const Tensor& diff_dst) {
   return grad_sum1.forward(ctx, d_x1, d_branch1);
 }
 
-std::unique_ptr<FusedStep> Block::fused(FusedBuild& f, int64_t tokens) const {
+std::unique_ptr<FusedStep> Block::fused(FusedBuild& f, int64_t tokens,
+                                        const dnnl::memory& probs_tap) const {
   const int64_t M = f.images * tokens, D = norm1.dim;
   auto p = std::make_unique<Fused>();
   p->x = f.buffer("tokens.x", fused_desc({M, D}, memory::data_type::f32));
@@ -90,9 +91,10 @@ std::unique_ptr<FusedStep> Block::fused(FusedBuild& f, int64_t tokens) const {
   }
   p->norm1 = norm1.fused(f, M);
   p->norm2 = norm2.fused(f, M);
-  FusedTokens t{f.images, tokens, p->normed_low, p->x, ls1 ? ls1->gamma : nullptr};
+  FusedTokens t{f.images, tokens, p->normed_low, p->x, ls1 ? ls1->gamma : nullptr, probs_tap};
   p->attn = attn->fused(f, t);
   t.out_scale = ls2 ? ls2->gamma : nullptr;
+  t.probs_tap = {};
   p->mlp = mlp.fused(f, t);
   return p;
 }

@@ -44,7 +44,9 @@ struct Block {
     std::unique_ptr<FusedStep> attn, mlp;
     void run(dnnl::stream& s) override;
   };
-  std::unique_ptr<FusedStep> fused(FusedBuild& f, int64_t tokens) const;
+  // probs_tap: see FusedTokens.
+  std::unique_ptr<FusedStep> fused(FusedBuild& f, int64_t tokens,
+                                   const dnnl::memory& probs_tap = {}) const;
 };
 
 }  // namespace vit

@@ -38,7 +38,7 @@ const Tensor& VitInference::forward(Context& ctx, const Tensor& patches) {
     Plan& p = plans_.get({n}, [&] {
       auto plan = std::make_unique<Plan>();
       engine::FusedBuild f{ctx, packed_, precision, n, plan->buffers, plan->matmuls};
-      plan->net = model_.fused(f);
+      plan->net = model_.fused(f, taps_);
       return plan;
     });
     packed_.refresh(ctx);
@@ -46,8 +46,34 @@ const Tensor& VitInference::forward(Context& ctx, const Tensor& patches) {
     p.net->run(ctx.strm);
     ctx.wait();
     std::copy_n(p.net->logits(), n * K, logits_.data() + b * K);
+    for (const auto& [block, tap] : p.net->probs_taps) {
+      const int64_t probs_per_image = c.num_heads * c.num_tokens() * c.num_tokens();
+      Tensor& all = probs_[block];
+      if (all.empty() || all.dim(0) != B)
+        all = Tensor(ctx.eng, {B, c.num_heads, c.num_tokens(), c.num_tokens()});
+      std::copy_n(static_cast<const float*>(tap.get_data_handle()), n * probs_per_image,
+                  all.data() + b * probs_per_image);
+    }
   }
   return logits_;
+}
+
+void VitInference::tap_attention(std::vector<int64_t> blocks) {
+  std::sort(blocks.begin(), blocks.end());
+  blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+  if (blocks == taps_) return;
+  taps_ = std::move(blocks);
+  plans_.clear();  // rebuilt with (or without) the copies
+  probs_.clear();
+}
+
+const Tensor& VitInference::attention_probabilities(int64_t block) const {
+  const auto it = probs_.find(block);
+  engine::require(
+      it != probs_.end(),
+      "VitInference: block " + std::to_string(block) +
+          "'s attention probabilities were not tapped (tap_attention) before this forward");
+  return it->second;
 }
 
 }  // namespace vit

@@ -39,6 +39,12 @@ class VitInference {
   // last one), so that one chunk's activations stay in the cache from block to block.
   int64_t chunk_images() const;
 
+  // From the next forward on, also copy out the attention probabilities of these blocks
+  // (exact attention only; empty: none, and the plans are as if never asked).
+  void tap_attention(std::vector<int64_t> blocks);
+  // Block `block`'s probabilities [B, H, N, N] from the last forward; it must be tapped.
+  const Tensor& attention_probabilities(int64_t block) const;
+
   // Bytes of packed weights held, for every batch size seen so far.
   int64_t packed_bytes() const { return packed_.weight_bytes(); }
 
@@ -55,6 +61,8 @@ class VitInference {
   engine::PackedWeights packed_;
   engine::PlanCache<Plan> plans_;  // by images per pass
   Tensor logits_;                  // [B, K] gathered from the chunks
+  std::vector<int64_t> taps_;
+  std::map<int64_t, Tensor> probs_;  // by tapped block, [B, H, N, N] gathered from the chunks
 };
 
 }  // namespace vit

@@ -292,6 +292,13 @@ int64_t attention_group(int64_t B, int64_t scores_bytes_per_image) {
 std::unique_ptr<FusedStep> MultiHeadAttention::fused(FusedBuild& f, const FusedTokens& t) const {
   const dnnl::engine& eng = f.ctx.eng;
   const int64_t B = t.images, N = t.tokens, H = num_heads, d = head_dim, D = H * d, M = B * N;
+  if (t.probs_tap && (favor || lowrank_k || halo))
+    throw engine::Error(
+        "the fused path hands out the probabilities of exact attention only; "
+        "this block's attention is " +
+        std::string(favor       ? "Performer"
+                    : lowrank_k ? "Linformer"
+                                : "windowed as halo blocks"));
   const dt low = f.low();
   auto p = std::make_unique<Fused>();
   p->normed = t.normed;
@@ -450,6 +457,12 @@ std::unique_ptr<FusedStep> MultiHeadAttention::fused(FusedBuild& f, const FusedT
          eng});
   p->context_mm =
       f.matmul({{p->probs.get_desc(), lowrank_k ? v_projected_md : heads_md, heads_md}, eng});
+  if (t.probs_tap) {
+    const memory::desc group_md = fused_desc({G, H, N, Nk}, dt::f32);
+    for (int64_t g = 0; g < B; g += G)
+      p->tap_groups.push_back(fused_view(eng, group_md, t.probs_tap, g * H * N * Nk));
+    p->tap = dnnl::reorder(p->probs, p->tap_groups[0]);
+  }
   return p;
 }
 
@@ -497,6 +510,7 @@ void MultiHeadAttention::Fused::run(dnnl::stream& s) {
       if (to_probs) to_probs.execute(s, scores, probs);
     }
     if (softmax) softmax.execute(s, {{DNNL_ARG_SRC, scores}, {DNNL_ARG_DST, probs}});
+    if (tap) tap.execute(s, probs, tap_groups[g]);
     context_mm.execute(
         s,
         {{DNNL_ARG_SRC, probs}, {DNNL_ARG_WEIGHTS, v_heads[g]}, {DNNL_ARG_DST, context_heads[g]}});

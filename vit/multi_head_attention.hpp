@@ -114,6 +114,9 @@ class MultiHeadAttention : public Attention {
     // Per group of G images, views of the slabs: [G, H, N, d], [G, H, d, N], [G, H, N, d], and
     // the context's heads in place.
     std::vector<dnnl::memory> q_heads, k_t, v_heads, context_heads;
+    // FusedTokens::probs_tap: each group's probabilities copied (as f32) to its place there.
+    dnnl::reorder tap;
+    std::vector<dnnl::memory> tap_groups;
     void run(dnnl::stream& s) override;
   };
 

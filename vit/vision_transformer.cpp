@@ -106,7 +106,8 @@ void VisionTransformer::backward(Context& ctx, const Tensor& diff_logits) {
   patch_embed_.backward(ctx, pos_.backward(ctx, pos_drop_.backward(ctx, *d)));
 }
 
-std::unique_ptr<VisionTransformer::Fused> VisionTransformer::fused(FusedBuild& f) const {
+std::unique_ptr<VisionTransformer::Fused> VisionTransformer::fused(
+    FusedBuild& f, const std::vector<int64_t>& taps) const {
   const int64_t B = f.images, L = config.num_patches(), N = config.num_tokens(),
                 D = config.embed_dim;
   auto p = std::make_unique<Fused>();
@@ -118,7 +119,18 @@ std::unique_ptr<VisionTransformer::Fused> VisionTransformer::fused(FusedBuild& f
   p->patch_embed = patch_embed_.fused(f, patch_out);
   p->pos_embed = pos_.fused(f, patch_out, x);
   if (norm_pre_) p->norm_pre = norm_pre_->fused(f, B * N), p->x = x;
-  for (const auto& block : blocks_) p->blocks.push_back(block->fused(f, N));
+  for (int64_t i : taps) {
+    engine::require(i >= 0 && i < depth(), "attention probabilities of block " + std::to_string(i) +
+                                               " of a ViT with " + std::to_string(depth()) +
+                                               " blocks");
+    p->probs_taps[i] = f.buffer("attn.probs_tap." + std::to_string(i),
+                                fused_desc({B, config.num_heads, N, N}, memory::data_type::f32));
+  }
+  for (int64_t i = 0; i < depth(); ++i) {
+    const auto tap = p->probs_taps.find(i);
+    p->blocks.push_back(
+        blocks_[size_t(i)]->fused(f, N, tap == p->probs_taps.end() ? memory() : tap->second));
+  }
   p->head = head_.fused(f, x, N, norm_ ? &*norm_ : nullptr);
   return p;
 }

@@ -6,6 +6,7 @@
 // forward and backward and its fused-inference piece side by side; VitInference drives the pieces.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -55,6 +56,7 @@ class VisionTransformer {
     std::optional<engine::LayerNorm::Fused> norm_pre;
     dnnl::memory x;  // f32 [B·N, D] the residual stream
     std::vector<std::unique_ptr<FusedStep>> blocks;
+    std::map<int64_t, dnnl::memory> probs_taps;  // by block: f32 [B, H, N, N]
     std::unique_ptr<Head::Fused> head;
     void set_input(float* patches) { patch_embed->input.set_data_handle(patches); }
     const float* logits() const {
@@ -62,7 +64,8 @@ class VisionTransformer {
     }
     void run(dnnl::stream& s) override;
   };
-  std::unique_ptr<Fused> fused(FusedBuild& f) const;
+  // taps: the blocks whose attention probabilities the plan copies out (Fused::probs_taps).
+  std::unique_ptr<Fused> fused(FusedBuild& f, const std::vector<int64_t>& taps = {}) const;
 
   const VitConfig config;
 
