@@ -207,6 +207,11 @@ int run_bench(const std::vector<std::string>& args) {
   datasets::Preprocess preprocess;
   nlohmann::json load_report;
   std::string window_impl;  // how a ViT's attn_window runs: "mask" or "blocks"
+  auto window_impl_of = [](const nlohmann::json& config) -> std::string {
+    const vit::VitConfig c = config.get<vit::VitConfig>();
+    if (c.attn_window == 0) return "";
+    return vit::HaloAttention::used(c) ? "blocks" : "mask";
+  };
   std::error_code ec;
   if (std::filesystem::exists(model_name, ec)) {
     if (vm.count("attn-window-impl"))
@@ -222,10 +227,7 @@ int run_bench(const std::vector<std::string>& args) {
                    {"weights_mb", double(loaded.model->store.size()) * 4 / 1048576.0}};
     net = std::move(loaded.model);
     preprocess = loaded.preprocess;
-    if (net->arch() == "vit") {
-      const vit::VitConfig c = net->config().get<vit::VitConfig>();
-      if (c.attn_window > 0) window_impl = vit::HaloAttention::used(c) ? "blocks" : "mask";
-    }
+    if (net->arch() == "vit") window_impl = window_impl_of(net->config());
   } else {
     const models::Preset& preset = models::preset(model_name);
     nlohmann::json config = model_config(vm, preset, "vit bench");
@@ -235,10 +237,8 @@ int run_bench(const std::vector<std::string>& args) {
         throw UsageError("vit bench: --attn-window-impl applies to a ViT, not " + preset.name);
       config["attn_window_impl"] = vm["attn-window-impl"].as<std::string>();
     }
-    if (preset.arch == "vit") {
-      const vit::VitConfig c = config.get<vit::VitConfig>();
-      if (c.attn_window > 0) window_impl = vit::HaloAttention::used(c) ? "blocks" : "mask";
-    }
+    // The config asked for, which (unlike net->config()) carries attn_window_impl.
+    if (preset.arch == "vit") window_impl = window_impl_of(config);
     // Inference needs no gradients or optimizer moments (three copies of the weights: 1 GB
     // for ViT-B); --mode train allocates them below.
     net = models::make_model(preset.arch, config, ctx, /*inference_only=*/true);

@@ -51,10 +51,10 @@ void AttentionNorm::share_gradients(const std::string& slot) {
   softmax.grad_slot = relu.grad_slot = sigmoid.grad_slot = slot;
 }
 
-void AttentionNorm::append_post_ops(dnnl::post_ops& ops, const VitConfig& c) const {
+void AttentionNorm::append_post_ops(dnnl::post_ops& ops, float shift) const {
   if (kind == "relu") ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
   if (kind == "sigmoid") {
-    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_linear, 1.0f, score_shift(c));
+    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_linear, 1.0f, shift);
     ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_logistic, 0.0f, 0.0f);
   }
 }

@@ -38,9 +38,10 @@ class AttentionNorm {
   engine::Relu relu;
   engine::Eltwise sigmoid{dnnl::algorithm::eltwise_logistic};
 
-  // Fused: relu and σ become post-ops of the scores matmul (σ's −log n as a linear post-op
-  // before it); softmax stays a primitive of its own, run by the caller (needs_softmax()).
-  void append_post_ops(dnnl::post_ops& ops, const VitConfig& c) const;
+  // Fused: relu and σ become post-ops of the scores matmul (σ's shift, score_shift, as a
+  // linear post-op before it); softmax stays a primitive of its own, run by the caller
+  // (needs_softmax()).
+  void append_post_ops(dnnl::post_ops& ops, float shift) const;
   // Or, after a mask was added to f32 scores `md`, relu or σ in place (the mask carries σ's
   // −log n); an empty primitive for softmax.
   dnnl::eltwise_forward eltwise(const dnnl::engine& eng, const dnnl::memory::desc& md) const;

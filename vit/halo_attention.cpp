@@ -204,7 +204,7 @@ const Tensor& HaloAttention::forward(Context& ctx, const View& q, const View& k,
     }
     return p;
   });
-  buf.q = q, buf.k = k, buf.v = v;
+  buf.images = B;
   const View* in[3] = {&q, &k, &v};
   for (int i = 0; i < 3; ++i)
     copy_(ctx, on(Shape::patches(x, in[i]->strides), *in[i]), x.interior().on(buf.grid[i].data()));
@@ -244,7 +244,7 @@ const Tensor& HaloAttention::forward(Context& ctx, const View& q, const View& k,
 
 const Tensor& HaloAttention::probabilities(Context& ctx) {
   Buffers& buf = buffers_.current("HaloAttention");
-  const int64_t B = buf.q.dims[0], H = heads, N = buf.q.dims[2], S = side, b = block;
+  const int64_t B = buf.images, H = heads, N = prefix + side * side, S = side, b = block;
   const int64_t W = b + 2 * radius, Q = b * b;
   if (buf.dense.empty()) buf.dense = Tensor(ctx.eng, {B, H, N, N});
   ctx.wait();
@@ -277,7 +277,7 @@ const Tensor& HaloAttention::probabilities(Context& ctx) {
 void HaloAttention::backward(Context& ctx, const Tensor& diff_out, const View& diff_q,
                              const View& diff_k, const View& diff_v) {
   Buffers& buf = buffers_.current("HaloAttention");
-  const int64_t B = buf.q.dims[0], H = heads, d = head_dim;
+  const int64_t B = buf.images, H = heads, d = head_dim;
   const Shape x = shape_of(*this, B);
   engine::check_same_dims(diff_out.dims(), buf.out.dims(), "HaloAttention", "diff_out");
   const View dout = diff_out.as_view();
@@ -335,7 +335,6 @@ HaloAttention::Fused HaloAttention::fused(FusedBuild& f, const memory& q, const 
   const int64_t N = x.N(), BH = B * H * x.NB();
   const dt low = f.low();
   Fused p;
-  p.q = q, p.k = k, p.v = v, p.context = context;
   auto reorder = [&](const memory& from, const memory& to) {
     p.steps.push_back({dnnl::reorder(from, to), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}}});
   };
@@ -412,15 +411,7 @@ HaloAttention::Fused HaloAttention::fused(FusedBuild& f, const memory& q, const 
           ? f.buffer("attn.halo.prefix_probs", fused_desc({B, H, prefix, N}, low))
           : prefix_scores;
   dnnl::post_ops ops;
-  if (!softmax) {
-    // σ's −log n: the same shift the mask carries for the patch queries.
-    if (norm.kind == "sigmoid")
-      ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_linear, 1.0f, shift);
-    ops.append_eltwise(
-        1.0f,
-        norm.kind == "relu" ? dnnl::algorithm::eltwise_relu : dnnl::algorithm::eltwise_logistic,
-        0.0f, 0.0f);
-  }
+  norm.append_post_ops(ops, shift);  // σ's −log n: the shift the mask carries for the patches
   dnnl::primitive_attr attr;
   attr.set_post_ops(ops);
   p.steps.push_back(

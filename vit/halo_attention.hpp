@@ -66,7 +66,6 @@ struct HaloAttention {
   // The fused form: from the q (scaled by the score scale), k and v slabs [B, N, H, d] to the
   // heads' output written into `context` [B, N, H, d], in the slabs' type; scores in f32.
   struct Fused {
-    dnnl::memory q, k, v, context;
     std::vector<std::pair<dnnl::primitive, std::unordered_map<int, dnnl::memory>>> steps;
     void run(dnnl::stream& s) const;
   };
@@ -74,19 +73,8 @@ struct HaloAttention {
               const dnnl::memory& context) const;
 
  private:
-  // Views of a [B, H, Sp, Sp, d] grid: its S × S interior; the b × b query blocks
-  // [B, H, nb, nb, b, b, d]; the halo quadrant (hr, hc) of every block.
+  // The zero-padded grid [B, H, Sp, Sp, d]; its views are in halo_attention.cpp (Shape).
   Dims grid_dims(int64_t B) const { return {B, heads, padded, padded, head_dim}; }
-  View interior(float* grid, int64_t B) const;
-  View query_blocks(float* grid, int64_t B) const;
-  View quadrant(float* grid, int64_t B, int hr, int hc) const;
-  // The patch rows [B, H, S, S, d] of a [B, H, N, d] view, and its prefix rows [B, H, P, d].
-  View patch_rows(const View& t) const;
-  View prefix_rows(const View& t) const;
-  // Of the blocks' tensors: q and out [B, H, nb, nb, b, b, d] as [B·H·nb², b², d]; the halo
-  // quadrant's place among a block's keys; the prefix keys [B, H, nb², P, d].
-  View block_quadrant(float* keys_blk, int64_t B, int hr, int hc) const;
-  View block_prefix(float* keys_blk, int64_t B) const;
 
   struct Buffers {
     Tensor grid[3];  // q, k, v on the padded grid; the padding stays zero
@@ -94,7 +82,7 @@ struct HaloAttention {
     Tensor mask_table, prefix_bias_table, ones;  // ones [B·H, 1, nb²]: Σ over blocks
     Tensor diff_out_grid, diff_out_blk, diff_probs, diff_qkv_blk[3], diff_grid[3];
     Tensor diff_out_prefix, diff_probs_prefix;
-    View q, k, v;                          // the forward's inputs
+    int64_t images = 0;                    // the forward's B
     const Tensor* probs = nullptr;         // [B·H·nb², b², Kb], before dropout
     const Tensor* prefix_probs = nullptr;  // [B, H, P, N]
     Tensor dense;                          // probabilities(): [B, H, N, N]

@@ -441,7 +441,7 @@ std::unique_ptr<FusedStep> MultiHeadAttention::fused(FusedBuild& f, const FusedT
       if (f.bf16()) p->to_probs = dnnl::reorder(p->scores, p->probs);
     }
   } else {
-    norm.append_post_ops(score_ops, config);
+    norm.append_post_ops(score_ops, score_shift(config));
   }
   dnnl::primitive_attr score_attr;
   score_attr.set_post_ops(score_ops);
