@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/error.hpp"
+#include "engine/file.hpp"
 #include "engine/tensor.hpp"
 
 namespace engine {
@@ -31,17 +32,6 @@ uint64_t dtype_size(const std::string& dtype) {
 
 std::string errno_text() {
   return std::strerror(errno);
-}
-
-void write_all(int fd, const void* data, size_t n, const std::string& where) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) throw Error("cannot write '" + where + "': " + errno_text());
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
 }
 
 // The header length from the first 8 bytes, checked against the format's cap and the file size
@@ -92,37 +82,9 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
   unsigned char len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
 
-  const std::string where = path.string();
-  const std::filesystem::path tmp = path.string() + ".tmp" + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error("cannot write '" + where + "': " + errno_text());
-  try {
-    write_all(fd, len, 8, where);
-    write_all(fd, text.data(), text.size(), where);
-    for (size_t i = 0; i < tensors.size(); ++i) write_all(fd, tensors[i].data, sizes[i], where);
-    if (::fsync(fd) != 0) throw Error("cannot write '" + where + "': " + errno_text());
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  if (::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    throw Error("cannot write '" + where + "': " + errno_text());
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = errno_text();
-    ::unlink(tmp.c_str());
-    throw Error("cannot write '" + where + "': " + why);
-  }
-  // The rename itself reaches the disk only with its folder: after a power cut the name could
-  // otherwise still point at the old file (harmless) or, on some file systems, at nothing.
-  const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : ".";
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);  // best effort: some file systems refuse fsync on a folder
-    ::close(dfd);
-  }
+  std::vector<Bytes> pieces{{len, 8}, {text.data(), text.size()}};
+  for (size_t i = 0; i < tensors.size(); ++i) pieces.push_back({tensors[i].data, sizes[i]});
+  write_file_atomic(path, pieces);
 }
 
 SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path) {

@@ -1,10 +1,12 @@
 #include "models/resnet.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/error.hpp"
 #include "engine/init.hpp"
 #include "engine/json_read.hpp"
+#include "engine/plan.hpp"
 
 namespace models {
 
@@ -212,15 +214,63 @@ const Tensor& ResNet::forward(Context& ctx, const Tensor& input) {
              x_nhwc.as_view());
   const Tensor* x = &bn1_.forward(ctx, conv1_.forward(ctx, x_view));  // ReLU fused
   for (auto& block : blocks_) x = &block->forward(ctx, *x);
+  features_ = x;
   const Tensor& pooled = avgpool_.forward(ctx, *x);  // [B, 1, 1, C]
   return fc_.forward(ctx, pooled.reshaped({B, config_.widths.back()}));
 }
 
-void ResNet::backward(Context& ctx, const Tensor& diff_logits) {
+const Tensor& ResNet::backward_head(Context& ctx, const Tensor& diff_logits) {
   const int64_t B = diff_logits.dim(0), C = config_.widths.back();
-  const Tensor* d = &avgpool_.backward(ctx, fc_.backward(ctx, diff_logits).reshaped({B, 1, 1, C}));
+  return avgpool_.backward(ctx, fc_.backward(ctx, diff_logits).reshaped({B, 1, 1, C}));
+}
+
+void ResNet::backward(Context& ctx, const Tensor& diff_logits) {
+  const Tensor* d = &backward_head(ctx, diff_logits);
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) d = &(*it)->backward(ctx, *d);
   conv1_.backward(ctx, bn1_.backward(ctx, *d));
+}
+
+const Tensor& ResNet::features() const {
+  engine::require(features_ != nullptr, "ResNet: features() before a forward");
+  return *features_;
+}
+
+Tensor ResNet::grad_cam(Context& ctx, const std::vector<int64_t>& classes) {
+  const Tensor& a = features();
+  const int64_t B = a.dim(0), HW = a.dim(1) * a.dim(2), C = a.dim(3), K = config_.num_classes;
+  engine::require(int64_t(classes.size()) == B, "Grad-CAM: " + std::to_string(classes.size()) +
+                                                    " classes for " + std::to_string(B) +
+                                                    " images");
+  Tensor one_hot(ctx.eng, {B, K});
+  for (int64_t b = 0; b < B; ++b) {
+    engine::require(classes[b] >= 0 && classes[b] < K,
+                    "Grad-CAM: class " + std::to_string(classes[b]) + " of " + std::to_string(K));
+    one_hot[b * K + classes[b]] = 1.0f;
+  }
+  const Tensor& d_a = backward_head(ctx, one_hot);  // [B, h, w, C], as a
+  // α [B, 1, C] = (1/hw) · 1ᵀ·dA per image; map [B, hw, 1] = relu(A·αᵀ). αᵀ [B, C, 1] is the
+  // same bytes as α.
+  using dnnl::memory;
+  const memory::desc ones_md = engine::plain_desc({1, 1, HW}),
+                     act_md = engine::plain_desc({B, HW, C});
+  const memory::desc alpha_md = engine::plain_desc({B, 1, C});
+  Tensor ones(ctx.eng, {1, 1, HW}), alpha(ctx.eng, {B, 1, C}), map(ctx.eng, {B, HW});
+  std::fill_n(ones.data(), HW, 1.0f);
+  const dnnl::matmul mean =
+      engine::make_matmul(ctx.eng, ones_md, act_md, alpha_md, 1.0f / float(HW));
+  dnnl::post_ops relu;
+  relu.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+  const memory::desc alpha_t_md = engine::plain_desc({B, C, 1}),
+                     map_md = engine::plain_desc({B, HW, 1});
+  const dnnl::matmul weigh = engine::make_matmul(ctx.eng, act_md, alpha_t_md, map_md, 1.0f, relu);
+  mean.execute(ctx.strm, {{DNNL_ARG_SRC, memory(ones_md, ctx.eng, ones.data())},
+                          {DNNL_ARG_WEIGHTS, memory(act_md, ctx.eng, d_a.data())},
+                          {DNNL_ARG_DST, memory(alpha_md, ctx.eng, alpha.data())}});
+  weigh.execute(ctx.strm, {{DNNL_ARG_SRC, memory(act_md, ctx.eng, a.data())},
+                           {DNNL_ARG_WEIGHTS, memory(alpha_t_md, ctx.eng, alpha.data())},
+                           {DNNL_ARG_DST, memory(map_md, ctx.eng, map.data())}});
+  ctx.wait();
+  return map;
 }
 
 }  // namespace models

@@ -91,7 +91,20 @@ class ResNet : public engine::Model {
   int64_t num_classes() const override { return config_.num_classes; }
   std::vector<std::string> head_prefixes() const override { return {"fc."}; }
 
+  // Grad-CAM (Selvaraju et al. 2017) on the last stage, for `vit explain`: after a forward,
+  // the gradient of each image's score of classes[b] (a one-hot backward through the head and
+  // the pooling, as backward runs them) weighs the last stage's channels by its spatial mean,
+  // and relu(Σ_c α_c · A_c) is the map. Returns [B, h·w], row-major over the last stage's
+  // h × w grid; the store must be allocated for training (the head's backward writes its
+  // gradients).
+  Tensor grad_cam(Context& ctx, const std::vector<int64_t>& classes);
+  // The last stage's output of the last forward, NHWC [B, h, w, C]: what the pooling reads.
+  const Tensor& features() const;
+
  private:
+  // backward through the head and the pooling: the gradient of the last stage's output.
+  const Tensor& backward_head(Context& ctx, const Tensor& diff_logits);
+
   ResNetConfig config_;
   engine::Conv2d conv1_;
   engine::BatchNorm2d bn1_;                          // with the ReLU fused
@@ -100,6 +113,7 @@ class ResNet : public engine::Model {
   engine::Linear fc_;
   engine::Reorder to_nhwc_;
   engine::PlanCache<Tensor> nhwc_input_;
+  const Tensor* features_ = nullptr;
 };
 
 }  // namespace models

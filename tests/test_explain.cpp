@@ -8,8 +8,17 @@
 #include <optional>
 #include <random>
 
+#include <nlohmann/json.hpp>
+#include <opencv2/imgproc.hpp>
+
 #include "check.hpp"
+#include "datasets/overlay.hpp"
+#include "datasets/preprocess.hpp"
 #include "engine/error.hpp"
+#include "models/explain.hpp"
+#include "models/registry.hpp"
+#include "models/resnet.hpp"
+#include "models/vit_model.hpp"
 #include "vit/inference.hpp"
 #include "vit/multi_head_attention.hpp"
 #include "vit/rollout.hpp"
@@ -301,4 +310,256 @@ TEST_CASE("the fused path's attention tap equals the layers' probabilities, logi
       check::random_tensor(ctx, {2, performer.num_patches(), performer.patch_dim()}, rng);
   CHECK_THROWS_WITH_AS(fused.forward(ctx, patches), doctest::Contains("exact attention only"),
                        engine::Error);
+}
+
+namespace {
+
+// A model behind engine::Model, allocated for training, with random weights.
+std::unique_ptr<engine::Model> random_model(Context& ctx, const std::string& arch,
+                                            const nlohmann::json& config, std::mt19937_64& rng) {
+  auto model = models::make_model(arch, config, ctx);
+  model->init_weights(ctx);
+  check::randomize_parameters(model->store, rng, 0.4f);
+  model->store.mark_changed();
+  return model;
+}
+
+VitConfig small_vit() {
+  VitConfig c;
+  c.img_size = 16, c.patch_size = 4, c.in_chans = 1, c.num_classes = 3;
+  c.embed_dim = 8, c.depth = 2, c.num_heads = 2, c.mlp_ratio = 2.0;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("Grad-CAM: the head's gradient weighs the last stage's channels, then a ReLU") {
+  Context ctx(81);
+  std::mt19937_64 rng(811);
+  models::ResNetConfig c;
+  c.img_size = 8, c.in_chans = 2, c.num_classes = 4, c.widths = {4, 6}, c.depths = {1, 1};
+  auto model = random_model(ctx, "resnet", c, rng);
+  auto& net = dynamic_cast<models::ResNet&>(*model);
+  net.train(false);
+  const int64_t B = 3;
+  Tensor input = check::random_tensor(ctx, {B, 2, 8, 8}, rng);
+  net.forward(ctx, input);
+  const std::vector<int64_t> classes{2, 0, 3};
+  const Tensor map = net.grad_cam(ctx, classes);
+  // The score is fc(mean over h, w of A): its gradient at A[b, y, x, k] is fc.weight[c, k] / hw
+  // everywhere, so the map is relu(Σ_k fc.weight[c, k] / hw · A[b, y, x, k]).
+  const Tensor& a = net.features();
+  const int64_t HW = a.dim(1) * a.dim(2), C = a.dim(3);
+  REQUIRE(map.dims() == Dims{B, HW});
+  const Tensor& w = model->store["fc.weight"].value;
+  std::vector<double> want;
+  int positive = 0, zero = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < HW; ++i) {
+      double s = 0;
+      for (int64_t k = 0; k < C; ++k)
+        s += double(w[classes[b] * C + k]) / double(HW) * a[(b * HW + i) * C + k];
+      want.push_back(std::max(s, 0.0));
+      (s > 0 ? positive : zero)++;
+    }
+  CHECK(positive > 0);  // both sides of the ReLU are exercised
+  CHECK(zero > 0);
+  check::check_close("grad-cam", map, want, 1e-5);
+  CHECK_THROWS_WITH_AS(net.grad_cam(ctx, {0, 1}), doctest::Contains("2 classes for 3 images"),
+                       engine::Error);
+  CHECK_THROWS_WITH_AS(net.grad_cam(ctx, {0, 4, 1}), doctest::Contains("class 4 of 4"),
+                       engine::Error);
+}
+
+TEST_CASE("Explainer: rollout and attention maps from the fused taps equal the layers'") {
+  Context ctx(82);
+  std::mt19937_64 rng(821);
+  VitConfig base = small_vit();
+  VitConfig avg = base;
+  avg.class_token = false, avg.global_pool = "avg";
+  VitConfig regs = base;
+  regs.reg_tokens = 2;
+  for (const VitConfig& c : {base, avg, regs}) {
+    CAPTURE(c.global_pool);
+    CAPTURE(c.reg_tokens);
+    auto model = random_model(ctx, "vit", c, rng);
+    auto& vm = dynamic_cast<models::VitModel&>(*model);
+    const int64_t B = 3, P = c.num_prefix_tokens(), N = c.num_tokens(), L = c.num_patches();
+    Tensor patches = check::random_tensor(ctx, {B, L, c.patch_dim()}, rng);
+    // The reference: the layers' probabilities, rolled out and read by hand.
+    vm.net.train(false);
+    vm.net.forward(ctx, patches);
+    std::vector<Tensor> probs;
+    for (int64_t l = 0; l < c.depth; ++l) {
+      probs.emplace_back(ctx.eng, Dims{B, c.num_heads, N, N});
+      probs.back().copy_from(vm.net.attention_probabilities(ctx, l));
+    }
+    const Tensor rolled =
+        attention_rollout(ctx, {&probs[0], &probs[1]}, P, c.global_pool == "token", {});
+
+    models::Explainer rollout(ctx, *model, {});
+    CHECK(rollout.options().method == "rollout");
+    CHECK(rollout.note().empty() == (c.global_pool == "token"));
+    const std::vector<models::Explanation> got = rollout.explain(ctx, patches);
+    REQUIRE(got.size() == size_t(B));
+    for (int64_t b = 0; b < B; ++b) {
+      CHECK(got[b].grid_h == 4);
+      REQUIRE(got[b].map.size() == size_t(L));
+      for (int64_t j = 0; j < L; ++j)
+        CHECK(got[b].map[j] == doctest::Approx(rolled[b * L + j]).epsilon(1e-5));
+      double total = 0;
+      for (float p : got[b].probabilities) total += p;
+      CHECK(total == doctest::Approx(1.0).epsilon(1e-5));
+    }
+
+    models::ExplainOptions o;
+    o.method = "attention", o.layer = 0, o.heads = true, o.rollout.head_fusion = "max";
+    models::Explainer attention(ctx, *model, o);
+    const std::vector<models::Explanation> att = attention.explain(ctx, patches);
+    const int64_t H = c.num_heads;
+    for (int64_t b = 0; b < B; ++b) {
+      REQUIRE(att[b].heads.size() == size_t(H));
+      for (int64_t j = 0; j < L; ++j) {
+        // From the cls token, or averaged over the patch queries; the max over the heads taken
+        // per query before the average.
+        const int64_t q0 = c.global_pool == "token" ? 0 : P, q1 = c.global_pool == "token" ? 1 : N;
+        double fused = 0;
+        std::vector<double> heads(size_t(H), 0.0);
+        for (int64_t i = q0; i < q1; ++i) {
+          double m = -1;
+          for (int64_t h = 0; h < H; ++h) {
+            const double x = probs[0][((b * H + h) * N + i) * N + P + j];
+            heads[size_t(h)] += x / double(q1 - q0);
+            m = std::max(m, x);
+          }
+          fused += m / double(q1 - q0);
+        }
+        CHECK(att[b].map[j] == doctest::Approx(fused).epsilon(1e-5));
+        for (int64_t h = 0; h < H; ++h)
+          CHECK(att[b].heads[h][j] == doctest::Approx(heads[size_t(h)]).epsilon(1e-5));
+      }
+    }
+  }
+}
+
+TEST_CASE("Explainer: a window run as blocks explains as the masked formulation does") {
+  Context ctx(83);
+  std::mt19937_64 rng(831);
+  VitConfig c = small_vit();
+  c.img_size = 32;  // an 8 × 8 grid
+  c.attn_window = 1;
+  c.attn_window_impl = "blocks";
+  auto blocks = random_model(ctx, "vit", c, rng);
+  c.attn_window_impl = "mask";
+  auto mask = models::make_model("vit", c, ctx);
+  for (size_t k = 0; k < mask->store.parameters().size(); ++k)
+    mask->store.parameters()[k].value.copy_from(blocks->store.parameters()[k].value);
+  mask->store.mark_changed();
+  Tensor patches = check::random_tensor(ctx, {2, c.num_patches(), c.patch_dim()}, rng);
+  for (const char* method : {"rollout", "attention"}) {
+    CAPTURE(method);
+    models::ExplainOptions o;
+    o.method = method;
+    models::Explainer a(ctx, *blocks, o), b(ctx, *mask, o);  // the layers; the fused taps
+    const auto x = a.explain(ctx, patches), y = b.explain(ctx, patches);
+    for (size_t i = 0; i < x.size(); ++i) {
+      REQUIRE(x[i].map.size() == y[i].map.size());
+      for (size_t j = 0; j < x[i].map.size(); ++j)
+        CHECK(x[i].map[j] == doctest::Approx(y[i].map[j]).epsilon(1e-4));
+      CHECK(x[i].explained_class == y[i].explained_class);
+    }
+  }
+}
+
+TEST_CASE("Explainer: Grad-CAM of the top class or a chosen one; refusals in one line") {
+  Context ctx(84);
+  std::mt19937_64 rng(841);
+  models::ResNetConfig rc;
+  rc.img_size = 8, rc.in_chans = 1, rc.num_classes = 3, rc.widths = {4, 4}, rc.depths = {1, 1};
+  auto cnn = random_model(ctx, "resnet", rc, rng);
+  Tensor images = check::random_tensor(ctx, {2, 1, 8, 8}, rng);
+  models::Explainer top(ctx, *cnn, {});
+  CHECK(top.options().method == "gradcam");
+  for (const models::Explanation& e : top.explain(ctx, images)) {
+    CHECK(e.grid_h == 4);
+    CHECK(e.map.size() == 16);
+    CHECK(e.explained_class == std::max_element(e.probabilities.begin(), e.probabilities.end()) -
+                                   e.probabilities.begin());
+  }
+  models::ExplainOptions chosen;
+  chosen.target_class = 2;
+  models::Explainer two(ctx, *cnn, chosen);
+  for (const models::Explanation& e : two.explain(ctx, images)) CHECK(e.explained_class == 2);
+
+  auto refused = [&](engine::Model& m, models::ExplainOptions o, const char* why) {
+    CAPTURE(why);
+    CHECK_THROWS_WITH_AS(models::Explainer(ctx, m, o), doctest::Contains(why), engine::Error);
+  };
+  models::ExplainOptions o;
+  o.method = "rollout";
+  refused(*cnn, o, "explains a ViT");
+  o = {}, o.heads = true;
+  refused(*cnn, o, "--heads");
+  o = {}, o.target_class = 3;
+  refused(*cnn, o, "--class 3: the model has 3 classes");
+
+  auto vit = random_model(ctx, "vit", small_vit(), rng);
+  o = {}, o.method = "gradcam";
+  refused(*vit, o, "explains the CNN");
+  o = {}, o.method = "saliency";
+  refused(*vit, o, "--method must be");
+  o = {}, o.target_class = 1;
+  refused(*vit, o, "do not depend on the class");
+  o = {}, o.method = "attention", o.layer = 2;
+  refused(*vit, o, "--layer 2: the model has 2 blocks");
+  o = {}, o.method = "attention", o.layer = -3;
+  refused(*vit, o, "--layer -3");
+  o = {}, o.layer = 0;
+  refused(*vit, o, "--layer is for --method attention");
+  o = {}, o.heads = true;
+  refused(*vit, o, "--heads is for --method attention");
+  o = {}, o.method = "attention", o.rollout.discard_ratio = 0.5;
+  refused(*vit, o, "--discard-ratio is for --method rollout");
+  o = {}, o.rollout.head_fusion = "sum";
+  refused(*vit, o, "--head-fusion must be");
+  o = {}, o.rollout.discard_ratio = 1.0;
+  refused(*vit, o, "--discard-ratio must be in [0, 1)");
+  VitConfig pc = small_vit();
+  pc.attn_features = 8;
+  auto performer = random_model(ctx, "vit", pc, rng);
+  refused(*performer, {}, "Performer");
+  VitConfig lc = small_vit();
+  lc.attn_lowrank = 4;
+  auto linformer = random_model(ctx, "vit", lc, rng);
+  refused(*linformer, {}, "Linformer");
+}
+
+TEST_CASE("heatmap_overlay: hot where the map is high, no colour for a constant map") {
+  cv::Mat gray(28, 28, CV_8UC1, cv::Scalar(128));
+  std::vector<float> map(16, 0.0f);
+  map[0] = 5.0f;  // the top-left cell
+  const cv::Mat pic = datasets::heatmap_overlay(gray, map, 4, 4, "sneaker 97.0%");
+  const int band = pic.rows - 224;
+  REQUIRE(pic.cols == 224);  // scaled up ×8 to reach kMinOverlaySide
+  CHECK(band >= 20);
+  const cv::Vec3b hot = pic.at<cv::Vec3b>(band + 10, 10),
+                  cold = pic.at<cv::Vec3b>(pic.rows - 10, 214);
+  CHECK(hot[2] > hot[0] + 40);    // red over blue (BGR)
+  CHECK(cold[0] > cold[2] + 40);  // blue over red
+  const cv::Mat flat = datasets::heatmap_overlay(gray, std::vector<float>(16, 0.3f), 4, 4, "x");
+  CHECK(flat.at<cv::Vec3b>(band + 100, 100) == cv::Vec3b(128, 128, 128));
+  std::vector<float> bad = map;
+  bad[3] = std::nanf("");
+  CHECK_THROWS_WITH_AS(datasets::heatmap_overlay(gray, bad, 4, 4, "x"), doctest::Contains("NaN"),
+                       engine::Error);
+  CHECK_THROWS_WITH_AS(datasets::heatmap_overlay(gray, map, 3, 4, "x"),
+                       doctest::Contains("16 values for a 3 × 4 grid"), engine::Error);
+  const cv::Mat grid = datasets::tile({pic, pic, pic}, 2);
+  CHECK(grid.cols == 2 * pic.cols);
+  CHECK(grid.rows == 2 * pic.rows);
+  // PNG bytes that decode to the same picture.
+  const cv::Mat back = datasets::decode_image(datasets::encode_png(pic), 3, "overlay.png");
+  cv::Mat rgb;
+  cv::cvtColor(pic, rgb, cv::COLOR_BGR2RGB);
+  CHECK(cv::norm(back, rgb, cv::NORM_INF) == 0.0);
 }

@@ -1,6 +1,8 @@
 // Shared plumbing of the vit sub-commands: strict option parsing and the usage error type.
 #pragma once
 
+#include <filesystem>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -8,6 +10,8 @@
 #include <boost/program_options.hpp>
 #include <nlohmann/json.hpp>
 
+#include "datasets/preprocess.hpp"
+#include "engine/context.hpp"
 #include "engine/precision.hpp"
 #include "models/registry.hpp"
 
@@ -64,6 +68,29 @@ inline engine::Precision parse_precision_flag(const po::variables_map& vm,
   }
 }
 
+// The commands that take images (tools/cli_images.cpp).
+// classify, eval and explain need a classifier: a checkpoint without a head has none.
+void require_head(const models::LoadedModel& loaded, const std::string& model);
+// Images in batches, threads, precision, the model's resolution, the positional images.
+void add_image_options(po::options_description& opts, const char* precision_help,
+                       int64_t batch_size = 64);
+void check_image_options(const po::variables_map& vm, const std::string& command);
+// Every file named, and every image file under every folder named, in sorted order.
+std::vector<std::filesystem::path> image_paths(const std::vector<std::string>& args);
+// The images in batches as the model takes them: `take(ok, images, input)` gets the files
+// decoded, their uint8 images after the eval transform, and the batch. A file that fails to
+// decode is reported and left out; returns how many did.
+using BatchFn =
+    std::function<void(const std::vector<std::filesystem::path>& ok,
+                       const std::vector<cv::Mat>& images, const engine::Tensor& input)>;
+int for_each_batch(engine::Context& ctx, const datasets::Preprocess& p,
+                   const std::vector<std::filesystem::path>& paths, int64_t batch_size,
+                   const BatchFn& take);
+// The k most likely classes, most likely first, and as vit classify --json writes them.
+std::vector<int64_t> top_classes(const float* probabilities, int64_t K, int64_t k);
+nlohmann::json top_k_json(const float* probabilities, const std::vector<int64_t>& order,
+                          const std::vector<std::string>& classes);
+
 int run_info(const std::vector<std::string>& args);
 int run_models(const std::vector<std::string>& args);
 int run_folder(const std::vector<std::string>& args);
@@ -72,5 +99,6 @@ int run_eval(const std::vector<std::string>& args);
 int run_classify(const std::vector<std::string>& args);
 int run_embed(const std::vector<std::string>& args);
 int run_bench(const std::vector<std::string>& args);
+int run_explain(const std::vector<std::string>& args);
 
 }  // namespace cli

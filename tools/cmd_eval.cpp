@@ -19,85 +19,6 @@
 
 namespace cli {
 
-namespace {
-
-// classify and eval need a classifier: a checkpoint without a head (DINOv2, ViTModel) has none.
-void require_head(const models::LoadedModel& loaded, const std::string& model) {
-  if (loaded.model->num_classes() == 0)
-    throw engine::Error("'" + model +
-                        "' has no classification head (num_classes 0): 'vit embed' gives its "
-                        "features, 'vit train --init' fine-tunes a head on an image folder");
-}
-
-// What classify and embed share: images in batches, threads, precision, the model's resolution.
-void add_image_options(po::options_description& opts, const char* precision_help) {
-  auto add = opts.add_options();
-  add("batch-size", po::value<int64_t>()->default_value(64), "");
-  add("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
-  add("precision", po::value<std::string>()->default_value("f32"), precision_help);
-  add("images", po::value<std::vector<std::string>>(),
-      "image files or folders (searched recursively)");
-  add("help,h", "show this help");
-  opts.add(load_options_description());
-}
-
-void check_image_options(const po::variables_map& vm, const std::string& command) {
-  if (!vm.count("images")) throw UsageError(command + ": no images given");
-  if (vm["batch-size"].as<int64_t>() < 1)
-    throw UsageError(command + ": --batch-size must be positive");
-}
-
-// Every file named, and every image file under every folder named, in sorted order.
-std::vector<std::filesystem::path> image_paths(const std::vector<std::string>& args) {
-  std::vector<std::filesystem::path> paths;
-  for (const std::string& arg : args) {
-    std::error_code ec;
-    if (std::filesystem::is_directory(arg, ec)) {
-      const std::vector<std::filesystem::path> found = datasets::find_images(arg);
-      if (found.empty()) throw engine::Error("'" + arg + "': folder holds no images");
-      paths.insert(paths.end(), found.begin(), found.end());
-    } else {
-      paths.emplace_back(arg);
-    }
-  }
-  return paths;
-}
-
-// The images in batches through the model in evaluation mode: `take(ok, outputs)` gets the
-// files decoded and the model's output rows for them. A file that fails to decode is reported
-// and left out; returns how many did.
-int for_each_batch(engine::Context& ctx, engine::Model& model, const datasets::Preprocess& p,
-                   const std::vector<std::filesystem::path>& paths, int64_t batch_size,
-                   const std::function<void(const std::vector<std::filesystem::path>&,
-                                            const engine::Tensor&)>& take) {
-  int failures = 0;
-  for (size_t begin = 0; begin < paths.size(); begin += static_cast<size_t>(batch_size)) {
-    std::vector<std::filesystem::path> ok;
-    std::vector<cv::Mat> images;
-    for (size_t i = begin; i < std::min(paths.size(), begin + static_cast<size_t>(batch_size));
-         ++i) {
-      try {
-        images.push_back(datasets::eval_transform(datasets::load_image(paths[i], p.in_chans), p));
-        ok.push_back(paths[i]);
-      } catch (const engine::Error& e) {
-        std::fprintf(stderr, "vit: %s\n", e.what());
-        ++failures;
-      }
-    }
-    if (ok.empty()) continue;
-    engine::Tensor input(ctx.eng, p.input_dims(static_cast<int64_t>(ok.size())));
-    for (size_t i = 0; i < ok.size(); ++i)
-      datasets::to_model_input(images[i], p,
-                               input.data() + static_cast<int64_t>(i) * p.sample_size());
-    const engine::Tensor& out = model.forward(ctx, input);
-    ctx.wait();
-    take(ok, out);
-  }
-  return failures;
-}
-
-}  // namespace
-
 int run_eval(const std::vector<std::string>& args) {
   po::options_description opts("vit eval: accuracy of a model on a labelled image folder");
   auto add = opts.add_options();
@@ -219,20 +140,14 @@ int run_classify(const std::vector<std::string>& args) {
   const int64_t batch_size = vm["batch-size"].as<int64_t>();
   engine::Softmax softmax;
   nlohmann::json results = nlohmann::json::array();
-  auto take = [&](const std::vector<std::filesystem::path>& ok, const engine::Tensor& logits) {
-    const engine::Tensor& probs = softmax.forward(ctx, logits);
+  auto take = [&](const std::vector<std::filesystem::path>& ok, const std::vector<cv::Mat>&,
+                  const engine::Tensor& input) {
+    const engine::Tensor& probs = softmax.forward(ctx, loaded.model->forward(ctx, input));
     ctx.wait();
     for (size_t i = 0; i < ok.size(); ++i) {
       const float* row = probs.data() + static_cast<int64_t>(i) * K;
-      std::vector<int64_t> order(K);
-      std::iota(order.begin(), order.end(), int64_t{0});
-      std::partial_sort(order.begin(), order.begin() + top_k, order.end(),
-                        [&](int64_t a, int64_t b) { return row[a] > row[b]; });
-      nlohmann::json top = nlohmann::json::array();
-      for (int64_t k = 0; k < top_k; ++k)
-        top.push_back({{"class", loaded.classes[order[k]]},
-                       {"index", order[k]},
-                       {"probability", row[order[k]]}});
+      const std::vector<int64_t> order = top_classes(row, K, top_k);
+      const nlohmann::json top = top_k_json(row, order, loaded.classes);
       if (vm.count("json")) {
         results.push_back({{"image", ok[i].string()}, {"top_k", top}});
       } else {
@@ -242,8 +157,7 @@ int run_classify(const std::vector<std::string>& args) {
       }
     }
   };
-  const int failures =
-      for_each_batch(ctx, *loaded.model, loaded.preprocess, paths, batch_size, take);
+  const int failures = for_each_batch(ctx, loaded.preprocess, paths, batch_size, take);
   // A file name need not be UTF-8; JSON must be: invalid bytes print as U+FFFD.
   if (vm.count("json"))
     std::cout << results.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
@@ -297,13 +211,16 @@ int run_embed(const std::vector<std::string>& args) {
   std::vector<std::string> names;
   std::vector<float> features;
   int64_t D = 0;
-  auto take = [&](const std::vector<std::filesystem::path>& ok, const engine::Tensor& out) {
+  auto take = [&](const std::vector<std::filesystem::path>& ok, const std::vector<cv::Mat>&,
+                  const engine::Tensor& input) {
+    const engine::Tensor& out = loaded.model->forward(ctx, input);
+    ctx.wait();
     D = out.dim(1);
     for (const auto& path : ok) names.push_back(path.string());
     features.insert(features.end(), out.data(), out.data() + out.numel());
   };
-  const int failures = for_each_batch(ctx, *loaded.model, loaded.preprocess, paths,
-                                      vm["batch-size"].as<int64_t>(), take);
+  const int failures =
+      for_each_batch(ctx, loaded.preprocess, paths, vm["batch-size"].as<int64_t>(), take);
   if (names.empty()) throw engine::Error("no image could be read");
   if (vm.count("out")) {
     const int64_t n = static_cast<int64_t>(names.size());

@@ -33,6 +33,8 @@ constexpr Command kCommands[] = {
     {"eval", "accuracy, per-class accuracy and confusion matrix on a labelled folder",
      cli::run_eval},
     {"classify", "the top-k classes of images, text or JSON", cli::run_classify},
+    {"explain", "where a model looks: attention rollout or Grad-CAM over images, PNG or JSON",
+     cli::run_explain},
     {"embed", "a ViT's pooled features of images, JSON or a .safetensors file", cli::run_embed},
     {"models", "the model presets, with parameters and FLOPs", cli::run_models},
     {"folder", "an image folder's classes and image counts as vit reads them, JSON",
