@@ -19,13 +19,11 @@ VitModel* as_vit(engine::Model& model) {
 
 }  // namespace
 
-Explainer::Explainer(Context& ctx, engine::Model& model, ExplainOptions options)
-    : model_(model), options_(std::move(options)) {
-  ExplainOptions& o = options_;
+ExplainOptions Explainer::resolve(const engine::Model& model, ExplainOptions o) {
   if (model.num_classes() == 0)
     throw Error("explain: the model has no classification head (num_classes 0)");
   const vit::RolloutOptions defaults;
-  if (VitModel* vm = as_vit(model)) {
+  if (const VitModel* vm = dynamic_cast<const VitModel*>(&model)) {
     const vit::VitConfig& c = vm->net.config;
     if (o.method.empty()) o.method = "rollout";
     if (o.method == "gradcam")
@@ -55,25 +53,8 @@ Explainer::Explainer(Context& ctx, engine::Model& model, ExplainOptions options)
       throw Error("--layer " + std::to_string(o.layer) + ": the model has " +
                   std::to_string(depth) + " blocks (0 to " + std::to_string(depth - 1) +
                   ", or -1 for the last)");
-    if (o.layer < 0) o.layer += depth;
-    if (c.global_pool != "token")
-      note_ =
-          "the model pools the patch tokens by their mean (no cls token read): the map is "
-          "the mean over the patch queries";
-    std::vector<int64_t> blocks;
-    if (o.method == "rollout")
-      for (int64_t b = 0; b < depth; ++b) blocks.push_back(b);
-    else
-      blocks.push_back(o.layer);
-    if (c.attn_window > 0 && vit::HaloAttention::used(c)) {
-      // The blocks' probabilities come densified from the layers, which keep them; their
-      // plans bind the gradient buffers.
-      model.store.allocate_training(ctx.eng);
-    } else {
-      tapped_ = std::make_unique<vit::VitInference>(vm->net, model.store, vm->inference->precision);
-      tapped_->tap_attention(blocks);
-    }
-  } else if (dynamic_cast<ResNet*>(&model)) {
+    if (o.method == "attention" && o.layer < 0) o.layer += depth;  // resolve() twice: the same
+  } else if (dynamic_cast<const ResNet*>(&model)) {
     if (o.method.empty()) o.method = "gradcam";
     if (o.method == "rollout" || o.method == "attention")
       throw Error("--method " + o.method + " explains a ViT; the CNN (resnet) takes gradcam");
@@ -87,7 +68,6 @@ Explainer::Explainer(Context& ctx, engine::Model& model, ExplainOptions options)
     if (o.target_class >= model.num_classes())
       throw Error("--class " + std::to_string(o.target_class) + ": the model has " +
                   std::to_string(model.num_classes()) + " classes");
-    model.store.allocate_training(ctx.eng);  // the head's backward writes its gradients
   } else {
     throw Error("explain: no method for a '" + model.arch() + "' model");
   }
@@ -97,6 +77,39 @@ Explainer::Explainer(Context& ctx, engine::Model& model, ExplainOptions options)
   if (!(o.rollout.discard_ratio >= 0.0 && o.rollout.discard_ratio < 1.0))
     throw Error("--discard-ratio must be in [0, 1), not " +
                 std::to_string(o.rollout.discard_ratio));
+  return o;
+}
+
+bool Explainer::needs_training_store(const engine::Model& model) {
+  if (const VitModel* vm = dynamic_cast<const VitModel*>(&model))
+    return vm->net.config.attn_window > 0 && vit::HaloAttention::used(vm->net.config);
+  return dynamic_cast<const ResNet*>(&model) != nullptr;
+}
+
+std::string Explainer::pooling_note(const engine::Model& model) {
+  const VitModel* vm = dynamic_cast<const VitModel*>(&model);
+  if (!vm || vm->net.config.global_pool == "token") return "";
+  return "the model pools the patch tokens by their mean (no cls token read): the map is the "
+         "mean over the patch queries";
+}
+
+Explainer::Explainer(Context& ctx, engine::Model& model, ExplainOptions options)
+    : model_(model), options_(resolve(model, std::move(options))), note_(pooling_note(model)) {
+  const ExplainOptions& o = options_;
+  // Grad-CAM's head backward writes its gradients; the halo blocks' probabilities come
+  // densified from the layers, whose plans bind the gradient buffers.
+  if (needs_training_store(model)) model.store.allocate_training(ctx.eng);
+  if (VitModel* vm = as_vit(model)) {
+    std::vector<int64_t> blocks;
+    if (o.method == "rollout")
+      for (int64_t b = 0; b < vm->net.depth(); ++b) blocks.push_back(b);
+    else
+      blocks.push_back(o.layer);
+    if (!needs_training_store(model)) {
+      tapped_ = std::make_unique<vit::VitInference>(vm->net, model.store, vm->inference->precision);
+      tapped_->tap_attention(blocks);
+    }
+  }
   model.train(false);
 }
 

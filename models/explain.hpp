@@ -41,6 +41,14 @@ class Explainer {
   // `model` must outlive this object. Fills in the method's default and refuses what the model
   // or the method cannot do, in one line naming the flag (--method, --layer, --class, ...).
   Explainer(Context& ctx, engine::Model& model, ExplainOptions options);
+  // The same checks and defaults, without building anything: `options` as the Explainer would
+  // hold them, or an engine::Error naming the flag.
+  static ExplainOptions resolve(const engine::Model& model, ExplainOptions options);
+  // Whether explaining this model needs its store allocated for training (Grad-CAM's head
+  // backward; the layers of a windowed ViT run as blocks). A server allocates it up front.
+  static bool needs_training_store(const engine::Model& model);
+  // What note() says for this model.
+  static std::string pooling_note(const engine::Model& model);
 
   // input: a batch as the model takes it -> one explanation per image.
   std::vector<Explanation> explain(Context& ctx, const Tensor& input);

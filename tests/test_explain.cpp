@@ -563,3 +563,20 @@ TEST_CASE("heatmap_overlay: hot where the map is high, no colour for a constant 
   cv::cvtColor(pic, rgb, cv::COLOR_BGR2RGB);
   CHECK(cv::norm(back, rgb, cv::NORM_INF) == 0.0);
 }
+
+TEST_CASE("Explainer::resolve: resolved options resolve to themselves") {
+  Context ctx(85);
+  std::mt19937_64 rng(851);
+  auto vit = random_model(ctx, "vit", small_vit(), rng);
+  for (const char* method : {"", "rollout", "attention"}) {
+    models::ExplainOptions o;
+    o.method = method;
+    const models::ExplainOptions once = models::Explainer::resolve(*vit, o);
+    const models::ExplainOptions twice = models::Explainer::resolve(*vit, once);
+    CHECK(twice.method == once.method);
+    CHECK(twice.layer == once.layer);
+  }
+  models::ExplainOptions o;
+  o.method = "attention";
+  CHECK(models::Explainer::resolve(*vit, o).layer == 1);  // -1: the last of 2 blocks
+}

@@ -13,6 +13,7 @@
 #include "datasets/preprocess.hpp"
 #include "engine/context.hpp"
 #include "engine/precision.hpp"
+#include "models/explain.hpp"
 #include "models/registry.hpp"
 
 namespace cli {
@@ -91,6 +92,15 @@ std::vector<int64_t> top_classes(const float* probabilities, int64_t K, int64_t 
 nlohmann::json top_k_json(const float* probabilities, const std::vector<int64_t>& order,
                           const std::vector<std::string>& classes);
 
+// "sneaker 97.3%  rollout": what a picture of an explanation is captioned with.
+std::string explanation_caption(const models::Explanation& e,
+                                const std::vector<std::string>& classes, const std::string& what);
+// One image's explanation as vit explain --json prints it (without "image" and "png"), with
+// the options the Explainer resolved and its note().
+nlohmann::json explanation_json(const models::Explanation& e, const models::ExplainOptions& o,
+                                const std::string& note, const std::vector<std::string>& classes,
+                                int64_t top_k);
+
 int run_info(const std::vector<std::string>& args);
 int run_models(const std::vector<std::string>& args);
 int run_folder(const std::vector<std::string>& args);
@@ -100,5 +110,6 @@ int run_classify(const std::vector<std::string>& args);
 int run_embed(const std::vector<std::string>& args);
 int run_bench(const std::vector<std::string>& args);
 int run_explain(const std::vector<std::string>& args);
+int run_serve(const std::vector<std::string>& args);
 
 }  // namespace cli

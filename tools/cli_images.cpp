@@ -97,4 +97,47 @@ nlohmann::json top_k_json(const float* probabilities, const std::vector<int64_t>
   return top;
 }
 
+std::string explanation_caption(const models::Explanation& e,
+                                const std::vector<std::string>& classes, const std::string& what) {
+  char text[64];
+  std::snprintf(text, sizeof text, " %.1f%%", 100.0 * e.probabilities[size_t(e.explained_class)]);
+  return classes[size_t(e.explained_class)] + text + "  " + what;
+}
+
+namespace {
+
+nlohmann::json grid_json(const std::vector<float>& map, int64_t h, int64_t w) {
+  nlohmann::json rows = nlohmann::json::array();
+  for (int64_t r = 0; r < h; ++r)
+    rows.push_back(std::vector<float>(map.begin() + r * w, map.begin() + (r + 1) * w));
+  return rows;
+}
+
+}  // namespace
+
+nlohmann::json explanation_json(const models::Explanation& e, const models::ExplainOptions& o,
+                                const std::string& note, const std::vector<std::string>& classes,
+                                int64_t top_k) {
+  nlohmann::json r;
+  r["method"] = o.method;
+  if (o.method == "attention") r["layer"] = o.layer;
+  if (o.method != "gradcam") r["head_fusion"] = o.rollout.head_fusion;
+  if (o.method == "rollout") r["discard_ratio"] = o.rollout.discard_ratio;
+  if (!note.empty()) r["note"] = note;
+  r["explained"] = {{"class", classes[size_t(e.explained_class)]},
+                    {"index", e.explained_class},
+                    {"probability", e.probabilities[size_t(e.explained_class)]}};
+  r["grid"] = {e.grid_h, e.grid_w};
+  r["map"] = grid_json(e.map, e.grid_h, e.grid_w);
+  if (!e.heads.empty()) {
+    nlohmann::json heads = nlohmann::json::array();
+    for (const auto& h : e.heads) heads.push_back(grid_json(h, e.grid_h, e.grid_w));
+    r["heads"] = heads;
+  }
+  const int64_t K = int64_t(classes.size());
+  r["top_k"] =
+      top_k_json(e.probabilities.data(), top_classes(e.probabilities.data(), K, top_k), classes);
+  return r;
+}
+
 }  // namespace cli

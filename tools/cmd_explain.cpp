@@ -16,21 +16,6 @@ namespace cli {
 
 namespace {
 
-// "sneaker 97.3% · rollout" on the picture.
-std::string caption(const models::Explanation& e, const std::vector<std::string>& classes,
-                    const std::string& what) {
-  char text[64];
-  std::snprintf(text, sizeof text, " %.1f%%", 100.0 * e.probabilities[size_t(e.explained_class)]);
-  return classes[size_t(e.explained_class)] + text + "  " + what;
-}
-
-nlohmann::json grid_json(const std::vector<float>& map, int64_t h, int64_t w) {
-  nlohmann::json rows = nlohmann::json::array();
-  for (int64_t r = 0; r < h; ++r)
-    rows.push_back(std::vector<float>(map.begin() + r * w, map.begin() + (r + 1) * w));
-  return rows;
-}
-
 // out/<stem>_<method>.png, with _2, _3, ... for a stem seen before in this run.
 std::filesystem::path picture_path(const std::filesystem::path& dir,
                                    const std::filesystem::path& image, const std::string& suffix,
@@ -150,8 +135,9 @@ int run_explain(const std::vector<std::string>& args) {
       nlohmann::json r = {{"image", ok[i].string()}};
       if (vm.count("out")) {
         const std::filesystem::path png = picture_path(out_dir, ok[i], method, used);
-        datasets::write_png(png, datasets::heatmap_overlay(images[i], e.map, e.grid_h, e.grid_w,
-                                                           caption(e, loaded.classes, what)));
+        datasets::write_png(
+            png, datasets::heatmap_overlay(images[i], e.map, e.grid_h, e.grid_w,
+                                           explanation_caption(e, loaded.classes, what)));
         r["png"] = png.string();
         if (!e.heads.empty()) {
           std::vector<cv::Mat> tiles;
@@ -169,24 +155,8 @@ int run_explain(const std::vector<std::string>& args) {
                       100.0 * e.probabilities[size_t(e.explained_class)], png.c_str());
       }
       if (vm.count("json")) {
-        r["method"] = method;
-        if (method == "attention") r["layer"] = explainer.options().layer;
-        if (method != "gradcam") r["head_fusion"] = explainer.options().rollout.head_fusion;
-        if (method == "rollout") r["discard_ratio"] = explainer.options().rollout.discard_ratio;
-        if (!explainer.note().empty()) r["note"] = explainer.note();
-        r["explained"] = {{"class", loaded.classes[size_t(e.explained_class)]},
-                          {"index", e.explained_class},
-                          {"probability", e.probabilities[size_t(e.explained_class)]}};
-        r["grid"] = {e.grid_h, e.grid_w};
-        r["map"] = grid_json(e.map, e.grid_h, e.grid_w);
-        if (!e.heads.empty()) {
-          nlohmann::json heads = nlohmann::json::array();
-          for (const auto& h : e.heads) heads.push_back(grid_json(h, e.grid_h, e.grid_w));
-          r["heads"] = heads;
-        }
-        r["top_k"] = top_k_json(e.probabilities.data(),
-                                top_classes(e.probabilities.data(), K, vm["top-k"].as<int64_t>()),
-                                loaded.classes);
+        r.update(explanation_json(e, explainer.options(), explainer.note(), loaded.classes,
+                                  vm["top-k"].as<int64_t>()));
         results.push_back(r);
       }
     }

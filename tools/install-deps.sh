@@ -22,6 +22,7 @@ packages=(
   libboost-program-options-dev
   doctest-dev
   nlohmann-json3-dev
+  libcpp-httplib-dev                              # vit serve's HTTP server
   python3 dataset-fashion-mnist                   # the real data, written out as image folders
   python3-matplotlib                              # the plot of tools/compare.py
   "${peer[@]}"

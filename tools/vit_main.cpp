@@ -35,6 +35,8 @@ constexpr Command kCommands[] = {
     {"classify", "the top-k classes of images, text or JSON", cli::run_classify},
     {"explain", "where a model looks: attention rollout or Grad-CAM over images, PNG or JSON",
      cli::run_explain},
+    {"serve", "models behind an HTTP API with dynamic batching, and a page to try them",
+     cli::run_serve},
     {"embed", "a ViT's pooled features of images, JSON or a .safetensors file", cli::run_embed},
     {"models", "the model presets, with parameters and FLOPs", cli::run_models},
     {"folder", "an image folder's classes and image counts as vit reads them, JSON",

@@ -1,0 +1,198 @@
+#include "models/serving.hpp"
+
+#include <algorithm>
+#include <sstream>
+
+#include "engine/error.hpp"
+
+namespace models {
+
+namespace {
+
+// Requests batch together only when they ask for the same work.
+std::string work_key(const std::optional<ExplainOptions>& o) {
+  if (!o) return "classify";
+  std::ostringstream key;
+  key << "explain " << o->method << ' ' << o->rollout.head_fusion << ' ' << o->rollout.discard_ratio
+      << ' ' << o->layer << ' ' << o->target_class << ' ' << o->heads;
+  return key.str();
+}
+
+// Different explain options each keep an Explainer (a tapped copy of the fused plans); past
+// this many the cache starts again.
+constexpr size_t kMaxExplainers = 16;
+
+}  // namespace
+
+Batcher::Batcher(Context& ctx, std::vector<ServedModel> models, BatchOptions options)
+    : ctx_(ctx), models_(std::move(models)), options_(options) {
+  engine::require(!models_.empty(), "serve: no model");
+  engine::require(options_.max_batch >= 1, "--max-batch must be at least 1");
+  engine::require(options_.max_queue >= options_.max_batch,
+                  "--max-queue must be at least --max-batch");
+  engine::require(options_.max_delay.count() >= 0, "--max-delay-ms must not be negative");
+  for (ServedModel& m : models_) {
+    // Before any forward: the layers' plans bind the gradient buffers they find.
+    if (Explainer::needs_training_store(*m.loaded.model))
+      m.loaded.model->store.allocate_training(ctx_.eng);
+    m.loaded.model->train(false);
+  }
+  batch_sizes_.assign(size_t(options_.max_batch), 0);
+  thread_ = std::thread([this] { run(); });
+}
+
+Batcher::~Batcher() {
+  stop();
+}
+
+std::future<BatchResult> Batcher::submit(size_t model, std::vector<std::vector<float>> inputs,
+                                         std::optional<ExplainOptions> explain) {
+  engine::require(model < models_.size(), "serve: no model " + std::to_string(model));
+  const int64_t n = int64_t(inputs.size());
+  engine::require(n >= 1, "serve: a request without images");
+  if (n > options_.max_batch)
+    throw engine::Error("a request holds at most " + std::to_string(options_.max_batch) +
+                        " images (--max-batch), this one " + std::to_string(n));
+  const int64_t per_image = models_[model].loaded.preprocess.sample_size();
+  for (const auto& x : inputs)
+    engine::require(int64_t(x.size()) == per_image, "serve: an input of the wrong size");
+  Job job{model,
+          work_key(explain),
+          std::move(explain),
+          std::move(inputs),
+          {},
+          std::chrono::steady_clock::now()};
+  std::future<BatchResult> result = job.done.get_future();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) throw QueueFull("the server is shutting down");
+    if (queued_images_ + n > options_.max_queue)
+      throw QueueFull("the queue is full (" + std::to_string(queued_images_) +
+                      " images waiting, --max-queue " + std::to_string(options_.max_queue) + ")");
+    queued_images_ += n;
+    queue_.push_back(std::move(job));
+  }
+  wake_.notify_one();
+  return result;
+}
+
+int64_t Batcher::queue_depth() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return queued_images_;
+}
+
+std::vector<uint64_t> Batcher::batch_sizes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return batch_sizes_;
+}
+
+void Batcher::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Batcher::run() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (true) {
+    wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopping, and nothing left
+    // Wait for company until the oldest request has waited max_delay or a batch is full.
+    const Job& first = queue_.front();
+    const auto deadline = first.queued + options_.max_delay;
+    auto companions = [&] {
+      int64_t n = 0;
+      for (const Job& j : queue_)
+        if (j.model == queue_.front().model && j.key == queue_.front().key)
+          n += int64_t(j.inputs.size());
+      return n;
+    };
+    while (!stopping_ && companions() < options_.max_batch &&
+           std::chrono::steady_clock::now() < deadline)
+      wake_.wait_until(lock, deadline);
+    // The oldest request and, in order, every later one for the same work that still fits.
+    std::vector<Job> batch;
+    int64_t n = 0;
+    const size_t model = queue_.front().model;
+    const std::string key = queue_.front().key;
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      const int64_t size = int64_t(it->inputs.size());
+      if (it->model == model && it->key == key && n + size <= options_.max_batch) {
+        n += size;
+        batch.push_back(std::move(*it));
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    queued_images_ -= n;
+    batch_sizes_[size_t(n - 1)]++;
+    lock.unlock();
+    compute(batch);
+    lock.lock();
+  }
+}
+
+Explainer& Batcher::explainer(size_t model, const std::string& key, const ExplainOptions& o) {
+  auto& slot = explainers_[{model, key}];
+  if (!slot) {
+    if (explainers_.size() > kMaxExplainers) {
+      explainers_.clear();
+      return explainer(model, key, o);
+    }
+    slot = std::make_unique<Explainer>(ctx_, *models_[model].loaded.model, o);
+  }
+  return *slot;
+}
+
+void Batcher::compute(std::vector<Job>& batch) {
+  try {
+    const ServedModel& served = models_[batch[0].model];
+    const datasets::Preprocess& p = served.loaded.preprocess;
+    int64_t n = 0;
+    for (const Job& j : batch) n += int64_t(j.inputs.size());
+    Tensor input(ctx_.eng, p.input_dims(n));
+    int64_t at = 0;
+    for (const Job& j : batch)
+      for (const auto& x : j.inputs) {
+        std::copy(x.begin(), x.end(), input.data() + at * p.sample_size());
+        ++at;
+      }
+    std::vector<std::vector<float>> probabilities(static_cast<size_t>(n));
+    std::vector<Explanation> explanations;
+    if (batch[0].explain) {
+      explanations =
+          explainer(batch[0].model, batch[0].key, *batch[0].explain).explain(ctx_, input);
+      for (int64_t i = 0; i < n; ++i)
+        probabilities[size_t(i)] = explanations[size_t(i)].probabilities;
+    } else {
+      const Tensor& probs = softmax_.forward(ctx_, served.loaded.model->forward(ctx_, input));
+      ctx_.wait();
+      const int64_t K = probs.dim(1);
+      for (int64_t i = 0; i < n; ++i)
+        probabilities[size_t(i)].assign(probs.data() + i * K, probs.data() + (i + 1) * K);
+    }
+    at = 0;
+    for (Job& j : batch) {
+      BatchResult r;
+      r.batch_size = n;
+      for (size_t i = 0; i < j.inputs.size(); ++i, ++at) {
+        r.probabilities.push_back(std::move(probabilities[size_t(at)]));
+        if (!explanations.empty()) r.explanations.push_back(std::move(explanations[size_t(at)]));
+      }
+      j.done.set_value(std::move(r));
+    }
+  } catch (...) {
+    for (Job& j : batch) {
+      try {
+        j.done.set_exception(std::current_exception());
+      } catch (const std::future_error&) {  // already satisfied before the failure
+      }
+    }
+  }
+}
+
+}  // namespace models

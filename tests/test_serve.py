@@ -1,0 +1,305 @@
+#!/usr/bin/python3
+"""vit serve end to end: routes, the same answers as the CLI, dynamic batching, limits, hostile
+bodies, the metrics, and a clean stop on SIGTERM with requests in flight. Every server listens
+on 127.0.0.1 at a free port, every request has a timeout, and each server is stopped at the end.
+usage: test_serve.py path/to/vit path/to/datasets path/to/models"""
+import http.client
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zlib
+
+VIT, DATASETS, MODELS = sys.argv[1:4]
+SAMPLES = os.path.join(DATASETS, "samples")
+BAG = os.path.join(SAMPLES, "bag_00018.png")
+COAT = os.path.join(SAMPLES, "coat_00006.png")
+CNN = os.path.join(MODELS, "cnn_resnet8_fmnist.safetensors")
+failures = []
+
+
+def check(name, ok, detail=""):
+    if not ok:
+        failures.append(name)
+        print(f"FAIL: {name} {detail}".rstrip())
+
+
+class Server:
+    """vit serve on a free port; stopped (SIGTERM, then SIGKILL) when the test leaves."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen([VIT, "serve", "--port", "0", *args], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        self.log = []
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.log.append(line)
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+            if m:
+                self.port = int(m.group(1))
+                break
+        else:
+            line = None
+        if not hasattr(self, "port"):
+            self.proc.kill()
+            raise RuntimeError("vit serve did not start: " + "".join(self.log))
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def request(self, method, path, body=None, headers=None, timeout=20):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, dict(r.getheaders()), r.read()
+        finally:
+            conn.close()
+
+    def stop(self, timeout=20):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.reader.join(timeout=5)
+        return code
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def multipart(files):
+    boundary = uuid.uuid4().hex
+    out = b""
+    for name, data in files:
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+                f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").encode() + data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return out, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def png_claiming(width, height):
+    """A PNG whose header claims width × height and whose data is one tiny IDAT."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 8)) + \
+        chunk(b"IEND", b"")
+
+
+def cli_json(*args):
+    return json.loads(subprocess.run([VIT, *args], check=True, capture_output=True, text=True,
+                                     timeout=60).stdout)
+
+
+bag, coat = open(BAG, "rb").read(), open(COAT, "rb").read()
+octet = {"Content-Type": "application/octet-stream"}
+
+# Routes and answers, against the CLI.
+with Server("--max-delay-ms", "1") as s:
+    status, _, body = s.request("GET", "/healthz")
+    check("healthz", status == 200 and json.loads(body)["status"] == "ok", body)
+    status, headers, body = s.request("GET", "/")
+    check("the page", status == 200 and b"<title>vit</title>" in body and
+          headers.get("Content-Type", "").startswith("text/html"))
+    check("the page loads nothing from elsewhere", re.search(rb"(src|href)=\"(https?:)?//", body) is None)
+    status, _, body = s.request("GET", "/v1/models")
+    models = json.loads(body)
+    check("models: the bundled ViT and CNN", status == 200 and
+          [m["name"] for m in models] == ["vit_fmnist", "cnn_resnet8_fmnist"], body[:200])
+    check("models: classes, config and preprocess", all(len(m["classes"]) == 10 and "config" in m and
+                                                        m["preprocess"]["img_size"] == 28 for m in models))
+
+    want = cli_json("classify", "--json", "--top-k", "3", BAG)[0]["top_k"]
+    status, headers, body = s.request("POST", "/v1/classify?top_k=3", bag, octet)
+    got = json.loads(body)
+    check("classify a raw body: vit classify's answer", status == 200 and got[0]["top_k"] == want,
+          body[:300])
+    check("classify says its batch size", headers.get("X-Vit-Batch-Size") == "1")
+    data, h = multipart([("bag.png", bag), ("coat.png", coat)])
+    status, _, body = s.request("POST", "/v1/classify?top_k=1", data, h)
+    got = json.loads(body)
+    check("classify a multipart form of two images", status == 200 and
+          [g["image"] for g in got] == ["bag.png", "coat.png"] and
+          [g["top_k"][0]["class"] for g in got] == ["bag", "coat"], body[:300])
+    want = cli_json("classify", "--json", "--model", CNN, BAG)[0]["top_k"]
+    status, _, body = s.request("POST", "/v1/classify?model=cnn_resnet8_fmnist", bag, octet)
+    check("classify with the second model", status == 200 and json.loads(body)[0]["top_k"] == want)
+
+    status, headers, body = s.request("POST", "/v1/explain", bag, octet)
+    check("explain: a PNG", status == 200 and headers.get("Content-Type") == "image/png" and
+          body.startswith(b"\x89PNG\r\n\x1a\n"), f"{status} {body[:200]}")
+    want = cli_json("explain", "--json", "--method", "attention", "--heads", BAG)[0]
+    status, _, body = s.request("POST", "/v1/explain?format=json&method=attention&heads=1", bag, octet)
+    got = json.loads(body)[0] if status == 200 else {}
+    check("explain as JSON: vit explain --json's maps", status == 200 and
+          got.get("map") == want["map"] and got.get("heads") == want["heads"] and
+          got.get("layer") == want["layer"], body[:300])
+    want = cli_json("explain", "--json", "--model", CNN, "--class", "coat", BAG)[0]
+    status, _, body = s.request("POST", "/v1/explain?format=json&model=cnn_resnet8_fmnist&class=coat",
+                                bag, octet)
+    got = json.loads(body)[0] if status == 200 else {}
+    check("explain Grad-CAM for a chosen class", got.get("map") == want["map"] and
+          got.get("explained", {}).get("class") == "coat", body[:300])
+
+    # Bad requests: the status and the reason, and the server stays up.
+    def error(name, want_status, pattern, method, path, body=None, headers=None):
+        status, h, b = s.request(method, path, body, headers)
+        try:
+            text = json.loads(b)["error"]
+        except (ValueError, KeyError, TypeError):
+            text = repr(b[:200])
+        check(name, status == want_status and re.search(pattern, text) is not None,
+              f"{status} {text}")
+        return h
+
+    error("garbage body", 400, r"'body': not an image vit reads", "POST", "/v1/classify", b"hello", octet)
+    error("empty body", 400, r"no body", "POST", "/v1/classify", b"", octet)
+    error("a GIF is not decoded", 400, r"not an image vit reads", "POST", "/v1/classify",
+          b"GIF89a" + b"\0" * 64, octet)
+    error("a PNG claiming gigapixels", 400, r"100000x100000 pixels, more than the limit", "POST",
+          "/v1/classify", png_claiming(100000, 100000), octet)
+    error("a truncated PNG", 400, r"truncated|cannot decode|not an image", "POST", "/v1/classify",
+          bag[: len(bag) // 2], octet)
+    data, h = multipart([("a.png", bag)])
+    error("a form without the field 'image'", 400, r"no field named 'image'", "POST", "/v1/classify",
+          data.replace(b'name="image"', b'name="picture"'), h)
+    error("unknown model", 404, r"no model 'resnet50' \(served: vit_fmnist, cnn_resnet8_fmnist\)",
+          "POST", "/v1/classify?model=resnet50", bag, octet)
+    error("bad top_k", 400, r"'top_k' must be an integer", "POST", "/v1/classify?top_k=lots", bag, octet)
+    error("zero top_k", 400, r"'top_k' must be positive", "POST", "/v1/classify?top_k=0", bag, octet)
+    error("gradcam on the ViT", 400, r"'method' gradcam explains the CNN", "POST",
+          "/v1/explain?method=gradcam", bag, octet)
+    error("bad head fusion", 400, r"'head_fusion' must be mean, max or min", "POST",
+          "/v1/explain?head_fusion=sum", bag, octet)
+    error("class on the ViT", 400, r"'class' needs 'method' gradcam", "POST", "/v1/explain?class=1",
+          bag, octet)
+    error("bad format", 400, r"'format' must be png or json", "POST", "/v1/explain?format=gif", bag, octet)
+    data, h = multipart([("a.png", bag), ("b.png", bag)])
+    error("two images as one PNG", 400, r"format=png explains one image", "POST", "/v1/explain", data, h)
+    error("unknown route", 404, r"no route GET /v1/nothing", "GET", "/v1/nothing")
+    error("no path names a file", 404, r"no route", "GET", "/../../etc/passwd")
+    error("classify wants POST", 404, r"no route GET /v1/classify", "GET", "/v1/classify")
+    status, _, _ = s.request("GET", "/healthz")
+    check("still up after the bad requests", status == 200)
+
+    status, _, body = s.request("GET", "/metrics")
+    text = body.decode()
+    check("metrics: requests by route and status",
+          re.search(r'^vit_requests_total\{route="/v1/classify",status="400"\} [1-9]', text, re.M) and
+          re.search(r'^vit_requests_total\{route="other",status="404"\} [1-9]', text, re.M), text[:500])
+    check("metrics: latency and batch-size histograms, queue depth",
+          'vit_request_duration_seconds_bucket{route="/v1/classify",le="+Inf"}' in text and
+          re.search(r"^vit_batch_size_count [1-9]", text, re.M) and
+          re.search(r"^vit_queue_depth 0$", text, re.M), text[-600:])
+    logged = [l for l in s.log if re.match(r"vit serve: POST /v1/classify 200 [0-9.]+ ms batch \d+$", l)]
+    check("one log line per request: method, route, status, latency, batch", len(logged) >= 3,
+          "".join(s.log[-5:]))
+code = s.stop()
+check("SIGTERM: exit 0", code == 0, str(code))
+
+# Dynamic batching: requests that arrive together share a forward pass and get the answers they
+# would alone.
+with Server("--max-delay-ms", "300", "--max-batch", "8") as s:
+    alone = json.loads(s.request("POST", "/v1/classify?top_k=10", coat, octet)[2])[0]["top_k"]
+    results = [None] * 8
+
+    def send(i):
+        results[i] = s.request("POST", "/v1/classify?top_k=10", coat if i % 2 else bag, octet)
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    sizes = [int(r[1].get("X-Vit-Batch-Size", 0)) for r in results if r]
+    check("8 requests at once: batched", len(sizes) == 8 and max(sizes) > 1, str(sizes))
+    same = all(r[0] == 200 for r in results) and all(
+        abs(a["probability"] - b["probability"]) < 1e-5 and a["class"] == b["class"]
+        for r in results[1::2] for a, b in zip(json.loads(r[2])[0]["top_k"], alone))
+    check("batched answers equal the one alone", same)
+    status, _, body = s.request("GET", "/metrics")
+    check("metrics count a batch of more than one", re.search(
+        r'^vit_batch_size_bucket\{le="1"\} (\d+)$', body.decode(), re.M).group(1) !=
+        re.search(r"^vit_batch_size_count (\d+)$", body.decode(), re.M).group(1))
+
+    # SIGTERM with requests waiting in the batcher: they are answered, then the server exits 0.
+    results = [None] * 6
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    s.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(30)
+    check("SIGTERM: the requests in flight answered", all(r and r[0] == 200 for r in results),
+          str([r and r[0] for r in results]))
+    code = s.stop()
+    check("SIGTERM: then exit 0", code == 0 and any("stopped" in l for l in s.log), str(code))
+
+# Limits: body size, images per request, queue, timeout.
+with Server("--max-body-mb", "0.001", "--max-batch", "2") as s:
+    status, _, body = s.request("POST", "/v1/classify", b"\x89PNG" + b"\0" * 4096, octet)
+    check("a body over --max-body-mb: 413", status == 413, f"{status} {body[:200]}")
+with Server("--max-batch", "2") as s:
+    data, h = multipart([("a.png", bag)] * 3)
+    status, _, body = s.request("POST", "/v1/classify", data, h)
+    check("more images than --max-batch: 413", status == 413 and b"at most 2" in body, body[:200])
+with Server("--max-batch", "1", "--max-queue", "1", "--max-delay-ms", "0", "--threads", "1") as s:
+    results = []
+    lock = threading.Lock()
+
+    def hammer():
+        for _ in range(8):
+            r = s.request("POST", "/v1/explain?format=json", bag, octet)
+            with lock:
+                results.append(r)
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    full = [r for r in results if r[0] == 503]
+    check("a full queue: 503 with Retry-After, the rest answered", len(results) == 64 and full and
+          all(r[1].get("Retry-After") == "1" and b"queue is full" in r[2] for r in full) and
+          all(r[0] in (200, 503) for r in results), str(sorted({r[0] for r in results})))
+with Server("--timeout-ms", "1", "--max-delay-ms", "200") as s:
+    status, headers, body = s.request("POST", "/v1/classify", bag, octet)
+    check("no answer within --timeout-ms: 503", status == 503 and b"no answer within 1 ms" in body and
+          headers.get("Retry-After") == "1", body[:200])
+
+# Wrong command lines, and a port already taken.
+def run(*args):
+    return subprocess.run([VIT, "serve", *args], capture_output=True, text=True, timeout=30)
+r = run("--port", "70000")
+check("bad port: exit 2", r.returncode == 2 and "--port must be in 0 to 65535" in r.stderr, r.stderr)
+r = run("--http-threads", "8", "--max-connections", "4")
+check("connections below threads: exit 2", r.returncode == 2 and "--max-connections" in r.stderr)
+r = run("--model", BAG)
+check("an image as a model: exit 1", r.returncode == 1 and "bag_00018.png" in r.stderr, r.stderr)
+r = run("--model", CNN, "--model", CNN)
+check("two models of one name: exit 2", r.returncode == 2 and "two models named" in r.stderr, r.stderr)
+with Server() as s:
+    r = run("--port", str(s.port))
+    check("a port in use: exit 1, named", r.returncode == 1 and f"cannot listen on 127.0.0.1:{s.port}"
+          in r.stderr, r.stderr)
+
+print(f"serve: {len(failures)} failed")
+sys.exit(1 if failures else 0)
