@@ -3,7 +3,6 @@
 bodies, the metrics, and a clean stop on SIGTERM with requests in flight. Every server listens
 on 127.0.0.1 at a free port, every request has a timeout, and each server is stopped at the end.
 usage: test_serve.py path/to/vit path/to/datasets path/to/models"""
-import http.client
 import json
 import os
 import re
@@ -16,7 +15,10 @@ import time
 import uuid
 import zlib
 
+from serve_util import Server
+
 VIT, DATASETS, MODELS = sys.argv[1:4]
+Server.vit = VIT
 SAMPLES = os.path.join(DATASETS, "samples")
 BAG = os.path.join(SAMPLES, "bag_00018.png")
 COAT = os.path.join(SAMPLES, "coat_00006.png")
@@ -28,62 +30,6 @@ def check(name, ok, detail=""):
     if not ok:
         failures.append(name)
         print(f"FAIL: {name} {detail}".rstrip())
-
-
-class Server:
-    """vit serve on a free port; stopped (SIGTERM, then SIGKILL) when the test leaves."""
-
-    def __init__(self, *args):
-        self.proc = subprocess.Popen([VIT, "serve", "--port", "0", *args], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
-        self.log = []
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self.log.append(line)
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
-            if m:
-                self.port = int(m.group(1))
-                break
-        else:
-            line = None
-        if not hasattr(self, "port"):
-            self.proc.kill()
-            raise RuntimeError("vit serve did not start: " + "".join(self.log))
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stderr:
-            self.log.append(line)
-
-    def request(self, method, path, body=None, headers=None, timeout=20):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            r = conn.getresponse()
-            return r.status, dict(r.getheaders()), r.read()
-        finally:
-            conn.close()
-
-    def stop(self, timeout=20):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self.reader.join(timeout=5)
-        return code
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def multipart(files):

@@ -397,9 +397,9 @@ int run_serve(const std::vector<std::string>& args) {
       "the largest request body (413 beyond)");
   add("timeout-ms", po::value<int64_t>()->default_value(30000),
       "a request not answered in this time gets 503");
-  add("http-threads", po::value<int>()->default_value(8),
+  add("http-threads", po::value<int>()->default_value(16),
       "connections served at once (decoding and preprocessing run on these threads)");
-  add("max-connections", po::value<int>()->default_value(64),
+  add("max-connections", po::value<int>()->default_value(128),
       "connections open at most: served and waiting; past it new ones wait in the backlog");
   add("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
   add("precision", po::value<std::string>()->default_value("f32"),
@@ -479,8 +479,13 @@ int run_serve(const std::vector<std::string>& args) {
   http.set_payload_max_length(size_t(body_mb * 1024 * 1024));
   http.set_read_timeout(5, 0);
   http.set_write_timeout(5, 0);
+  // Without TCP_NODELAY a response written in two pieces waits out the client's delayed ACK:
+  // 40 ms per request on Linux (measured: 23 req/s on one connection, 44 ms each).
+  http.set_tcp_nodelay(true);
+  // A connection holds a thread while it lives: closed after 10 requests or 2 s idle, so that
+  // connections waiting for a thread (past --http-threads) get their turn.
   http.set_keep_alive_timeout(2);
-  http.set_keep_alive_max_count(100);
+  http.set_keep_alive_max_count(10);
   http.set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
     request_start = Clock::now();
     return httplib::Server::HandlerResponse::Unhandled;

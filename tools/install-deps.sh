@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Installs what vit needs to build and test, from Debian's packages only. Idempotent: when
 # every package is already installed it returns at once, without touching apt.
+#   --test  also what only the test suite needs: Chromium, its WebDriver and Selenium (the
+#           served page's browser test), wrk (the server's load test)
 #   --peer  also the PyTorch peer of tools/bench.py: python3-torch, python3-torchvision and the
 #           OpenMP build of OpenBLAS that PyTorch needs to run at its best (../shared/PEERS.md)
 set -euo pipefail
 
-peer=()
+peer=() test=()
 for arg in "$@"; do
   case "$arg" in
     --peer) peer=(python3-torch python3-torchvision libopenblas0-openmp) ;;
-    *) echo "install-deps: unknown option '$arg' (only --peer)" >&2; exit 2 ;;
+    --test) test=(chromium chromium-driver python3-selenium wrk) ;;
+    *) echo "install-deps: unknown option '$arg' (--test, --peer)" >&2; exit 2 ;;
   esac
 done
 
@@ -25,7 +28,7 @@ packages=(
   libcpp-httplib-dev                              # vit serve's HTTP server
   python3 dataset-fashion-mnist                   # the real data, written out as image folders
   python3-matplotlib                              # the plot of tools/compare.py
-  "${peer[@]}"
+  "${peer[@]}" "${test[@]}"
 )
 
 missing=()
