@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job of README.md, after the build: prepare Fashion-MNIST from Debian's package,
-# classify the sample images with the bundled model, evaluate it on the 10 000 test images,
+# classify the sample images with the bundled model, explain two of them, evaluate it on the 10 000 test images,
 # and train a small ViT for a few minutes to show the training loop and its accuracy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,11 @@ python3 datasets/prepare_fashion_mnist.py data/fashion-mnist
 
 echo "== vit classify (the bundled model, models/vit_fmnist.safetensors)"
 "$vit" classify --top-k 3 datasets/samples/*.png
+
+echo "== vit explain: where the bundled ViT (rollout) and CNN (Grad-CAM) look, PNGs in build/explain"
+"$vit" explain --out build/explain datasets/samples/sneaker_00009.png datasets/samples/bag_00018.png
+"$vit" explain --model models/cnn_resnet8_fmnist.safetensors --out build/explain \
+  datasets/samples/sneaker_00009.png datasets/samples/bag_00018.png
 
 echo "== vit eval on the Fashion-MNIST test set"
 "$vit" eval --model models/vit_fmnist.safetensors --data data/fashion-mnist/test | head -1
