@@ -215,8 +215,12 @@ const Tensor& ResNet::forward(Context& ctx, const Tensor& input) {
   const Tensor* x = &bn1_.forward(ctx, conv1_.forward(ctx, x_view));  // ReLU fused
   for (auto& block : blocks_) x = &block->forward(ctx, *x);
   features_ = x;
-  const Tensor& pooled = avgpool_.forward(ctx, *x);  // [B, 1, 1, C]
-  return fc_.forward(ctx, pooled.reshaped({B, config_.widths.back()}));
+  return forward_head(ctx, *x);
+}
+
+const Tensor& ResNet::forward_head(Context& ctx, const Tensor& features) {
+  const Tensor& pooled = avgpool_.forward(ctx, features);  // [B, 1, 1, C]
+  return fc_.forward(ctx, pooled.reshaped({features.dim(0), config_.widths.back()}));
 }
 
 const Tensor& ResNet::backward_head(Context& ctx, const Tensor& diff_logits) {
@@ -235,9 +239,8 @@ const Tensor& ResNet::features() const {
   return *features_;
 }
 
-Tensor ResNet::grad_cam(Context& ctx, const std::vector<int64_t>& classes) {
-  const Tensor& a = features();
-  const int64_t B = a.dim(0), HW = a.dim(1) * a.dim(2), C = a.dim(3), K = config_.num_classes;
+const Tensor& ResNet::class_score_gradient(Context& ctx, const std::vector<int64_t>& classes) {
+  const int64_t B = features().dim(0), K = config_.num_classes;
   engine::require(int64_t(classes.size()) == B, "Grad-CAM: " + std::to_string(classes.size()) +
                                                     " classes for " + std::to_string(B) +
                                                     " images");
@@ -247,7 +250,13 @@ Tensor ResNet::grad_cam(Context& ctx, const std::vector<int64_t>& classes) {
                     "Grad-CAM: class " + std::to_string(classes[b]) + " of " + std::to_string(K));
     one_hot[b * K + classes[b]] = 1.0f;
   }
-  const Tensor& d_a = backward_head(ctx, one_hot);  // [B, h, w, C], as a
+  return backward_head(ctx, one_hot);  // [B, h, w, C], as the features
+}
+
+Tensor ResNet::grad_cam(Context& ctx, const std::vector<int64_t>& classes) {
+  const Tensor& a = features();
+  const int64_t B = a.dim(0), HW = a.dim(1) * a.dim(2), C = a.dim(3);
+  const Tensor& d_a = class_score_gradient(ctx, classes);
   // α [B, 1, C] = (1/hw) · 1ᵀ·dA per image; map [B, hw, 1] = relu(A·αᵀ). αᵀ [B, C, 1] is the
   // same bytes as α.
   using dnnl::memory;

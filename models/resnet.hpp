@@ -100,6 +100,11 @@ class ResNet : public engine::Model {
   Tensor grad_cam(Context& ctx, const std::vector<int64_t>& classes);
   // The last stage's output of the last forward, NHWC [B, h, w, C]: what the pooling reads.
   const Tensor& features() const;
+  // The head on its own: the pooling and fc from last-stage activations [B, h, w, C] to the
+  // logits, as forward ends; and the gradient of each image's score of classes[b] with
+  // respect to them (the head's backward from a one-hot), as backward begins.
+  const Tensor& forward_head(Context& ctx, const Tensor& features);
+  const Tensor& class_score_gradient(Context& ctx, const std::vector<int64_t>& classes);
 
  private:
   // backward through the head and the pooling: the gradient of the last stage's output.

@@ -345,6 +345,32 @@ TEST_CASE("Grad-CAM: the head's gradient weighs the last stage's channels, then 
   Tensor input = check::random_tensor(ctx, {B, 2, 8, 8}, rng);
   net.forward(ctx, input);
   const std::vector<int64_t> classes{2, 0, 3};
+  // The class score's gradient with respect to the last stage's activations, against central
+  // differences of the head run on perturbed copies of them.
+  const std::vector<float> gradient = check::copy_of(net.class_score_gradient(ctx, classes));
+  {
+    const Tensor& f = net.features();
+    Tensor a(ctx.eng, f.dims());
+    a.copy_from(f);
+    const int64_t per_image = a.numel() / B, K = 4;
+    const float h = 1e-2f;
+    double worst = 0, largest = 0;
+    for (int64_t i = 0; i < a.numel(); ++i) {
+      const int64_t b = i / per_image;
+      const float keep = a[i];
+      a[i] = keep + h;
+      const double up = net.forward_head(ctx, a)[b * K + classes[size_t(b)]];
+      a[i] = keep - h;
+      const double down = net.forward_head(ctx, a)[b * K + classes[size_t(b)]];
+      a[i] = keep;
+      const double fd = (up - down) / (2.0 * h);
+      worst = std::max(worst, std::abs(fd - double(gradient[size_t(i)])));
+      largest = std::max(largest, std::abs(fd));
+    }
+    CHECK(largest > 0);
+    CHECK(worst <= 1e-3 * largest);
+  }
+  net.forward(ctx, input);  // the features again, as grad_cam reads them
   const Tensor map = net.grad_cam(ctx, classes);
   // The score is fc(mean over h, w of A): its gradient at A[b, y, x, k] is fc.weight[c, k] / hw
   // everywhere, so the map is relu(Σ_k fc.weight[c, k] / hw · A[b, y, x, k]).
@@ -579,4 +605,58 @@ TEST_CASE("Explainer::resolve: resolved options resolve to themselves") {
   models::ExplainOptions o;
   o.method = "attention";
   CHECK(models::Explainer::resolve(*vit, o).layer == 1);  // -1: the last of 2 blocks
+}
+
+TEST_CASE("rollout of a ViT whose weights make every head attend to one patch finds it") {
+  // Every weight zero but these: the patch embedding sums a patch's pixels into channel 0; the
+  // first LayerNorm's gain is 1; every query is the bias q0 = 1; a key is β·x̂₀/u₀ in every
+  // channel, where x̂ is the normalised token and u₀ the x̂₀ of a token (s, 0, ..., 0). The
+  // values and the MLP are zero, so no block changes the tokens. Only patch j* has pixels, so
+  // its key alone is nonzero: every query in every head and block attends to it with weight
+  // ≈ 1, and the rollout's cls row puts 1 − 2^−L on it and ≈ 0 elsewhere.
+  Context ctx(86);
+  VitConfig c = small_vit();  // 16 × 16 image, patch 4: a 4 × 4 grid; D 8, 2 heads of 4
+  c.depth = 3;
+  auto model = models::make_model("vit", c, ctx);
+  for (engine::Parameter& p : model->store.parameters()) p.value.zero();
+  const int64_t D = c.embed_dim, L = c.num_patches(), PP = c.patch_dim(), jstar = 6;
+  engine::ParameterStore& store = model->store;
+  for (int64_t k = 0; k < PP; ++k) store["patch_embed.proj.weight"].value[k] = 1.0f;  // row 0
+  const double s = double(PP), mean = s / double(D);
+  const double var = (s - mean) * (s - mean) / double(D) + double(D - 1) * mean * mean / double(D);
+  const double u0 = (s - mean) / std::sqrt(var + c.norm_eps);
+  const float beta = float(30.0 / std::sqrt(double(c.head_dim())));  // score 30 for j*
+  for (int64_t l = 0; l < c.depth; ++l) {
+    const std::string b = "blocks." + std::to_string(l) + ".";
+    for (int64_t i = 0; i < D; ++i) store[b + "norm1.weight"].value[i] = 1.0f;
+    Tensor& w = store[b + "attn.qkv.weight"].value;  // [3D, D]: q, k, v rows
+    Tensor& bias = store[b + "attn.qkv.bias"].value;
+    for (int64_t i = 0; i < D; ++i) {
+      bias[i] = 1.0f;                         // q = 1
+      w[(D + i) * D + 0] = float(beta / u0);  // k = β·x̂₀/u₀
+    }
+  }
+  store.mark_changed();
+  Tensor patches(ctx.eng, {1, L, PP});
+  for (int64_t k = 0; k < PP; ++k) patches[jstar * PP + k] = 1.0f;
+
+  // The layers' probabilities first: every row puts ≈ 1 on j* (the token N index P + j*).
+  auto& vm = dynamic_cast<models::VitModel&>(*model);
+  vm.net.train(false);
+  vm.net.forward(ctx, patches);
+  const int64_t N = c.num_tokens(), P = c.num_prefix_tokens();
+  for (int64_t l = 0; l < c.depth; ++l) {
+    const Tensor& a = vm.net.attention_probabilities(ctx, l);
+    for (int64_t row = 0; row < c.num_heads * N; ++row) CHECK(a[row * N + P + jstar] > 0.999f);
+  }
+  models::Explainer explainer(ctx, *model, {});
+  const std::vector<models::Explanation> e = explainer.explain(ctx, patches);
+  const double want = 1.0 - std::pow(0.5, double(c.depth));
+  for (int64_t j = 0; j < L; ++j) {
+    CAPTURE(j);
+    if (j == jstar)
+      CHECK(e[0].map[size_t(j)] == doctest::Approx(want).epsilon(1e-3));
+    else
+      CHECK(e[0].map[size_t(j)] < 1e-3);
+  }
 }

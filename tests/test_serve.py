@@ -74,6 +74,25 @@ with Server("--max-delay-ms", "1") as s:
     check("models: classes, config and preprocess", all(len(m["classes"]) == 10 and "config" in m and
                                                         m["preprocess"]["img_size"] == 28 for m in models))
 
+    # Every sample, raw and all in one multipart form, against vit classify --json.
+    names = sorted(os.listdir(SAMPLES))
+    want = {os.path.basename(r["image"]): r["top_k"] for r in cli_json("classify", "--json", "--top-k", "10", SAMPLES)}
+
+    def same(a, b):
+        return [x["class"] for x in a] == [x["class"] for x in b] and all(
+            abs(x["probability"] - y["probability"]) < 1e-5 for x, y in zip(a, b))
+    raw_ok = True
+    for name in names:
+        status, _, body = s.request("POST", "/v1/classify?top_k=10",
+                                    open(os.path.join(SAMPLES, name), "rb").read(), octet)
+        raw_ok &= status == 200 and same(json.loads(body)[0]["top_k"], want[name])
+    check("every sample posted raw: vit classify's classes and probabilities", raw_ok)
+    data, h = multipart([(n, open(os.path.join(SAMPLES, n), "rb").read()) for n in names])
+    status, _, body = s.request("POST", "/v1/classify?top_k=10", data, h)
+    got = json.loads(body) if status == 200 else []
+    check("every sample in one multipart form: the same", len(got) == len(names) and all(
+        g["image"] == n and same(g["top_k"], want[n]) for g, n in zip(got, names)), body[:200])
+
     want = cli_json("classify", "--json", "--top-k", "3", BAG)[0]["top_k"]
     status, headers, body = s.request("POST", "/v1/classify?top_k=3", bag, octet)
     got = json.loads(body)
@@ -123,6 +142,14 @@ with Server("--max-delay-ms", "1") as s:
           b"GIF89a" + b"\0" * 64, octet)
     error("a PNG claiming gigapixels", 400, r"100000x100000 pixels, more than the limit", "POST",
           "/v1/classify", png_claiming(100000, 100000), octet)
+    error("a 20 000 x 20 000 PNG header", 400, r"20000x20000 pixels, more than the limit", "POST",
+          "/v1/classify", png_claiming(20000, 20000), {"Content-Type": "image/png"})
+    error("a wrong content type", 415, r"Content-Type 'application/json': send the image's bytes",
+          "POST", "/v1/classify", bag, {"Content-Type": "application/json"})
+    error("curl's default form type", 415, r"Content-Type 'application/x-www-form-urlencoded'",
+          "POST", "/v1/classify", bag, {"Content-Type": "application/x-www-form-urlencoded"})
+    error("a malformed multipart body", 400, r"a malformed multipart/form-data body", "POST",
+          "/v1/classify", b"garbage--xyz", {"Content-Type": "multipart/form-data; boundary=xyz"})
     error("a truncated PNG", 400, r"truncated|cannot decode|not an image", "POST", "/v1/classify",
           bag[: len(bag) // 2], octet)
     data, h = multipart([("a.png", bag)])

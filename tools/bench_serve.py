@@ -1,11 +1,14 @@
 #!/usr/bin/python3
-"""vit serve under load: wrk posts one image over C connections for D seconds against a
-server started at a free port on 127.0.0.1, for each --max-batch and each connection count;
-reports requests/s, latency percentiles, the mean batch size the server formed (from its
-/metrics), and every non-2xx answer and socket error. The load generator shares the machine
-with the server: on 2 cores, wrk's threads take CPU from the model.
+"""vit serve under load: wrk posts one image over C connections against a server started at
+a free port on 127.0.0.1, for each --max-batch and each connection count, first --warmup
+requests, then --requests more (or for --duration seconds). Reports requests/s, latency
+percentiles, the mean batch size the server formed (from its /metrics), every non-2xx answer
+and socket error, the server's resident memory after the warm-up and at the end (flat when
+nothing leaks), and, measured in the same run, `vit bench` of the same model at each
+--max-batch: served images/s as a fraction of the model's own. The load generator shares the
+machine with the server: on 2 cores, wrk's thread takes CPU from the model.
 
-    tools/bench_serve.py --connections 1 4 16 64 --max-batch 1 16 --duration 10
+    tools/bench_serve.py --connections 1 8 64 --max-batch 1 16 64 --requests 10000
 
 --check exits non-zero unless every answer was a 200, no socket failed, and each server
 answered /healthz afterwards and exited 0 on SIGTERM (the test suite runs it briefly)."""
@@ -14,9 +17,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
@@ -25,7 +30,18 @@ from serve_util import Server  # noqa: E402
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
-def wrk(port, route, image, connections, duration, threads):
+def served(port, route):
+    """Answers the server has given on `route` so far, whatever their status."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(int(n) for n in re.findall(rf'^vit_requests_total\{{route="{re.escape(route)}",'
+                                          r'status="\d+"\} (\d+)$', text, re.M))
+
+
+def wrk(port, route, image, connections, duration, threads, requests=0, pid=None, rss=None):
+    """requests > 0: wrk is interrupted (SIGINT: it stops and reports, its rate over the time it
+    ran) once the server has answered that many more; duration is then only an upper bound.
+    With pid, the server's RSS is appended to `rss` after every fifth of them."""
+    threads = min(threads, connections)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(f"""local f = assert(io.open({json.dumps(image)}, "rb"))
 wrk.method = "POST"
@@ -34,14 +50,28 @@ f:close()
 wrk.headers["Content-Type"] = "application/octet-stream"
 """)
     try:
-        out = subprocess.run(["wrk", "-t", str(min(threads, connections)), "-c", str(connections),
-                              "-d", f"{duration}s", "--timeout", "10s", "--latency", "-s",
-                              script.name, f"http://127.0.0.1:{port}{route}"],
-                             capture_output=True, text=True, timeout=duration + 60)
+        start = served(port, route) if requests else 0
+        proc = subprocess.Popen(["wrk", "-t", str(threads), "-c", str(connections), "-d",
+                                 f"{duration}s", "--timeout", "10s", "--latency", "-s", script.name,
+                                 f"http://127.0.0.1:{port}{route}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if requests:
+            marks = [start + requests * k // 5 for k in range(1, 6)]
+            while proc.poll() is None and marks:
+                time.sleep(0.02)
+                n = served(port, route)
+                while marks and n >= marks[0]:
+                    marks.pop(0)
+                    if pid and rss is not None:
+                        rss.append(round(rss_mb(pid), 1))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=duration + 60)
     finally:
         os.unlink(script.name)
-    if out.returncode != 0:
-        sys.exit(f"bench_serve: wrk failed: {out.stderr.strip()}")
+    if proc.returncode != 0:
+        sys.exit(f"bench_serve: wrk failed: {stderr.strip()}")
+    out = subprocess.CompletedProcess(proc.args, 0, stdout, stderr)
     text = out.stdout
 
     def seconds(value, unit):
@@ -56,6 +86,19 @@ wrk.headers["Content-Type"] = "application/octet-stream"
             "latency_p99_ms": 1000 * latency["99"],
             "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,
             "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M).group(1)) / 1024
+
+
+def bench(vit, model, batch):
+    out = subprocess.run([vit, "bench", "--model", model, "--batch-size", str(batch), "--no-peak"],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        sys.exit(f"bench_serve: vit bench failed: {out.stderr.strip()}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["images_per_second"]["median"]
 
 
 def metrics(port):
@@ -78,7 +121,13 @@ def main():
     p.add_argument("--max-batch", type=int, nargs="+", default=[1, 16])
     p.add_argument("--max-delay-ms", type=float, default=2.0)
     p.add_argument("--http-threads", type=int, default=16, help="vit serve --http-threads")
-    p.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    p.add_argument("--threads", type=int, default=0, help="vit serve --threads (compute)")
+    p.add_argument("--requests", type=int, default=0,
+                   help="requests per measurement (0: run for --duration seconds)")
+    p.add_argument("--warmup", type=int, default=2000, help="requests before each measurement")
+    p.add_argument("--duration", type=int, default=10,
+                   help="seconds per measurement (with --requests: the longest it may take)")
+    p.add_argument("--no-bench", action="store_true", help="skip the vit bench comparison")
     p.add_argument("--wrk-threads", type=int, default=1)
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--check", action="store_true", help="fail unless every answer was a 200")
@@ -87,20 +136,34 @@ def main():
         sys.exit("bench_serve: wrk is missing: run tools/install-deps.sh --test")
     Server.vit = args.vit
     models = [a for m in (args.model or []) for a in ("--model", m)]
+    first_model = (args.model or [os.path.join(ROOT, "models", "vit_fmnist.safetensors")])[0]
+    benched = {} if args.no_bench else {b: bench(args.vit, first_model, b) for b in args.max_batch}
+    for b, ips in benched.items():
+        print(f"vit bench {os.path.basename(first_model)} at batch {b}: {ips:.1f} images/s")
     rows, problems = [], []
     print(f"{'max batch':>9} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
-          f"{'batch':>5} {'non-2xx':>7} {'sock err':>8}")
+          f"{'batch':>5} {'of bench':>8} {'RSS MB':>13} {'non-2xx':>7} {'sock err':>8}")
     for max_batch in args.max_batch:
         for connections in args.connections:
-            server = Server(*models, "--max-batch", str(max_batch), "--max-delay-ms",
+            server = Server(*models, "--threads", str(args.threads), "--max-batch", str(max_batch), "--max-delay-ms",
                             str(args.max_delay_ms), "--http-threads", str(args.http_threads),
                             "--max-connections", str(max(128, connections + args.http_threads)))
             try:
+                warm = wrk(server.port, args.route, args.image, connections, args.duration,
+                           args.wrk_threads, args.warmup) if args.warmup else None
+                rss_warm, rss = rss_mb(server.proc.pid), []
                 row = {"max_batch": max_batch, "connections": connections, "route": args.route,
-                       "http_threads": args.http_threads, "max_delay_ms": args.max_delay_ms,
+                       "http_threads": args.http_threads, "threads": args.threads, "max_delay_ms": args.max_delay_ms,
                        **wrk(server.port, args.route, args.image, connections, args.duration,
-                             args.wrk_threads)}
+                             args.wrk_threads, args.requests, server.proc.pid, rss)}
+                row["rss_after_warmup_mb"], row["rss_after_mb"] = rss_warm, rss_mb(server.proc.pid)
+                row["rss_during_mb"] = rss
                 row.update(metrics(server.port))
+                if warm:  # the measured run's share of what /metrics counted
+                    row["warmup_non_2xx"], row["warmup_socket_errors"] = warm["non_2xx"], warm["socket_errors"]
+                if max_batch in benched:
+                    row["bench_images_per_second"] = benched[max_batch]
+                    row["fraction_of_bench"] = row["requests_per_second"] / benched[max_batch]
                 status, _, _ = server.request("GET", "/healthz")
                 row["healthy_after"] = status == 200
             finally:
@@ -108,9 +171,12 @@ def main():
             rows.append(row)
             print(f"{max_batch:>9} {connections:>5} {row['requests_per_second']:>8.1f} "
                   f"{row['latency_p50_ms']:>7.2f} {row['latency_p90_ms']:>7.2f} "
-                  f"{row['latency_p99_ms']:>7.2f} {row['mean_batch']:>5.2f} {row['non_2xx']:>7} "
+                  f"{row['latency_p99_ms']:>7.2f} {row['mean_batch']:>5.2f} "
+                  f"{row.get('fraction_of_bench', float('nan')):>8.2f} "
+                  f"{row['rss_after_warmup_mb']:>6.1f}>{row['rss_after_mb']:<6.1f} {row['non_2xx']:>7} "
                   f"{row['socket_errors']:>8}", flush=True)
-            if row["non_2xx"] or row["socket_errors"] or set(row["statuses"]) - {200}:
+            if (row["non_2xx"] or row["socket_errors"] or row.get("warmup_non_2xx") or
+                    row.get("warmup_socket_errors") or set(row["statuses"]) - {200}):
                 problems.append(f"max batch {max_batch}, {connections} connections: "
                                 f"{row['non_2xx']} non-2xx, {row['socket_errors']} socket errors, "
                                 f"statuses {row['statuses']}")

@@ -486,8 +486,23 @@ int run_serve(const std::vector<std::string>& args) {
   // connections waiting for a thread (past --http-threads) get their turn.
   http.set_keep_alive_timeout(2);
   http.set_keep_alive_max_count(10);
-  http.set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
+  http.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
     request_start = Clock::now();
+    // Before the body is read: a form-urlencoded body (curl's default for --data-binary) would
+    // be parsed as a form and cut at httplib's 8 KB, and any other type is not an image.
+    if (req.method == "POST") {
+      const std::string type = req.get_header_value("Content-Type");
+      const std::string base = type.substr(0, type.find(';'));
+      if (!(base.empty() || base.rfind("image/", 0) == 0 || base == "application/octet-stream" ||
+            base == "multipart/form-data")) {
+        send_error(res, 415,
+                   "Content-Type '" + base.substr(0, 100) +
+                       "': send the image's bytes as application/octet-stream or image/* "
+                       "(curl: -H 'Content-Type: application/octet-stream'), or a "
+                       "multipart/form-data field 'image'");
+        return httplib::Server::HandlerResponse::Handled;
+      }
+    }
     return httplib::Server::HandlerResponse::Unhandled;
   });
   http.set_logger([&](const httplib::Request& req, const httplib::Response& res) {
@@ -507,6 +522,10 @@ int run_serve(const std::vector<std::string>& args) {
       send_error(res, 404, "no route " + req.method + " " + req.path.substr(0, 200));
     else if (res.status == 413)
       send_error(res, 413, "the request body is larger than --max-body-mb");
+    else if (res.status == 400 && req.is_multipart_form_data())
+      send_error(res, 400, "a malformed multipart/form-data body");
+    else if (res.status == 400)
+      send_error(res, 400, "a malformed HTTP request");
     else
       send_error(res, res.status, "HTTP status " + std::to_string(res.status));
   });
