@@ -12,20 +12,20 @@
 namespace datasets {
 
 cv::Mat heatmap_overlay(const cv::Mat& image, const std::vector<float>& map, int64_t grid_h,
-                        int64_t grid_w, const std::string& caption) {
+                        int64_t grid_w, const std::string& caption, int scale) {
   engine::require(
       !image.empty() && image.depth() == CV_8U && (image.channels() == 1 || image.channels() == 3),
       "heatmap_overlay: the image must be 8-bit gray or RGB");
   engine::require(grid_h > 0 && grid_w > 0 && int64_t(map.size()) == grid_h * grid_w,
                   "heatmap_overlay: a map of " + std::to_string(map.size()) + " values for a " +
                       std::to_string(grid_h) + " × " + std::to_string(grid_w) + " grid");
+  engine::require(scale >= 0 && scale <= 64,
+                  "heatmap_overlay: scale " + std::to_string(scale) + " is not in 0 to 64");
   cv::Mat bgr;
   cv::cvtColor(image, bgr, image.channels() == 1 ? cv::COLOR_GRAY2BGR : cv::COLOR_RGB2BGR);
   const int longer = std::max(bgr.rows, bgr.cols);
-  if (longer < kMinOverlaySide) {
-    const int scale = (kMinOverlaySide + longer - 1) / longer;
-    cv::resize(bgr, bgr, {}, scale, scale, cv::INTER_NEAREST);
-  }
+  if (scale == 0) scale = std::max(1, (kMinOverlaySide + longer - 1) / longer);
+  if (scale > 1) cv::resize(bgr, bgr, {}, scale, scale, cv::INTER_NEAREST);
 
   // The map scaled to [0, 255], then to the picture: each cell's value at its centre.
   if (!std::all_of(map.begin(), map.end(), [](float x) { return std::isfinite(x); }))
@@ -46,18 +46,22 @@ cv::Mat heatmap_overlay(const cv::Mat& image, const std::vector<float>& map, int
     cv::addWeighted(bgr, 0.5, colours, 0.5, 0.0, picture);
   }
 
-  // The caption on a band above: black text on white, scaled to the width.
-  const int band = std::max(20, picture.cols / 10);
-  cv::Mat out(picture.rows + band, picture.cols, CV_8UC3, cv::Scalar(255, 255, 255));
-  picture.copyTo(out(cv::Rect(0, band, picture.cols, picture.rows)));
-  double font = 0.5 * band / 22.0;
+  // The caption on a light strip across the top, scaled to the width; none when the picture is
+  // too small to read it.
+  cv::Mat out = picture.clone();
+  const int strip = std::max(12, out.cols / 11);
+  if (caption.empty() || out.rows < 2 * strip) return out;
+  cv::Mat top = out(cv::Rect(0, 0, out.cols, strip));
+  cv::addWeighted(top, 0.25, cv::Mat(top.size(), top.type(), cv::Scalar(255, 255, 255)), 0.75, 0.0,
+                  top);
+  double font = 0.5 * strip / 20.0;
   int baseline = 0;
   cv::Size size = cv::getTextSize(caption, cv::FONT_HERSHEY_SIMPLEX, font, 1, &baseline);
   if (size.width > out.cols - 8) {
     font *= double(out.cols - 8) / size.width;
     size = cv::getTextSize(caption, cv::FONT_HERSHEY_SIMPLEX, font, 1, &baseline);
   }
-  cv::putText(out, caption, {4, (band + size.height) / 2}, cv::FONT_HERSHEY_SIMPLEX, font,
+  cv::putText(out, caption, {4, (strip + size.height) / 2}, cv::FONT_HERSHEY_SIMPLEX, font,
               cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
   return out;
 }

@@ -565,15 +565,17 @@ TEST_CASE("heatmap_overlay: hot where the map is high, no colour for a constant 
   std::vector<float> map(16, 0.0f);
   map[0] = 5.0f;  // the top-left cell
   const cv::Mat pic = datasets::heatmap_overlay(gray, map, 4, 4, "sneaker 97.0%");
-  const int band = pic.rows - 224;
-  REQUIRE(pic.cols == 224);  // scaled up ×8 to reach kMinOverlaySide
-  CHECK(band >= 20);
-  const cv::Vec3b hot = pic.at<cv::Vec3b>(band + 10, 10),
-                  cold = pic.at<cv::Vec3b>(pic.rows - 10, 214);
+  REQUIRE(pic.cols == 224);  // scaled ×8 to reach kMinOverlaySide, the caption inside
+  REQUIRE(pic.rows == 224);
+  const cv::Vec3b hot = pic.at<cv::Vec3b>(40, 10), cold = pic.at<cv::Vec3b>(214, 214);
   CHECK(hot[2] > hot[0] + 40);    // red over blue (BGR)
   CHECK(cold[0] > cold[2] + 40);  // blue over red
   const cv::Mat flat = datasets::heatmap_overlay(gray, std::vector<float>(16, 0.3f), 4, 4, "x");
-  CHECK(flat.at<cv::Vec3b>(band + 100, 100) == cv::Vec3b(128, 128, 128));
+  CHECK(flat.at<cv::Vec3b>(100, 100) == cv::Vec3b(128, 128, 128));
+  const cv::Mat same = datasets::heatmap_overlay(gray, map, 4, 4, "sneaker", 1);
+  CHECK(same.size() == gray.size());  // scale 1: the image's own size
+  CHECK(datasets::heatmap_overlay(gray, map, 4, 4, "x", 3).size() == cv::Size(84, 84));
+  CHECK_THROWS_AS(datasets::heatmap_overlay(gray, map, 4, 4, "x", -1), engine::Error);
   std::vector<float> bad = map;
   bad[3] = std::nanf("");
   CHECK_THROWS_WITH_AS(datasets::heatmap_overlay(gray, bad, 4, 4, "x"), doctest::Contains("NaN"),

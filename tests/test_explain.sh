@@ -39,8 +39,8 @@ png_size() { od -An -tu1 -j16 -N8 "$1" | awk '{print $1*16777216+$2*65536+$3*256
 "$vit" explain --out "$tmp/vit" --json "$samples" >"$out" 2>"$err"
 check "rollout over a folder exits 0" [ $? -eq 0 ]
 check "one PNG per sample" [ "$(ls "$tmp/vit"/*_rollout.png | wc -l)" -eq "$(ls "$samples" | wc -l)" ]
-check "a 28 × 28 image drawn at 224 wide, under a caption band" \
-  [ "$(png_size "$tmp/vit/sneaker_00009_rollout.png" | cut -d' ' -f1)" -eq 224 ]
+check "a 28 × 28 image drawn 8 times as large: 224 × 224" \
+  [ "$(png_size "$tmp/vit/sneaker_00009_rollout.png")" = "224 224" ]
 /usr/bin/python3 - "$out" "$samples" <<'PY' >"$tmp/py" 2>&1
 import json, os, sys
 r = json.load(open(sys.argv[1]))
@@ -69,6 +69,9 @@ import json, sys
 c = json.load(open('$tmp/classify.json'))[0]['top_k']; e = json.load(open('$tmp/explain.json'))[0]['top_k']
 sys.exit(0 if c == e else 1)"
 
+expect "--scale 1" 0 '' -- explain --scale 1 --out "$tmp/one" "$samples/sneaker_00009.png"
+check "--scale 1: the PNG has the image's size, 28 × 28" [ "$(png_size "$tmp/one/sneaker_00009_rollout.png")" = "28 28" ]
+expect "bad --scale" 2 '^vit: vit explain: --scale must be in 0 to 64' -- explain --scale -2 --json "$samples/sneaker_00009.png"
 expect "attention per head" 0 '' -- explain --method attention --layer 0 --heads --head-fusion max \
   --out "$tmp/att" "$samples/sneaker_00009.png"
 check "a heads picture" [ -s "$tmp/att/sneaker_00009_attention_heads.png" ]

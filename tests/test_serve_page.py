@@ -2,7 +2,8 @@
 """vit serve's page in a real browser (headless Chromium through Selenium): it lists the
 models, shows the top-k bars and the explanation overlay for a chosen image, switches model,
 shows an error for a file that is not an image, and loads nothing from another origin.
-usage: test_serve_page.py path/to/vit path/to/datasets [SCREENSHOT.png]"""
+usage: test_serve_page.py path/to/vit path/to/datasets [SCREENSHOT.png]
+(the README's docs/serve-page.png is such a screenshot)"""
 import os
 import shutil
 import sys
@@ -74,7 +75,8 @@ with Server() as server:
         check("no error shown", not driver.find_element(By.ID, "error").is_displayed())
         if screenshot:
             driver.execute_script("document.getElementById('file').hidden = true;")
-            driver.save_screenshot(screenshot)
+            check("the screenshot saved", driver.save_screenshot(screenshot) and
+                  os.path.getsize(screenshot) > 10000, screenshot)
 
         before = overlay_src()
         Select(driver.find_element(By.ID, "model")).select_by_value("cnn_resnet8_fmnist")

@@ -48,6 +48,9 @@ int run_explain(const std::vector<std::string>& args) {
   add("class", po::value<std::string>(),
       "gradcam: explain this class (a name or an index) instead of each image's top class");
   add("out", po::value<std::string>(), "write one PNG per image into this folder");
+  add("scale", po::value<int>()->default_value(0),
+      "draw the pictures at this integer multiple of the image the model saw (1: its own size; "
+      "0: the smallest reaching 224 pixels)");
   add("json", "print the maps (and the top-k, as vit classify --json) as one JSON array");
   add("top-k", po::value<int64_t>()->default_value(5), "classes in the JSON per image");
   add_image_options(opts, "f32 or bf16 (matmul operands in bf16 on AVX-512 CPUs; ViT models)",
@@ -65,6 +68,8 @@ int run_explain(const std::vector<std::string>& args) {
   if (!vm.count("out") && !vm.count("json"))
     throw UsageError("vit explain: give --out DIR for the pictures, --json for the maps, or both");
   if (vm["top-k"].as<int64_t>() < 1) throw UsageError("vit explain: --top-k must be positive");
+  const int scale = vm["scale"].as<int>();
+  if (scale < 0 || scale > 64) throw UsageError("vit explain: --scale must be in 0 to 64");
   std::filesystem::path out_dir;
   if (vm.count("out")) {
     out_dir = vm["out"].as<std::string>();
@@ -137,13 +142,13 @@ int run_explain(const std::vector<std::string>& args) {
         const std::filesystem::path png = picture_path(out_dir, ok[i], method, used);
         datasets::write_png(
             png, datasets::heatmap_overlay(images[i], e.map, e.grid_h, e.grid_w,
-                                           explanation_caption(e, loaded.classes, what)));
+                                           explanation_caption(e, loaded.classes, what), scale));
         r["png"] = png.string();
         if (!e.heads.empty()) {
           std::vector<cv::Mat> tiles;
           for (size_t h = 0; h < e.heads.size(); ++h)
             tiles.push_back(datasets::heatmap_overlay(images[i], e.heads[h], e.grid_h, e.grid_w,
-                                                      "head " + std::to_string(h)));
+                                                      "head " + std::to_string(h), scale));
           const std::filesystem::path heads_png =
               picture_path(out_dir, ok[i], method + "_heads", used);
           datasets::write_png(heads_png, datasets::tile(tiles, 4));
