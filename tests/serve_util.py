@@ -14,7 +14,7 @@ class Server:
 
     def __init__(self, *args):
         self.proc = subprocess.Popen([Server.vit, "serve", "--port", "0", *args], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, errors="replace")
         self.log = []
         deadline = time.time() + 30
         while time.time() < deadline:

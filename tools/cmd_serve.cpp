@@ -6,9 +6,11 @@
 
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <set>
 #include <sstream>
@@ -367,6 +369,15 @@ httplib::Server::Handler guarded(F f) {
   };
 }
 
+// The method as logged: a client's bytes only when they look like a method (the rest of a body
+// refused with 413 can arrive as a "request line").
+std::string method_label(const std::string& method) {
+  const bool word =
+      !method.empty() && method.size() <= 10 &&
+      std::all_of(method.begin(), method.end(), [](char c) { return c >= 'A' && c <= 'Z'; });
+  return word ? method : "-";
+}
+
 std::string route_label(const std::string& path) {
   static const std::set<std::string> routes{"/",          "/healthz",     "/metrics",
                                             "/v1/models", "/v1/classify", "/v1/explain"};
@@ -512,14 +523,14 @@ int run_serve(const std::vector<std::string>& args) {
     const std::string route = route_label(req.path);
     state.metrics.record(route, res.status, seconds);
     const std::string batch_size = res.get_header_value("X-Vit-Batch-Size");
-    std::fprintf(stderr, "vit serve: %s %s %d %.1f ms%s%s\n", req.method.c_str(), route.c_str(),
-                 res.status, 1000 * seconds, batch_size.empty() ? "" : " batch ",
+    std::fprintf(stderr, "vit serve: %s %s %d %.1f ms%s%s\n", method_label(req.method).c_str(),
+                 route.c_str(), res.status, 1000 * seconds, batch_size.empty() ? "" : " batch ",
                  batch_size.c_str());
   });
   http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;  // a handler's own error
     if (res.status == 404)
-      send_error(res, 404, "no route " + req.method + " " + req.path.substr(0, 200));
+      send_error(res, 404, "no route " + method_label(req.method) + " " + req.path.substr(0, 200));
     else if (res.status == 413)
       send_error(res, 413, "the request body is larger than --max-body-mb");
     else if (res.status == 400 && req.is_multipart_form_data())
