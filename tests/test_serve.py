@@ -253,6 +253,18 @@ with Server("--max-batch", "1", "--max-queue", "1", "--max-delay-ms", "0", "--th
     check("a full queue: 503 with Retry-After, the rest answered", len(results) == 64 and full and
           all(r[1].get("Retry-After") == "1" and b"queue is full" in r[2] for r in full) and
           all(r[0] in (200, 503) for r in results), str(sorted({r[0] for r in results})))
+with Server("--http-threads", "2", "--max-connections", "2") as s:
+    results = [None] * 8
+
+    def one(i):
+        results[i] = s.request("POST", "/v1/classify", bag, octet)[0]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    check("8 clients through 2 connections' worth of threads: all answered in turn",
+          results == [200] * 8, str(results))
 with Server("--timeout-ms", "1", "--max-delay-ms", "200") as s:
     status, headers, body = s.request("POST", "/v1/classify", bag, octet)
     check("no answer within --timeout-ms: 503", status == 503 and b"no answer within 1 ms" in body and

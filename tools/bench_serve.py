@@ -10,8 +10,9 @@ machine with the server: on 2 cores, wrk's thread takes CPU from the model.
 
     tools/bench_serve.py --connections 1 8 64 --max-batch 1 16 64 --requests 10000
 
---check exits non-zero unless every answer was a 200, no socket failed, and each server
-answered /healthz afterwards and exited 0 on SIGTERM (the test suite runs it briefly)."""
+--check exits non-zero unless every answer was a 200, no socket failed, each measurement got
+at least 10 answers, and each server answered /healthz afterwards and exited 0 on SIGTERM (the
+test suite runs it briefly)."""
 import argparse
 import json
 import os
@@ -180,6 +181,9 @@ def main():
                 problems.append(f"max batch {max_batch}, {connections} connections: "
                                 f"{row['non_2xx']} non-2xx, {row['socket_errors']} socket errors, "
                                 f"statuses {row['statuses']}")
+            if row["requests"] < 10:  # a stalled server has no errors to show either
+                problems.append(f"max batch {max_batch}, {connections} connections: only "
+                                f"{row['requests']} answers")
             if not row["healthy_after"] or row["exit_code"] != 0:
                 problems.append(f"max batch {max_batch}, {connections} connections: healthz "
                                 f"{row['healthy_after']}, exit code {row['exit_code']}")

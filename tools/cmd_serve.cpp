@@ -102,23 +102,26 @@ class BoundedPool : public httplib::TaskQueue {
   BoundedPool(size_t threads, size_t waiting) : waiting_(waiting) {
     for (size_t i = 0; i < threads; ++i)
       threads_.emplace_back([this] {
+        std::unique_lock<std::mutex> lock(mutex_);
         while (true) {
-          std::function<void()> fn;
-          {
-            std::unique_lock<std::mutex> lock(mutex_);
-            ready_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
-            if (jobs_.empty()) return;
-            fn = std::move(jobs_.front());
-            jobs_.pop_front();
-          }
-          room_.notify_one();
+          ++idle_;
+          room_.notify_one();  // an idle thread is room for one more connection
+          ready_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+          --idle_;
+          if (jobs_.empty()) return;
+          std::function<void()> fn = std::move(jobs_.front());
+          jobs_.pop_front();
+          lock.unlock();
           fn();
+          lock.lock();
         }
       });
   }
+  // Served plus queued stays within threads + waiting: a connection is queued only while fewer
+  // than waiting + (idle threads) are queued already.
   void enqueue(std::function<void()> fn) override {
     std::unique_lock<std::mutex> lock(mutex_);
-    room_.wait(lock, [&] { return stop_ || jobs_.size() < waiting_; });
+    room_.wait(lock, [&] { return stop_ || jobs_.size() < waiting_ + idle_; });
     jobs_.push_back(std::move(fn));
     lock.unlock();
     ready_.notify_one();
@@ -137,6 +140,7 @@ class BoundedPool : public httplib::TaskQueue {
   const size_t waiting_;
   std::vector<std::thread> threads_;
   std::deque<std::function<void()>> jobs_;
+  size_t idle_ = 0;
   std::mutex mutex_;
   std::condition_variable ready_, room_;
   bool stop_ = false;
