@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -87,6 +88,10 @@ using BatchFn =
 int for_each_batch(engine::Context& ctx, const datasets::Preprocess& p,
                    const std::vector<std::filesystem::path>& paths, int64_t batch_size,
                    const BatchFn& take);
+// --class / ?class=: the index of a class name, else the integer the text spells (not checked
+// against the classes), else nothing.
+std::optional<int64_t> class_index(const std::string& text,
+                                   const std::vector<std::string>& classes);
 // The k most likely classes, most likely first, and as vit classify --json writes them.
 std::vector<int64_t> top_classes(const float* probabilities, int64_t K, int64_t k);
 nlohmann::json top_k_json(const float* probabilities, const std::vector<int64_t>& order,

@@ -79,6 +79,21 @@ int for_each_batch(engine::Context& ctx, const datasets::Preprocess& p,
   return failures;
 }
 
+std::optional<int64_t> class_index(const std::string& text,
+                                   const std::vector<std::string>& classes) {
+  const auto it = std::find(classes.begin(), classes.end(), text);
+  if (it != classes.end()) return int64_t(it - classes.begin());
+  size_t used = 0;
+  int64_t index = 0;
+  try {
+    index = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  if (used != text.size()) return std::nullopt;
+  return index;
+}
+
 std::vector<int64_t> top_classes(const float* probabilities, int64_t K, int64_t k) {
   std::vector<int64_t> order(static_cast<size_t>(K));
   std::iota(order.begin(), order.end(), int64_t{0});

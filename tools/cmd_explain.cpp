@@ -99,21 +99,11 @@ int run_explain(const std::vector<std::string>& args) {
   o.heads = vm.count("heads") > 0;
   if (vm.count("class")) {  // a class name, or its index
     const std::string c = vm["class"].as<std::string>();
-    const auto it = std::find(loaded.classes.begin(), loaded.classes.end(), c);
-    if (it != loaded.classes.end()) {
-      o.target_class = it - loaded.classes.begin();
-    } else {
-      size_t used = 0;
-      int64_t index = -1;
-      try {
-        index = std::stoll(c, &used);
-      } catch (const std::exception&) {
-      }
-      if (used != c.size() || index < 0 || index >= K)
-        throw engine::Error("--class '" + c + "': not one of the model's " + std::to_string(K) +
-                            " classes (a name or an index 0 to " + std::to_string(K - 1) + ")");
-      o.target_class = index;
-    }
+    const std::optional<int64_t> index = class_index(c, loaded.classes);
+    if (!index || *index < 0 || *index >= K)
+      throw engine::Error("--class '" + c + "': not one of the model's " + std::to_string(K) +
+                          " classes (a name or an index 0 to " + std::to_string(K - 1) + ")");
+    o.target_class = *index;
   }
   // A flag the model or the method has no use for is the command line's mistake.
   std::unique_ptr<models::Explainer> explainer_;

@@ -290,9 +290,9 @@ struct Server {
     o.heads = req.has_param("heads") && req.get_param_value("heads") != "0";
     if (req.has_param("class")) {
       const std::string c = req.get_param_value("class");
-      const auto it = std::find(classes.begin(), classes.end(), c);
-      o.target_class =
-          it != classes.end() ? int64_t(it - classes.begin()) : int_param(req, "class", -1);
+      const std::optional<int64_t> index = class_index(c, classes);
+      if (!index) throw HttpError(400, "'class' must be an integer, not '" + c + "'");
+      o.target_class = *index;
       if (o.target_class < 0 || o.target_class >= int64_t(classes.size()))
         throw HttpError(400, "'class' " + c + " is not one of the model's classes");
     }
