@@ -45,8 +45,35 @@ Batcher::~Batcher() {
   stop();
 }
 
+Batcher::OnTheWay& Batcher::OnTheWay::operator=(OnTheWay&& o) noexcept {
+  if (this != &o) {
+    withdraw();
+    batcher_ = o.batcher_;
+    o.batcher_ = nullptr;
+  }
+  return *this;
+}
+
+void Batcher::OnTheWay::withdraw() {
+  if (!batcher_) return;
+  {
+    std::lock_guard<std::mutex> lock(batcher_->mutex_);
+    batcher_->on_the_way_--;
+  }
+  batcher_->wake_.notify_one();  // a batch waiting for this request need wait no longer
+  batcher_ = nullptr;
+}
+
+Batcher::OnTheWay Batcher::announce() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  on_the_way_++;
+  return OnTheWay(this);
+}
+
 std::future<BatchResult> Batcher::submit(size_t model, std::vector<std::vector<float>> inputs,
-                                         std::optional<ExplainOptions> explain) {
+                                         std::optional<ExplainOptions> explain,
+                                         OnTheWay* announced) {
+  if (announced && announced->batcher_ != this) announced = nullptr;
   engine::require(model < models_.size(), "serve: no model " + std::to_string(model));
   const int64_t n = int64_t(inputs.size());
   engine::require(n >= 1, "serve: a request without images");
@@ -65,6 +92,10 @@ std::future<BatchResult> Batcher::submit(size_t model, std::vector<std::vector<f
   std::future<BatchResult> result = job.done.get_future();
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (announced) {  // from on its way to queued in one step: the batcher sees no gap
+      on_the_way_--;
+      announced->batcher_ = nullptr;
+    }
     if (stopping_) throw QueueFull("the server is shutting down");
     if (queued_images_ + n > options_.max_queue)
       throw QueueFull("the queue is full (" + std::to_string(queued_images_) +
@@ -86,6 +117,11 @@ std::vector<uint64_t> Batcher::batch_sizes() const {
   return batch_sizes_;
 }
 
+std::array<uint64_t, 3> Batcher::batches_closed() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return closed_;
+}
+
 void Batcher::stop() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -100,7 +136,8 @@ void Batcher::run() {
   while (true) {
     wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
     if (queue_.empty()) return;  // stopping, and nothing left
-    // Wait for company until the oldest request has waited max_delay or a batch is full.
+    // Wait for company while more requests are on their way, until a batch is full or the
+    // oldest request has waited max_delay.
     const Job& first = queue_.front();
     const auto deadline = first.queued + options_.max_delay;
     auto companions = [&] {
@@ -110,9 +147,23 @@ void Batcher::run() {
           n += int64_t(j.inputs.size());
       return n;
     };
-    while (!stopping_ && companions() < options_.max_batch &&
-           std::chrono::steady_clock::now() < deadline)
+    Closed closed = Closed::nothing_on_the_way;
+    while (!stopping_) {
+      if (companions() >= options_.max_batch) {
+        closed = Closed::full;
+        break;
+      }
+      if (on_the_way_ == 0) {
+        closed = Closed::nothing_on_the_way;
+        break;
+      }
+      if (std::chrono::steady_clock::now() >= deadline) {
+        closed = Closed::max_delay;
+        break;
+      }
       wake_.wait_until(lock, deadline);
+    }
+    closed_[size_t(closed)]++;
     // The oldest request and, in order, every later one for the same work that still fits.
     std::vector<Job> batch;
     int64_t n = 0;
@@ -131,7 +182,11 @@ void Batcher::run() {
     queued_images_ -= n;
     batch_sizes_[size_t(n - 1)]++;
     lock.unlock();
+    const auto start = std::chrono::steady_clock::now();
     compute(batch);
+    compute_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                       std::chrono::steady_clock::now() - start)
+                       .count();
     lock.lock();
   }
 }

@@ -1,11 +1,15 @@
 // The batching inference session behind `vit serve`, after Triton's dynamic batcher: requests
 // (each one or more images, already decoded and preprocessed by the caller's thread) wait in
 // one bounded queue; one compute thread takes the oldest request and every later one for the
-// same model and the same work, up to max_batch images or until the oldest has waited
-// max_delay, and runs them as one forward pass (the fused path for a ViT). One model computes
-// at a time, with all of oneDNN's threads.
+// same model and the same work, up to max_batch images, and runs them as one forward pass (the
+// fused path for a ViT). It waits for company only while more requests are on their way (their
+// headers in, their bodies or decoding not done) and at most until the oldest has waited
+// max_delay: a request that cannot have company is not kept waiting. One model computes at a
+// time, with all of oneDNN's threads.
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -51,6 +55,28 @@ struct QueueFull : engine::Error {
 
 class Batcher {
  public:
+  // A request on its way to submit(), announced by announce(): while any are, the batch being
+  // formed waits for them (up to max_delay). Withdrawn when destroyed, or taken by submit().
+  class OnTheWay {
+   public:
+    OnTheWay() = default;
+    OnTheWay(OnTheWay&& o) noexcept : batcher_(o.batcher_) { o.batcher_ = nullptr; }
+    OnTheWay& operator=(OnTheWay&& o) noexcept;
+    OnTheWay(const OnTheWay&) = delete;
+    OnTheWay& operator=(const OnTheWay&) = delete;
+    ~OnTheWay() { withdraw(); }
+    void withdraw();
+
+   private:
+    friend class Batcher;
+    explicit OnTheWay(Batcher* b) : batcher_(b) {}
+    Batcher* batcher_ = nullptr;
+  };
+
+  // Why a batch closed: it was full; its oldest request had waited max_delay; or no request
+  // was on its way to join it.
+  enum class Closed { full, max_delay, nothing_on_the_way };
+
   // Allocates what explaining needs up front (Explainer::needs_training_store), then starts
   // the compute thread. `ctx` is used by that thread only, from here to stop().
   Batcher(Context& ctx, std::vector<ServedModel> models, BatchOptions options);
@@ -64,12 +90,20 @@ class Batcher {
   // Queues `inputs` (each the model's sample_size() floats) for model `model`: classified, or,
   // with `explain` (already resolved by Explainer::resolve), explained. Throws QueueFull.
   // The future holds the result, or the exception the compute thread met.
+  // `announced`, if given, is this request's announcement, taken in the same step.
   std::future<BatchResult> submit(size_t model, std::vector<std::vector<float>> inputs,
-                                  std::optional<ExplainOptions> explain = std::nullopt);
+                                  std::optional<ExplainOptions> explain = std::nullopt,
+                                  OnTheWay* announced = nullptr);
+  OnTheWay announce();
 
   int64_t queue_depth() const;  // images waiting
   // How many forward passes ran with 1, 2, ..., max_batch images (index = size − 1).
   std::vector<uint64_t> batch_sizes() const;
+  // How many batches closed for each reason (indexed by Closed).
+  std::array<uint64_t, 3> batches_closed() const;
+  // Seconds the compute thread has spent computing batches, from taking one to answering it:
+  // against the wall clock, how busy the model is (idle time is time spent waiting for work).
+  double compute_seconds() const { return double(compute_ns_.load()) * 1e-9; }
 
   // Runs what is queued, then joins the compute thread; submit() refuses from then on.
   void stop();
@@ -97,6 +131,9 @@ class Batcher {
   int64_t queued_images_ = 0;
   bool stopping_ = false;
   std::vector<uint64_t> batch_sizes_;
+  std::array<uint64_t, 3> closed_{};
+  int64_t on_the_way_ = 0;  // announced, not yet submitted or withdrawn
+  std::atomic<int64_t> compute_ns_{0};
 
   // Compute thread only.
   engine::Softmax softmax_;

@@ -12,25 +12,38 @@ class Server:
     """vit serve on a free port; stopped (SIGTERM, then SIGKILL) when the test leaves."""
     vit = "vit"  # the executable, set by the test
 
-    def __init__(self, *args):
-        self.proc = subprocess.Popen([Server.vit, "serve", "--port", "0", *args], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, errors="replace")
+    def __init__(self, *args, log=None):
+        """log: an open file for the server's log (a benchmark's: no reader thread takes CPU
+        from the server); otherwise a thread collects it in self.log."""
         self.log = []
+        self.proc = subprocess.Popen([Server.vit, "serve", "--port", "0", *args], stdout=subprocess.DEVNULL,
+                                     stderr=log or subprocess.PIPE, text=True, errors="replace")
         deadline = time.time() + 30
-        while time.time() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self.log.append(line)
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
-            if m:
-                self.port = int(m.group(1))
-                break
+        while time.time() < deadline and not hasattr(self, "port"):
+            if log:  # the whole file so far, until the line shows or the server exits
+                log.seek(0)
+                self.log = log.readlines()
+                if self.proc.poll() is not None:
+                    deadline = 0
+                elif not any("listening on" in line for line in self.log):
+                    time.sleep(0.02)
+                    continue
+            else:
+                line = self.proc.stderr.readline()
+                if not line:
+                    break
+                self.log.append(line)
+            for line in self.log:
+                m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+                if m:
+                    self.port = int(m.group(1))
         if not hasattr(self, "port"):
             self.proc.kill()
             raise RuntimeError("vit serve did not start: " + "".join(self.log))
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        self.reader = None
+        if not log:
+            self.reader = threading.Thread(target=self._read, daemon=True)
+            self.reader.start()
 
     def _read(self):
         for line in self.proc.stderr:
@@ -53,7 +66,8 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait()
-        self.reader.join(timeout=5)
+        if self.reader:
+            self.reader.join(timeout=5)
         return code
 
     def __enter__(self):

@@ -6,7 +6,9 @@ usage: test_serve.py path/to/vit path/to/datasets path/to/models"""
 import json
 import os
 import re
+import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -189,41 +191,89 @@ with Server("--max-delay-ms", "1") as s:
 code = s.stop()
 check("SIGTERM: exit 0", code == 0, str(code))
 
-# Dynamic batching: requests that arrive together share a forward pass and get the answers they
-# would alone.
-with Server("--max-delay-ms", "300", "--max-batch", "8") as s:
-    alone = json.loads(s.request("POST", "/v1/classify?top_k=10", coat, octet)[2])[0]["top_k"]
-    results = [None] * 8
+# Dynamic batching. Requests are held mid-body (headers and all but the last byte sent): the
+# server has announced them to the batcher, so the batch waits for them, and they arrive
+# together when their last bytes are sent.
+def raw_post(port, body, path="/v1/classify?top_k=10"):
+    c = socket.create_connection(("127.0.0.1", port), timeout=20)
+    c.sendall((f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream"
+               f"\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body[:-1])
+    return c
 
-    def send(i):
-        results[i] = s.request("POST", "/v1/classify?top_k=10", coat if i % 2 else bag, octet)
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    sizes = [int(r[1].get("X-Vit-Batch-Size", 0)) for r in results if r]
-    check("8 requests at once: batched", len(sizes) == 8 and max(sizes) > 1, str(sizes))
+
+def raw_answers(held, images):
+    """Sends each held request's last byte, then reads every answer: status, headers, body."""
+    for c, image in zip(held, images):
+        c.sendall(image[-1:])
+    out = []
+    for c in held:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = dict(l.split(": ", 1) for l in lines[1:] if ": " in l)
+        while len(body) < int(headers.get("Content-Length", 0)):
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        c.close()
+        out.append((int(lines[0].split()[1]) if lines[0] else 0, headers, body))
+    return out
+
+
+def closed(s):
+    text = s.request("GET", "/metrics")[2].decode()
+    return {k: int(n) for k, n in re.findall(r'^vit_batches_total\{closed="(\w+)"\} (\d+)$', text, re.M)}
+
+
+with Server("--max-delay-ms", "5000", "--max-batch", "8") as s:
+    start = time.time()
+    status, headers, body = s.request("POST", "/v1/classify?top_k=10", coat, octet)
+    alone = json.loads(body)[0]["top_k"]
+    check("a request alone is not kept waiting for company that cannot come",
+          status == 200 and time.time() - start < 2.5 and closed(s) ==
+          {"full": 0, "max_delay": 0, "nothing_on_the_way": 1}, f"{time.time() - start:.2f} s {closed(s)}")
+    images = [coat if i % 2 else bag for i in range(8)]
+    held = [raw_post(s.port, image) for image in images[:6]]
+    time.sleep(0.2)
+    results = raw_answers(held, images)
+    sizes = [int(r[1].get("X-Vit-Batch-Size", 0)) for r in results]
+    check("6 requests on their way together: one batch of 6", sizes == [6] * 6, str(sizes))
     same = all(r[0] == 200 for r in results) and all(
         abs(a["probability"] - b["probability"]) < 1e-5 and a["class"] == b["class"]
         for r in results[1::2] for a, b in zip(json.loads(r[2])[0]["top_k"], alone))
     check("batched answers equal the one alone", same)
+    check("the batch closed when nothing more was on its way",
+          closed(s) == {"full": 0, "max_delay": 0, "nothing_on_the_way": 2}, str(closed(s)))
+    held = [raw_post(s.port, image) for image in images]
+    time.sleep(0.2)
+    sizes = [int(r[1].get("X-Vit-Batch-Size", 0)) for r in raw_answers(held, images)]
+    check("8 on their way at --max-batch 8: a full batch", sizes == [8] * 8 and closed(s).get("full") == 1,
+          f"{sizes} {closed(s)}")
     status, _, body = s.request("GET", "/metrics")
     check("metrics count a batch of more than one", re.search(
         r'^vit_batch_size_bucket\{le="1"\} (\d+)$', body.decode(), re.M).group(1) !=
         re.search(r"^vit_batch_size_count (\d+)$", body.decode(), re.M).group(1))
+with Server("--max-delay-ms", "300", "--max-batch", "8") as s:
+    stalled = raw_post(s.port, bag)  # never finished: the batch waits for it --max-delay-ms only
+    status, headers, _ = s.request("POST", "/v1/classify", coat, octet)
+    check("a request that stalls on its way holds the batch for --max-delay-ms, no longer",
+          status == 200 and headers.get("X-Vit-Batch-Size") == "1" and closed(s).get("max_delay") == 1,
+          f"{status} {closed(s)}")
+    stalled.close()
 
-    # SIGTERM with requests waiting in the batcher: they are answered, then the server exits 0.
-    results = [None] * 6
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    time.sleep(0.1)
+    # SIGTERM with requests on their way: they are read, answered, and the server exits 0.
+    held = [raw_post(s.port, image) for image in images[:6]]
+    time.sleep(0.2)
     s.proc.send_signal(signal.SIGTERM)
-    for t in threads:
-        t.join(30)
-    check("SIGTERM: the requests in flight answered", all(r and r[0] == 200 for r in results),
-          str([r and r[0] for r in results]))
+    time.sleep(0.2)
+    results = [r[0] for r in raw_answers(held, images)]
+    check("SIGTERM: the requests in flight answered", results == [200] * 6, str(results))
     code = s.stop()
     check("SIGTERM: then exit 0", code == 0 and any("stopped" in l for l in s.log), str(code))
 
@@ -265,6 +315,26 @@ with Server("--http-threads", "2", "--max-connections", "2") as s:
         t.join(30)
     check("8 clients through 2 connections' worth of threads: all answered in turn",
           results == [200] * 8, str(results))
+# Clients that arrive together wait in the kernel's backlog while every thread is busy. With
+# httplib's own backlog of 5 the kernel drops the rest's SYNs, and each waits out a 1 s
+# retransmission: within half a second only 6 of 40 would be connected.
+with Server("--http-threads", "1", "--max-connections", "1") as s:
+    hold = socket.create_connection(("127.0.0.1", s.port), timeout=5)  # takes the one thread
+    time.sleep(0.2)
+    waiting = []
+    for _ in range(40):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", s.port))
+        waiting.append(c)
+    time.sleep(0.5)
+    _, writable, _ = select.select([], waiting, [], 0)
+    connected = sum(1 for c in writable if c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+    for c in waiting + [hold]:
+        c.close()
+    check("40 clients at once while the threads are busy: all in the backlog", connected == 40,
+          f"{connected} of 40 connected within 0.5 s")
+    check("and the server still answers", s.request("GET", "/healthz")[0] == 200)
 with Server("--timeout-ms", "1", "--max-delay-ms", "200") as s:
     status, headers, body = s.request("POST", "/v1/classify", bag, octet)
     check("no answer within --timeout-ms: 503", status == 503 and b"no answer within 1 ms" in body and

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,7 +122,9 @@ def main():
     p.add_argument("--connections", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--max-batch", type=int, nargs="+", default=[1, 16])
     p.add_argument("--max-delay-ms", type=float, default=2.0)
-    p.add_argument("--http-threads", type=int, default=16, help="vit serve --http-threads")
+    p.add_argument("--http-threads", type=int, default=64, help="vit serve --http-threads")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat every measurement; prints medians and the spread across rounds")
     p.add_argument("--threads", type=int, default=0, help="vit serve --threads (compute)")
     p.add_argument("--requests", type=int, default=0,
                    help="requests per measurement (0: run for --duration seconds)")
@@ -135,58 +138,81 @@ def main():
     args = p.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench_serve: wrk is missing: run tools/install-deps.sh --test")
+    if args.rounds < 1:
+        sys.exit("bench_serve: --rounds must be positive")
     Server.vit = args.vit
     models = [a for m in (args.model or []) for a in ("--model", m)]
     first_model = (args.model or [os.path.join(ROOT, "models", "vit_fmnist.safetensors")])[0]
-    benched = {} if args.no_bench else {b: bench(args.vit, first_model, b) for b in args.max_batch}
-    for b, ips in benched.items():
-        print(f"vit bench {os.path.basename(first_model)} at batch {b}: {ips:.1f} images/s")
     rows, problems = [], []
-    print(f"{'max batch':>9} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
-          f"{'batch':>5} {'of bench':>8} {'RSS MB':>13} {'non-2xx':>7} {'sock err':>8}")
-    for max_batch in args.max_batch:
-        for connections in args.connections:
-            server = Server(*models, "--threads", str(args.threads), "--max-batch", str(max_batch), "--max-delay-ms",
-                            str(args.max_delay_ms), "--http-threads", str(args.http_threads),
-                            "--max-connections", str(max(128, connections + args.http_threads)))
-            try:
-                warm = wrk(server.port, args.route, args.image, connections, args.duration,
-                           args.wrk_threads, args.warmup) if args.warmup else None
-                rss_warm, rss = rss_mb(server.proc.pid), []
-                row = {"max_batch": max_batch, "connections": connections, "route": args.route,
-                       "http_threads": args.http_threads, "threads": args.threads, "max_delay_ms": args.max_delay_ms,
-                       **wrk(server.port, args.route, args.image, connections, args.duration,
-                             args.wrk_threads, args.requests, server.proc.pid, rss)}
-                row["rss_after_warmup_mb"], row["rss_after_mb"] = rss_warm, rss_mb(server.proc.pid)
-                row["rss_during_mb"] = rss
-                row.update(metrics(server.port))
-                if warm:  # the measured run's share of what /metrics counted
-                    row["warmup_non_2xx"], row["warmup_socket_errors"] = warm["non_2xx"], warm["socket_errors"]
-                if max_batch in benched:
-                    row["bench_images_per_second"] = benched[max_batch]
-                    row["fraction_of_bench"] = row["requests_per_second"] / benched[max_batch]
-                status, _, _ = server.request("GET", "/healthz")
-                row["healthy_after"] = status == 200
-            finally:
-                row["exit_code"] = server.stop()
-            rows.append(row)
-            print(f"{max_batch:>9} {connections:>5} {row['requests_per_second']:>8.1f} "
-                  f"{row['latency_p50_ms']:>7.2f} {row['latency_p90_ms']:>7.2f} "
-                  f"{row['latency_p99_ms']:>7.2f} {row['mean_batch']:>5.2f} "
-                  f"{row.get('fraction_of_bench', float('nan')):>8.2f} "
-                  f"{row['rss_after_warmup_mb']:>6.1f}>{row['rss_after_mb']:<6.1f} {row['non_2xx']:>7} "
-                  f"{row['socket_errors']:>8}", flush=True)
-            if (row["non_2xx"] or row["socket_errors"] or row.get("warmup_non_2xx") or
-                    row.get("warmup_socket_errors") or set(row["statuses"]) - {200}):
-                problems.append(f"max batch {max_batch}, {connections} connections: "
-                                f"{row['non_2xx']} non-2xx, {row['socket_errors']} socket errors, "
-                                f"statuses {row['statuses']}")
-            if row["requests"] < 10:  # a stalled server has no errors to show either
-                problems.append(f"max batch {max_batch}, {connections} connections: only "
-                                f"{row['requests']} answers")
-            if not row["healthy_after"] or row["exit_code"] != 0:
-                problems.append(f"max batch {max_batch}, {connections} connections: healthz "
-                                f"{row['healthy_after']}, exit code {row['exit_code']}")
+    header = (f"{'round':>5} {'max batch':>9} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} "
+              f"{'p99 ms':>7} {'batch':>5} {'bench':>7} {'of bench':>8} {'RSS MB':>13} {'non-2xx':>7} "
+              f"{'sock err':>8}")
+    print(header)
+    # Round by round, and within a round the model's own bench right before each server, so
+    # that the machine's moods fall on both sides of every ratio.
+    for rnd in range(1, args.rounds + 1):
+        for max_batch in args.max_batch:
+            for connections in args.connections:
+                benched = None if args.no_bench else bench(args.vit, first_model, max_batch)
+                log = tempfile.NamedTemporaryFile("w+", suffix=".log", prefix="vit-serve-")
+                server = Server(*models, "--threads", str(args.threads), "--max-batch", str(max_batch),
+                                "--max-delay-ms", str(args.max_delay_ms), "--http-threads",
+                                str(args.http_threads), "--max-connections",
+                                str(max(256, connections + args.http_threads)), log=log)
+                try:
+                    warm = wrk(server.port, args.route, args.image, connections, args.duration,
+                               args.wrk_threads, args.warmup) if args.warmup else None
+                    rss_warm, rss = rss_mb(server.proc.pid), []
+                    row = {"round": rnd, "max_batch": max_batch, "connections": connections,
+                           "route": args.route, "http_threads": args.http_threads, "threads": args.threads,
+                           "max_delay_ms": args.max_delay_ms,
+                           **wrk(server.port, args.route, args.image, connections, args.duration,
+                                 args.wrk_threads, args.requests, server.proc.pid, rss)}
+                    row["rss_after_warmup_mb"], row["rss_after_mb"] = rss_warm, rss_mb(server.proc.pid)
+                    row["rss_during_mb"] = rss
+                    row.update(metrics(server.port))
+                    if warm:  # the measured run's share of what /metrics counted
+                        row["warmup_non_2xx"] = warm["non_2xx"]
+                        row["warmup_socket_errors"] = warm["socket_errors"]
+                    if benched:
+                        row["bench_images_per_second"] = benched
+                        row["fraction_of_bench"] = row["requests_per_second"] / benched
+                    status, _, _ = server.request("GET", "/healthz")
+                    row["healthy_after"] = status == 200
+                finally:
+                    row["exit_code"] = server.stop()
+                    log.close()
+                rows.append(row)
+                print(f"{rnd:>5} {max_batch:>9} {connections:>5} {row['requests_per_second']:>8.1f} "
+                      f"{row['latency_p50_ms']:>7.2f} {row['latency_p90_ms']:>7.2f} "
+                      f"{row['latency_p99_ms']:>7.2f} {row['mean_batch']:>5.2f} "
+                      f"{row.get('bench_images_per_second', float('nan')):>7.0f} "
+                      f"{row.get('fraction_of_bench', float('nan')):>8.2f} "
+                      f"{row['rss_after_warmup_mb']:>6.1f}>{row['rss_after_mb']:<6.1f} {row['non_2xx']:>7} "
+                      f"{row['socket_errors']:>8}", flush=True)
+                where = f"round {rnd}, max batch {max_batch}, {connections} connections"
+                if (row["non_2xx"] or row["socket_errors"] or row.get("warmup_non_2xx") or
+                        row.get("warmup_socket_errors") or set(row["statuses"]) - {200}):
+                    problems.append(f"{where}: {row['non_2xx']} non-2xx, {row['socket_errors']} "
+                                    f"socket errors, statuses {row['statuses']}")
+                if row["requests"] < 10:  # a stalled server has no errors to show either
+                    problems.append(f"{where}: only {row['requests']} answers")
+                if not row["healthy_after"] or row["exit_code"] != 0:
+                    problems.append(f"{where}: healthz {row['healthy_after']}, exit code {row['exit_code']}")
+    if args.rounds > 1:
+        print(f"\nmedians over {args.rounds} rounds (min-max)")
+        for max_batch in args.max_batch:
+            for connections in args.connections:
+                cell = [r for r in rows if r["max_batch"] == max_batch and r["connections"] == connections]
+                rps = [r["requests_per_second"] for r in cell]
+                line = (f"max batch {max_batch:>3}, {connections:>3} connections: "
+                        f"{statistics.median(rps):8.1f} req/s ({min(rps):.0f}-{max(rps):.0f}), p99 "
+                        f"{statistics.median(r['latency_p99_ms'] for r in cell):.2f} ms")
+                if not args.no_bench:
+                    frac = [r["fraction_of_bench"] for r in cell]
+                    line += (f", {statistics.median(frac):.2f} of bench ({min(frac):.2f}-{max(frac):.2f}), "
+                             f"bench {statistics.median(r['bench_images_per_second'] for r in cell):.0f} img/s")
+                print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -79,6 +79,17 @@ class Metrics {
     }
     out << "vit_batch_size_bucket{le=\"+Inf\"} " << count << "\nvit_batch_size_sum " << sum
         << "\nvit_batch_size_count " << count << "\n";
+    const std::array<uint64_t, 3> closed = batcher.batches_closed();
+    out << "# HELP vit_batches_total Forward passes, by why their batch closed: full, its "
+           "oldest request had waited --max-delay-ms, or no request was on its way.\n"
+           "# TYPE vit_batches_total counter\n";
+    for (auto [reason, i] : {std::pair{"full", models::Batcher::Closed::full},
+                             {"max_delay", models::Batcher::Closed::max_delay},
+                             {"nothing_on_the_way", models::Batcher::Closed::nothing_on_the_way}})
+      out << "vit_batches_total{closed=\"" << reason << "\"} " << closed[size_t(i)] << "\n";
+    out << "# HELP vit_compute_seconds_total Time the model spent computing batches.\n"
+           "# TYPE vit_compute_seconds_total counter\n"
+        << "vit_compute_seconds_total " << batcher.compute_seconds() << "\n";
     out << "# HELP vit_queue_depth Images waiting for the model.\n# TYPE vit_queue_depth gauge\n"
         << "vit_queue_depth " << batcher.queue_depth() << "\n";
     return out.str();
@@ -94,6 +105,11 @@ class Metrics {
   std::map<std::pair<std::string, int>, uint64_t> requests_;
   std::map<std::string, Histogram> latency_;
 };
+
+// The request this thread is reading, announced to the batcher from its headers on (the
+// pre-routing handler) until it is submitted. Withdrawn when it fails first (the logger), and
+// when its connection ends, whatever happened (the pool).
+thread_local models::Batcher::OnTheWay on_the_way;
 
 // At most `threads` connections served at once and `waiting` more accepted and queued; past
 // that the accepting thread waits, and new clients wait in the kernel's backlog.
@@ -113,6 +129,7 @@ class BoundedPool : public httplib::TaskQueue {
           jobs_.pop_front();
           lock.unlock();
           fn();
+          on_the_way.withdraw();
           lock.lock();
         }
       });
@@ -243,7 +260,7 @@ struct Server {
     for (Upload& u : uploads) inputs.push_back(std::move(u.input));
     std::future<models::BatchResult> f;
     try {
-      f = batcher.submit(model, std::move(inputs), std::move(explain));
+      f = batcher.submit(model, std::move(inputs), std::move(explain), &on_the_way);
     } catch (const models::QueueFull& e) {
       throw HttpError(503, e.what());
     }
@@ -405,16 +422,16 @@ int run_serve(const std::vector<std::string>& args) {
   add("port", po::value<int>()->default_value(8080), "the port (0: any free one, printed)");
   add("max-batch", po::value<int64_t>()->default_value(16), "images per forward pass, at most");
   add("max-delay-ms", po::value<double>()->default_value(2.0),
-      "how long a request waits for others to batch with");
+      "how long a request waits at most for others to batch with, while more are on their way");
   add("max-queue", po::value<int64_t>()->default_value(256),
       "images waiting, beyond which requests get 503 with Retry-After");
   add("max-body-mb", po::value<double>()->default_value(16.0),
       "the largest request body (413 beyond)");
   add("timeout-ms", po::value<int64_t>()->default_value(30000),
       "a request not answered in this time gets 503");
-  add("http-threads", po::value<int>()->default_value(16),
+  add("http-threads", po::value<int>()->default_value(64),
       "connections served at once (decoding and preprocessing run on these threads)");
-  add("max-connections", po::value<int>()->default_value(128),
+  add("max-connections", po::value<int>()->default_value(256),
       "connections open at most: served and waiting; past it new ones wait in the backlog");
   add("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");
   add("precision", po::value<std::string>()->default_value("f32"),
@@ -487,9 +504,11 @@ int run_serve(const std::vector<std::string>& args) {
   };
   // SO_REUSEADDR, so that a restart need not wait out TIME_WAIT; not httplib's SO_REUSEPORT,
   // under which a second server would share the port instead of being refused it.
-  http.set_socket_options([](socket_t sock) {
+  socket_t listening = INVALID_SOCKET;
+  http.set_socket_options([&listening](socket_t sock) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    listening = sock;
   });
   http.set_payload_max_length(size_t(body_mb * 1024 * 1024));
   http.set_read_timeout(5, 0);
@@ -501,8 +520,9 @@ int run_serve(const std::vector<std::string>& args) {
   // connections waiting for a thread (past --http-threads) get their turn.
   http.set_keep_alive_timeout(2);
   http.set_keep_alive_max_count(10);
-  http.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+  http.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
     request_start = Clock::now();
+    on_the_way.withdraw();
     // Before the body is read: a form-urlencoded body (curl's default for --data-binary) would
     // be parsed as a form and cut at httplib's 8 KB, and any other type is not an image.
     if (req.method == "POST") {
@@ -517,6 +537,7 @@ int run_serve(const std::vector<std::string>& args) {
                        "multipart/form-data field 'image'");
         return httplib::Server::HandlerResponse::Handled;
       }
+      if (req.path == "/v1/classify" || req.path == "/v1/explain") on_the_way = batcher.announce();
     }
     return httplib::Server::HandlerResponse::Unhandled;
   });
@@ -524,6 +545,7 @@ int run_serve(const std::vector<std::string>& args) {
     const double seconds =
         request_start ? std::chrono::duration<double>(Clock::now() - *request_start).count() : 0.0;
     request_start.reset();
+    on_the_way.withdraw();
     const std::string route = route_label(req.path);
     state.metrics.record(route, res.status, seconds);
     const std::string batch_size = res.get_header_value("X-Vit-Batch-Size");
@@ -569,6 +591,13 @@ int run_serve(const std::vector<std::string>& args) {
       port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);
   if (bound < 0)
     throw engine::Error("cannot listen on " + host + ":" + std::to_string(port) + ": " +
+                        std::strerror(errno));
+  // Debian's httplib 0.11 listens with a backlog of 5: clients that reconnect together (64 of
+  // them, every keep-alive cycle) overflow it, and each dropped SYN costs its client a 1 s
+  // retransmission (measured: p99 1.2 s at 64 connections). Listening again raises it.
+  if (listening == INVALID_SOCKET || ::listen(listening, SOMAXCONN) != 0)
+    throw engine::Error("cannot listen on " + host + ":" + std::to_string(bound) +
+                        " with a backlog of " + std::to_string(SOMAXCONN) + ": " +
                         std::strerror(errno));
   std::fprintf(stderr,
                "vit serve: listening on http://%s:%d/ (max batch %lld, max delay %.1f ms)\n",
