@@ -20,7 +20,22 @@ memory fused_view(const dnnl::engine& eng, const memory::desc& md, const memory&
 
 memory FusedBuild::buffer(const std::string& slot, const memory::desc& md) {
   auto it = buffers.find(slot);
-  if (it == buffers.end()) it = buffers.emplace(slot, memory(md, ctx.eng)).first;
+  if (it == buffers.end()) {
+    memory m;
+    const size_t bytes = md.get_size();
+    if (shared && capacity >= images && images > 0) {
+      auto s = shared->find(slot);
+      if (s == shared->end()) {
+        // Sized per image for `capacity` images: what the largest plan's slot needs, when it
+        // grows with the batch (the pages a smaller plan never touches stay unmapped).
+        const int64_t want = int64_t((bytes + size_t(images) - 1) / size_t(images)) * capacity;
+        s = shared->emplace(slot, memory(fused_desc({want}, memory::data_type::u8), ctx.eng)).first;
+      }
+      if (s->second.get_desc().get_size() >= bytes)
+        m = memory(md, ctx.eng, s->second.get_data_handle());
+    }
+    it = buffers.emplace(slot, m ? m : memory(md, ctx.eng)).first;
+  }
   require(it->second.get_desc() == md, "FusedBuild: buffer '" + slot + "' asked in two layouts");
   return it->second;
 }

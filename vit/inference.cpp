@@ -37,7 +37,8 @@ const Tensor& VitInference::forward(Context& ctx, const Tensor& patches) {
     const int64_t n = std::min(chunk, B - b);
     Plan& p = plans_.get({n}, [&] {
       auto plan = std::make_unique<Plan>();
-      engine::FusedBuild f{ctx, packed_, precision, n, plan->buffers, plan->matmuls};
+      engine::FusedBuild f{ctx,           packed_,       precision,     n,
+                           plan->buffers, plan->matmuls, &activations_, chunk};
       plan->net = model_.fused(f, taps_);
       return plan;
     });

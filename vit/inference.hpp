@@ -59,6 +59,9 @@ class VitInference {
 
   const VisionTransformer& model_;
   engine::PackedWeights packed_;
+  // The activations' storage, by slot, for `chunk_images()` images: every plan's buffers are
+  // views over it. Declared before the plans, which point into it.
+  std::map<std::string, dnnl::memory> activations_;
   engine::PlanCache<Plan> plans_;  // by images per pass
   Tensor logits_;                  // [B, K] gathered from the chunks
   std::vector<int64_t> taps_;
