@@ -112,6 +112,11 @@ int64_t Batcher::queue_depth() const {
   return queued_images_;
 }
 
+int64_t Batcher::on_the_way() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return on_the_way_;
+}
+
 std::vector<uint64_t> Batcher::batch_sizes() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return batch_sizes_;

@@ -97,6 +97,7 @@ class Batcher {
   OnTheWay announce();
 
   int64_t queue_depth() const;  // images waiting
+  int64_t on_the_way() const;   // requests announced, not yet queued
   // How many forward passes ran with 1, 2, ..., max_batch images (index = size − 1).
   std::vector<uint64_t> batch_sizes() const;
   // How many batches closed for each reason (indexed by Closed).

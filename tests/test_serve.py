@@ -226,6 +226,17 @@ def raw_answers(held, images):
     return out
 
 
+def wait_on_the_way(s, n, timeout=20):
+    """Until the server counts n requests on their way (their headers read)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = s.request("GET", "/metrics")[2].decode()
+        if re.search(rf"^vit_requests_on_the_way {n}$", text, re.M):
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def closed(s):
     text = s.request("GET", "/metrics")[2].decode()
     return {k: int(n) for k, n in re.findall(r'^vit_batches_total\{closed="(\w+)"\} (\d+)$', text, re.M)}
@@ -240,7 +251,7 @@ with Server("--max-delay-ms", "5000", "--max-batch", "8") as s:
           {"full": 0, "max_delay": 0, "nothing_on_the_way": 1}, f"{time.time() - start:.2f} s {closed(s)}")
     images = [coat if i % 2 else bag for i in range(8)]
     held = [raw_post(s.port, image) for image in images[:6]]
-    time.sleep(0.2)
+    check("6 requests held mid-body count as on their way", wait_on_the_way(s, 6))
     results = raw_answers(held, images)
     sizes = [int(r[1].get("X-Vit-Batch-Size", 0)) for r in results]
     check("6 requests on their way together: one batch of 6", sizes == [6] * 6, str(sizes))
@@ -251,7 +262,7 @@ with Server("--max-delay-ms", "5000", "--max-batch", "8") as s:
     check("the batch closed when nothing more was on its way",
           closed(s) == {"full": 0, "max_delay": 0, "nothing_on_the_way": 2}, str(closed(s)))
     held = [raw_post(s.port, image) for image in images]
-    time.sleep(0.2)
+    wait_on_the_way(s, 8)
     sizes = [int(r[1].get("X-Vit-Batch-Size", 0)) for r in raw_answers(held, images)]
     check("8 on their way at --max-batch 8: a full batch", sizes == [8] * 8 and closed(s).get("full") == 1,
           f"{sizes} {closed(s)}")
@@ -261,6 +272,7 @@ with Server("--max-delay-ms", "5000", "--max-batch", "8") as s:
         re.search(r"^vit_batch_size_count (\d+)$", body.decode(), re.M).group(1))
 with Server("--max-delay-ms", "300", "--max-batch", "8") as s:
     stalled = raw_post(s.port, bag)  # never finished: the batch waits for it --max-delay-ms only
+    wait_on_the_way(s, 1)
     status, headers, _ = s.request("POST", "/v1/classify", coat, octet)
     check("a request that stalls on its way holds the batch for --max-delay-ms, no longer",
           status == 200 and headers.get("X-Vit-Batch-Size") == "1" and closed(s).get("max_delay") == 1,
@@ -269,7 +281,7 @@ with Server("--max-delay-ms", "300", "--max-batch", "8") as s:
 
     # SIGTERM with requests on their way: they are read, answered, and the server exits 0.
     held = [raw_post(s.port, image) for image in images[:6]]
-    time.sleep(0.2)
+    wait_on_the_way(s, 6)
     s.proc.send_signal(signal.SIGTERM)
     time.sleep(0.2)
     results = [r[0] for r in raw_answers(held, images)]

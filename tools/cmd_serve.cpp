@@ -92,6 +92,9 @@ class Metrics {
         << "vit_compute_seconds_total " << batcher.compute_seconds() << "\n";
     out << "# HELP vit_queue_depth Images waiting for the model.\n# TYPE vit_queue_depth gauge\n"
         << "vit_queue_depth " << batcher.queue_depth() << "\n";
+    out << "# HELP vit_requests_on_the_way Requests whose headers are in, not yet queued.\n"
+           "# TYPE vit_requests_on_the_way gauge\n"
+        << "vit_requests_on_the_way " << batcher.on_the_way() << "\n";
     return out.str();
   }
 
