@@ -51,6 +51,11 @@ class Model {
   // Called by train_step before the forward of optimizer step `step` (0-based, restored on
   // resume): for state that changes on a schedule, as Performer's redrawn random features.
   virtual void begin_step(int64_t step) { (void)step; }
+  // Evaluation at a batch size not seen before: true when every batch size's plan shares one
+  // activation storage, so a new size costs only its primitives (the ViT's fused path); false
+  // when each size gets buffers of its own (layers' plans), so that a server should keep to a
+  // few sizes.
+  virtual bool any_batch_size_is_cheap() const { return false; }
 
   ParameterStore store;
 };

@@ -18,6 +18,18 @@ std::string work_key(const std::optional<ExplainOptions>& o) {
   return key.str();
 }
 
+// Images per pass for a batch of n: all of them, or, for a model whose plans each hold their
+// own buffers (ResNet's layers, and the explainers), powers of two, largest first, so that at most
+// log2(max_batch) + 1 sizes ever get a plan. With a plan for every size from 1 to 64, the
+// bundled CNN's RSS went from 3.4 to 5.4 GB over 10 000 requests at 64 clients.
+std::vector<int64_t> passes(int64_t n, bool any_size) {
+  if (any_size) return {n};
+  std::vector<int64_t> out;
+  for (int64_t bit = int64_t(1) << 62; bit > 0; bit >>= 1)
+    if (n & bit) out.push_back(bit);
+  return out;
+}
+
 // Different explain options each keep an Explainer (a tapped copy of the fused plans); past
 // this many the cache starts again.
 constexpr size_t kMaxExplainers = 16;
@@ -212,28 +224,34 @@ void Batcher::compute(std::vector<Job>& batch) {
   try {
     const ServedModel& served = models_[batch[0].model];
     const datasets::Preprocess& p = served.loaded.preprocess;
-    int64_t n = 0;
-    for (const Job& j : batch) n += int64_t(j.inputs.size());
-    Tensor input(ctx_.eng, p.input_dims(n));
-    int64_t at = 0;
+    std::vector<const std::vector<float>*> images;
     for (const Job& j : batch)
-      for (const auto& x : j.inputs) {
-        std::copy(x.begin(), x.end(), input.data() + at * p.sample_size());
-        ++at;
-      }
+      for (const auto& x : j.inputs) images.push_back(&x);
+    const int64_t n = int64_t(images.size());
     std::vector<std::vector<float>> probabilities(static_cast<size_t>(n));
     std::vector<Explanation> explanations;
-    if (batch[0].explain) {
-      explanations =
-          explainer(batch[0].model, batch[0].key, *batch[0].explain).explain(ctx_, input);
-      for (int64_t i = 0; i < n; ++i)
-        probabilities[size_t(i)] = explanations[size_t(i)].probabilities;
-    } else {
-      const Tensor& probs = softmax_.forward(ctx_, served.loaded.model->forward(ctx_, input));
-      ctx_.wait();
-      const int64_t K = probs.dim(1);
-      for (int64_t i = 0; i < n; ++i)
-        probabilities[size_t(i)].assign(probs.data() + i * K, probs.data() + (i + 1) * K);
+    int64_t at = 0;
+    // An explainer may run the layers (Grad-CAM, a window run as blocks): split its batches.
+    const bool any_size = served.loaded.model->any_batch_size_is_cheap() && !batch[0].explain;
+    for (const int64_t len : passes(n, any_size)) {
+      Tensor input(ctx_.eng, p.input_dims(len));
+      for (int64_t i = 0; i < len; ++i)
+        std::copy(images[size_t(at + i)]->begin(), images[size_t(at + i)]->end(),
+                  input.data() + i * p.sample_size());
+      if (batch[0].explain) {
+        for (Explanation& e :
+             explainer(batch[0].model, batch[0].key, *batch[0].explain).explain(ctx_, input)) {
+          probabilities[size_t(at)] = e.probabilities;
+          explanations.push_back(std::move(e));
+          ++at;
+        }
+      } else {
+        const Tensor& probs = softmax_.forward(ctx_, served.loaded.model->forward(ctx_, input));
+        ctx_.wait();
+        const int64_t K = probs.dim(1);
+        for (int64_t i = 0; i < len; ++i, ++at)
+          probabilities[size_t(at)].assign(probs.data() + i * K, probs.data() + (i + 1) * K);
+      }
     }
     at = 0;
     for (Job& j : batch) {

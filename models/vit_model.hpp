@@ -26,6 +26,7 @@ class VitModel : public engine::Model {
     net.backward(ctx, diff_logits);
   }
   void begin_step(int64_t step) override { net.begin_step(step); }
+  bool any_batch_size_is_cheap() const override { return true; }  // VitInference's storage
   void train(bool on) override {
     training_ = on;
     net.train(on);

@@ -266,6 +266,20 @@ with Server("--max-delay-ms", "5000", "--max-batch", "8") as s:
     sizes = [int(r[1].get("X-Vit-Batch-Size", 0)) for r in raw_answers(held, images)]
     check("8 on their way at --max-batch 8: a full batch", sizes == [8] * 8 and closed(s).get("full") == 1,
           f"{sizes} {closed(s)}")
+    # The CNN's layers keep a plan per batch size: a batch of 7 runs as passes of 4, 2 and 1,
+    # each image answered as alone.
+    cnn = "/v1/classify?top_k=10&model=cnn_resnet8_fmnist"
+    cnn_alone = {name: json.loads(s.request("POST", cnn, image, octet)[2])[0]["top_k"]
+                 for name, image in (("bag", bag), ("coat", coat))}
+    held = [raw_post(s.port, image, cnn) for image in images[:7]]
+    wait_on_the_way(s, 7)
+    results = raw_answers(held, images)
+    check("the CNN: 7 requests on their way, one batch of 7 in passes of 4, 2, 1, answered as alone",
+          [int(r[1].get("X-Vit-Batch-Size", 0)) for r in results] == [7] * 7 and all(
+              r[0] == 200 and all(abs(a["probability"] - b["probability"]) < 1e-5 and
+                                  a["class"] == b["class"] for a, b in zip(
+                                      json.loads(r[2])[0]["top_k"], cnn_alone["coat" if i % 2 else "bag"]))
+              for i, r in enumerate(results)), str([r[0] for r in results]))
     status, _, body = s.request("GET", "/metrics")
     check("metrics count a batch of more than one", re.search(
         r'^vit_batch_size_bucket\{le="1"\} (\d+)$', body.decode(), re.M).group(1) !=
