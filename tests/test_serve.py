@@ -185,6 +185,11 @@ with Server("--max-delay-ms", "1") as s:
           'vit_request_duration_seconds_bucket{route="/v1/classify",le="+Inf"}' in text and
           re.search(r"^vit_batch_size_count [1-9]", text, re.M) and
           re.search(r"^vit_queue_depth 0$", text, re.M), text[-600:])
+    # After every refused body above (each was announced from its headers), nothing is left
+    # counted as on its way, which would hold every later batch for --max-delay-ms.
+    check("metrics: the model's busy seconds; no request left on its way",
+          re.search(r"^vit_compute_seconds_total 0\.0*[1-9]|^vit_compute_seconds_total [1-9]", text, re.M)
+          and re.search(r"^vit_requests_on_the_way 0$", text, re.M), text[-600:])
     logged = [l for l in s.log if re.match(r"vit serve: POST /v1/classify 200 [0-9.]+ ms batch \d+$", l)]
     check("one log line per request: method, route, status, latency, batch", len(logged) >= 3,
           "".join(s.log[-5:]))
