@@ -65,6 +65,14 @@ PY
 "${lab[@]}" --out "$tmp/r" >"$tmp/out2" 2>&1 && ok || fail "the resumed lab failed"
 grep -q "0 cells to run, 22 already done" "$tmp/out2" && ok || fail "the lab did not resume"
 ! grep -q "^lab: sweep" "$tmp/out2" && ok || fail "the resumed lab swept again"
+# run.json keeps every start with its versions, and which start ran each cell.
+/usr/bin/python3 - "$tmp/r/run.json" <<'PY' && ok || fail "run.json does not record both starts and each cell's"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert len(r["runs"]) == 2 and all("vit_info" in x["versions"] for x in r["runs"]), r["runs"]
+assert r["cell_run"] and set(r["cell_run"].values()) == {0}, r["cell_run"]
+assert set(r["cell_run"]) == set(r["cells"]), (sorted(r["cell_run"]), sorted(r["cells"]))
+PY
 # Other settings in the same folder, and bad flags, are refused with one line.
 "${lab[@]}" --out "$tmp/r" --epochs 2 >"$tmp/out3" 2>&1
 [ $? -eq 1 ] && grep -q "holds a run with other settings (epochs)" "$tmp/out3" && ok ||

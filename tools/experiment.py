@@ -170,12 +170,13 @@ class Table:
         self.rows.append(row)
         if self.results:
             self.results.record["cells"][name] = commands
+            self.results.record["cell_run"][name] = len(self.results.record["runs"]) - 1
             self.results.save()
 
 
 class Results(Table):
     """A results folder: cells.csv (a Table of FIELDS rows) and run.json with the settings, the
-    commands of every cell and the versions; more tables with table(). Opening a folder that
+    commands of every cell, the versions at every start and which start ran each cell; more tables with table(). Opening a folder that
     holds a run with other settings (but those in `free`, which may change) is an error."""
 
     def __init__(self, out, vit, settings, free=("sizes", "seeds", "budget_rule")):
@@ -191,9 +192,17 @@ class Results(Table):
             if changed:
                 fail(f"'{out}' holds a run with other settings ({', '.join(changed)}); "
                      "give another --out to start a new one")
+        now = datetime.datetime.now().isoformat()
+        # Every start of the run (a resumed run may continue on another machine), and which
+        # start finished each cell: times from different machines are not comparable.
+        runs = previous.get("runs") or ([{"started": previous["started"],
+                                          "versions": previous.get("versions", {})}]
+                                        if previous.get("started") else [])
+        runs = runs + [{"started": now, "versions": versions(vit)}]
         self.record = {"settings": settings, "command": [sys.executable] + sys.argv,
-                       "started": previous.get("started", datetime.datetime.now().isoformat()),
-                       "versions": versions(vit), "cells": previous.get("cells", {})}
+                       "started": previous.get("started", now), "versions": runs[-1]["versions"],
+                       "runs": runs, "cells": previous.get("cells", {}),
+                       "cell_run": previous.get("cell_run", {})}
         super().__init__(os.path.join(out, "cells.csv"), FIELDS, ("model", "size", "seed"),
                          INTS, FLOATS, self)
 
