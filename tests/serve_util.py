@@ -19,24 +19,26 @@ class Server:
         self.proc = subprocess.Popen([Server.vit, "serve", "--port", "0", *args], stdout=subprocess.DEVNULL,
                                      stderr=log or subprocess.PIPE, text=True, errors="replace")
         deadline = time.time() + 30
-        while time.time() < deadline and not hasattr(self, "port"):
-            if log:  # the whole file so far, until the line shows or the server exits
+        if log:  # the whole file so far, until the line shows or the server exits
+            while True:
                 log.seek(0)
                 self.log = log.readlines()
-                if self.proc.poll() is not None:
-                    deadline = 0
-                elif not any("listening on" in line for line in self.log):
-                    time.sleep(0.02)
-                    continue
-            else:
+                if (any("listening on" in line for line in self.log) or self.proc.poll() is not None
+                        or time.time() >= deadline):
+                    break
+                time.sleep(0.02)
+        else:
+            while time.time() < deadline:
                 line = self.proc.stderr.readline()
                 if not line:
                     break
                 self.log.append(line)
-            for line in self.log:
-                m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
-                if m:
-                    self.port = int(m.group(1))
+                if "listening on" in line:
+                    break
+        for line in self.log:
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+            if m:
+                self.port = int(m.group(1))
         if not hasattr(self, "port"):
             self.proc.kill()
             raise RuntimeError("vit serve did not start: " + "".join(self.log))

@@ -113,6 +113,54 @@ def metrics(port):
             "forward_passes": int(count), "statuses": statuses}
 
 
+def measure(args, models, first_model, rnd, max_batch, connections):
+    """One cell: the model's own bench, then a fresh server under wrk (warm-up, then the
+    measured requests), its metrics, health and exit code."""
+    benched = None if args.no_bench else bench(args.vit, first_model, max_batch)
+    with tempfile.NamedTemporaryFile("w+", suffix=".log", prefix="vit-serve-") as log:
+        server = Server(*models, "--threads", str(args.threads), "--max-batch", str(max_batch),
+                        "--max-delay-ms", str(args.max_delay_ms), "--http-threads",
+                        str(args.http_threads), "--max-connections",
+                        str(max(256, connections + args.http_threads)), log=log)
+        row = {"round": rnd, "max_batch": max_batch, "connections": connections,
+               "route": args.route, "http_threads": args.http_threads, "threads": args.threads,
+               "max_delay_ms": args.max_delay_ms}
+        try:
+            warm = wrk(server.port, args.route, args.image, connections, args.duration,
+                       args.wrk_threads, args.warmup) if args.warmup else None
+            rss_warm, rss = rss_mb(server.proc.pid), []
+            row.update(wrk(server.port, args.route, args.image, connections, args.duration,
+                           args.wrk_threads, args.requests, server.proc.pid, rss))
+            row["rss_after_warmup_mb"], row["rss_after_mb"] = rss_warm, rss_mb(server.proc.pid)
+            row["rss_during_mb"] = rss
+            row.update(metrics(server.port))
+            if warm:  # the measured run's share of what /metrics counted
+                row["warmup_non_2xx"] = warm["non_2xx"]
+                row["warmup_socket_errors"] = warm["socket_errors"]
+            if benched:
+                row["bench_images_per_second"] = benched
+                row["fraction_of_bench"] = row["requests_per_second"] / benched
+            status, _, _ = server.request("GET", "/healthz")
+            row["healthy_after"] = status == 200
+        finally:
+            row["exit_code"] = server.stop()
+    return row
+
+
+def row_problems(row, where):
+    """What --check fails on in one cell."""
+    problems = []
+    if (row["non_2xx"] or row["socket_errors"] or row.get("warmup_non_2xx") or
+            row.get("warmup_socket_errors") or set(row["statuses"]) - {200}):
+        problems.append(f"{where}: {row['non_2xx']} non-2xx, {row['socket_errors']} "
+                        f"socket errors, statuses {row['statuses']}")
+    if row["requests"] < 10:  # a stalled server has no errors to show either
+        problems.append(f"{where}: only {row['requests']} answers")
+    if not row["healthy_after"] or row["exit_code"] != 0:
+        problems.append(f"{where}: healthz {row['healthy_after']}, exit code {row['exit_code']}")
+    return problems
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--vit", default=os.path.join(ROOT, "build", "release", "tools", "vit"))
@@ -153,35 +201,7 @@ def main():
     for rnd in range(1, args.rounds + 1):
         for max_batch in args.max_batch:
             for connections in args.connections:
-                benched = None if args.no_bench else bench(args.vit, first_model, max_batch)
-                log = tempfile.NamedTemporaryFile("w+", suffix=".log", prefix="vit-serve-")
-                server = Server(*models, "--threads", str(args.threads), "--max-batch", str(max_batch),
-                                "--max-delay-ms", str(args.max_delay_ms), "--http-threads",
-                                str(args.http_threads), "--max-connections",
-                                str(max(256, connections + args.http_threads)), log=log)
-                try:
-                    warm = wrk(server.port, args.route, args.image, connections, args.duration,
-                               args.wrk_threads, args.warmup) if args.warmup else None
-                    rss_warm, rss = rss_mb(server.proc.pid), []
-                    row = {"round": rnd, "max_batch": max_batch, "connections": connections,
-                           "route": args.route, "http_threads": args.http_threads, "threads": args.threads,
-                           "max_delay_ms": args.max_delay_ms,
-                           **wrk(server.port, args.route, args.image, connections, args.duration,
-                                 args.wrk_threads, args.requests, server.proc.pid, rss)}
-                    row["rss_after_warmup_mb"], row["rss_after_mb"] = rss_warm, rss_mb(server.proc.pid)
-                    row["rss_during_mb"] = rss
-                    row.update(metrics(server.port))
-                    if warm:  # the measured run's share of what /metrics counted
-                        row["warmup_non_2xx"] = warm["non_2xx"]
-                        row["warmup_socket_errors"] = warm["socket_errors"]
-                    if benched:
-                        row["bench_images_per_second"] = benched
-                        row["fraction_of_bench"] = row["requests_per_second"] / benched
-                    status, _, _ = server.request("GET", "/healthz")
-                    row["healthy_after"] = status == 200
-                finally:
-                    row["exit_code"] = server.stop()
-                    log.close()
+                row = measure(args, models, first_model, rnd, max_batch, connections)
                 rows.append(row)
                 print(f"{rnd:>5} {max_batch:>9} {connections:>5} {row['requests_per_second']:>8.1f} "
                       f"{row['latency_p50_ms']:>7.2f} {row['latency_p90_ms']:>7.2f} "
@@ -190,15 +210,7 @@ def main():
                       f"{row.get('fraction_of_bench', float('nan')):>8.2f} "
                       f"{row['rss_after_warmup_mb']:>6.1f}>{row['rss_after_mb']:<6.1f} {row['non_2xx']:>7} "
                       f"{row['socket_errors']:>8}", flush=True)
-                where = f"round {rnd}, max batch {max_batch}, {connections} connections"
-                if (row["non_2xx"] or row["socket_errors"] or row.get("warmup_non_2xx") or
-                        row.get("warmup_socket_errors") or set(row["statuses"]) - {200}):
-                    problems.append(f"{where}: {row['non_2xx']} non-2xx, {row['socket_errors']} "
-                                    f"socket errors, statuses {row['statuses']}")
-                if row["requests"] < 10:  # a stalled server has no errors to show either
-                    problems.append(f"{where}: only {row['requests']} answers")
-                if not row["healthy_after"] or row["exit_code"] != 0:
-                    problems.append(f"{where}: healthz {row['healthy_after']}, exit code {row['exit_code']}")
+                problems += row_problems(row, f"round {rnd}, max batch {max_batch}, {connections} connections")
     if args.rounds > 1:
         print(f"\nmedians over {args.rounds} rounds (min-max)")
         for max_batch in args.max_batch:

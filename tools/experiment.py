@@ -176,8 +176,9 @@ class Table:
 
 class Results(Table):
     """A results folder: cells.csv (a Table of FIELDS rows) and run.json with the settings, the
-    commands of every cell, the versions at every start and which start ran each cell; more tables with table(). Opening a folder that
-    holds a run with other settings (but those in `free`, which may change) is an error."""
+    commands of every cell, the versions at every start and which start ran each cell; more
+    tables with table(). Opening a folder that holds a run with other settings (but those in
+    `free`, which may change) is an error."""
 
     def __init__(self, out, vit, settings, free=("sizes", "seeds", "budget_rule")):
         self.out = out
