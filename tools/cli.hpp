@@ -88,6 +88,8 @@ using BatchFn =
 int for_each_batch(engine::Context& ctx, const datasets::Preprocess& p,
                    const std::vector<std::filesystem::path>& paths, int64_t batch_size,
                    const BatchFn& take);
+// The whole text as an integer (std::stoll's syntax), else nothing.
+std::optional<int64_t> parse_int64(const std::string& text);
 // --class / ?class=: the index of a class name, else the integer the text spells (not checked
 // against the classes), else nothing.
 std::optional<int64_t> class_index(const std::string& text,

@@ -79,19 +79,23 @@ int for_each_batch(engine::Context& ctx, const datasets::Preprocess& p,
   return failures;
 }
 
-std::optional<int64_t> class_index(const std::string& text,
-                                   const std::vector<std::string>& classes) {
-  const auto it = std::find(classes.begin(), classes.end(), text);
-  if (it != classes.end()) return int64_t(it - classes.begin());
+std::optional<int64_t> parse_int64(const std::string& text) {
   size_t used = 0;
-  int64_t index = 0;
+  int64_t x = 0;
   try {
-    index = std::stoll(text, &used);
+    x = std::stoll(text, &used);
   } catch (const std::exception&) {
     return std::nullopt;
   }
   if (used != text.size()) return std::nullopt;
-  return index;
+  return x;
+}
+
+std::optional<int64_t> class_index(const std::string& text,
+                                   const std::vector<std::string>& classes) {
+  const auto it = std::find(classes.begin(), classes.end(), text);
+  if (it != classes.end()) return int64_t(it - classes.begin());
+  return parse_int64(text);
 }
 
 std::vector<int64_t> top_classes(const float* probabilities, int64_t K, int64_t k) {

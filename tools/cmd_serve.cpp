@@ -229,16 +229,9 @@ std::vector<Upload> read_images(const httplib::Request& req, const models::Serve
 int64_t int_param(const httplib::Request& req, const std::string& key, int64_t fallback) {
   if (!req.has_param(key.c_str())) return fallback;
   const std::string v = req.get_param_value(key.c_str());
-  size_t used = 0;
-  int64_t x = 0;
-  try {
-    x = std::stoll(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != v.size())
-    throw HttpError(400, "'" + key + "' must be an integer, not '" + v + "'");
-  return x;
+  const std::optional<int64_t> x = parse_int64(v);
+  if (!x) throw HttpError(400, "'" + key + "' must be an integer, not '" + v + "'");
+  return *x;
 }
 
 struct Server {
