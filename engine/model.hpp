@@ -56,6 +56,14 @@ class Model {
   // when each size gets buffers of its own (layers' plans), so that a server should keep to a
   // few sizes.
   virtual bool any_batch_size_is_cheap() const { return false; }
+  // For a model whose any_batch_size_is_cheap(): the batch sizes whose evaluation forwards
+  // build every plan that a forward of 1..max_batch images uses (VitModel: its padded plan
+  // sizes), so that a server can build them all before its first request.
+  virtual std::vector<int64_t> plan_sizes(int64_t max_batch) const {
+    std::vector<int64_t> all;
+    for (int64_t n = 1; n <= max_batch; ++n) all.push_back(n);
+    return all;
+  }
 
   ParameterStore store;
 };

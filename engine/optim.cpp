@@ -1,6 +1,9 @@
 #include "engine/optim.hpp"
 
+#include <algorithm>
 #include <cmath>
+
+#include "engine/error.hpp"
 
 namespace engine {
 
@@ -44,6 +47,30 @@ void Sgd::update(ParameterStore& store, float lr) {
       w[i] -= plr * (nesterov ? grad + momentum * buf[i] : buf[i]);
     }
   }
+}
+
+ModelEma::ModelEma(const dnnl::engine& eng, const ParameterStore& store, float d)
+    : decay(d), shadow(eng, {store.size()}) {
+  require(d >= 0.0f && d < 1.0f, "--model-ema-decay must be in [0, 1), got " + std::to_string(d));
+  std::copy_n(store.values(), store.size(), shadow.data());
+}
+
+float ModelEma::decay_at(int64_t step) const {
+  return std::min(decay, float(1 + step) / float(10 + step));
+}
+
+void ModelEma::update(const ParameterStore& store, int64_t step) {
+  const float d = decay_at(step);
+  const float* __restrict w = store.values();
+  float* __restrict e = shadow.data();
+  const int64_t n = store.size();
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) e[i] = d * e[i] + (1.0f - d) * w[i];
+}
+
+void ModelEma::swap(ParameterStore& store) {
+  std::swap_ranges(shadow.data(), shadow.data() + store.size(), store.values());
+  store.mark_changed();
 }
 
 float clip_grad_norm(ParameterStore& store, float max_norm) {

@@ -29,6 +29,23 @@ struct Sgd {
   void update(ParameterStore& store, float lr);
 };
 
+// timm's ModelEmaV2: a shadow copy of every value in the store (weights and buffers such as
+// BatchNorm's running statistics), after each optimizer step moved toward the weights,
+// shadow ← d·shadow + (1 − d)·value, with d = min(decay, (1 + t) / (10 + t)) at step t (the
+// warmup of TensorFlow's ExponentialMovingAverage, so that a short run's average does not sit
+// near the random initialisation). The shadow starts as a copy of the values.
+struct ModelEma {
+  float decay = 0.0f;
+  Tensor shadow;  // [store.size()], the flat layout of the store's values
+
+  ModelEma(const dnnl::engine& eng, const ParameterStore& store, float decay);
+  float decay_at(int64_t step) const;
+  // After the optimizer's step number `step` (1-based).
+  void update(const ParameterStore& store, int64_t step);
+  // Exchanges the store's values with the shadow: evaluate or save the average, then swap back.
+  void swap(ParameterStore& store);
+};
+
 // Global L2 norm of all trainable gradients (torch.nn.utils.clip_grad_norm_): when it exceeds
 // max_norm, every gradient is scaled by max_norm / (norm + 1e-6). Returns the norm before
 // clipping; max_norm <= 0 only measures.

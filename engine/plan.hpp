@@ -32,6 +32,7 @@ class PlanCache {
     plans_.clear();
     current_ = nullptr;
   }
+  size_t size() const { return plans_.size(); }
   // The plan of the last forward: what backward must use.
   Plan& current(const char* layer) const {
     require(current_ != nullptr, std::string(layer) + ": backward called before forward");

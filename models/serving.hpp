@@ -138,6 +138,8 @@ class Batcher {
 
   // Compute thread only.
   engine::Softmax softmax_;
+  std::map<size_t, Tensor> logits_;  // by model: [max_batch, K], the softmax's input
+  void warm_up();
   std::map<std::pair<size_t, std::string>, std::unique_ptr<Explainer>> explainers_;
   std::thread thread_;
 };

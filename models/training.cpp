@@ -37,6 +37,8 @@ void TrainConfig::validate() const {
   require(val_split >= 0 && val_split < 1, "--val-split must be in [0, 1)");
   require(layer_decay >= 0 && layer_decay <= 1,
           "--layer-decay must be in (0, 1] (0: off), got " + std::to_string(layer_decay));
+  require(model_ema_decay >= 0 && model_ema_decay < 1,
+          "--model-ema-decay must be in [0, 1) (0: off), got " + std::to_string(model_ema_decay));
   augment.validate();
 }
 
@@ -58,6 +60,7 @@ void to_json(nlohmann::json& j, const TrainConfig& c) {
        {"val_split", c.val_split},
        {"layer_decay", c.layer_decay},
        {"freeze_backbone", c.freeze_backbone},
+       {"model_ema_decay", c.model_ema_decay},
        {"augment",
         {{"crop", c.augment.crop},
          {"pad", c.augment.pad},
@@ -92,6 +95,7 @@ void from_json(const nlohmann::json& j, TrainConfig& c) {
   c.val_split = number(j, "val_split");
   c.layer_decay = engine::json_double(j, "layer_decay", 0.0);  // absent in older checkpoints
   c.freeze_backbone = engine::json_bool(j, "freeze_backbone", false);
+  c.model_ema_decay = engine::json_double(j, "model_ema_decay", 0.0);  // absent before the EMA
   const nlohmann::json& a = json_field(j, "augment");
   a.at("crop").get_to(c.augment.crop);
   c.augment.pad = field_int(a, "pad");
@@ -146,6 +150,8 @@ Trainer::Trainer(Context& ctx, engine::Model& model, datasets::Preprocess prepro
   optimizer_.sgd.weight_decay = static_cast<float>(config_.weight_decay);
   optimizer_.sgd.momentum = static_cast<float>(config_.momentum);
   optimizer_.clip_grad = static_cast<float>(config_.clip_grad);
+  if (config_.model_ema_decay > 0)
+    ema_.emplace(ctx_.eng, model_.store, static_cast<float>(config_.model_ema_decay));
 }
 
 std::map<std::string, std::string> Trainer::file_metadata() const {
@@ -177,9 +183,13 @@ void Trainer::save_checkpoint(const engine::Metrics* partial) {
   const engine::Dims flat{model_.store.size()};
   std::map<std::string, std::string> meta = file_metadata();
   meta["train_state"] = state.dump();
-  save_model(outputs_.checkpoint, model_, preprocess_, classes_, meta,
-             {{"optimizer.exp_avg", "F32", flat, model_.store.adam_m()},
-              {"optimizer.exp_avg_sq", "F32", flat, model_.store.adam_v()}});
+  // Training state beyond the model goes under "optimizer.", which every reader of a model
+  // file skips: a checkpoint stays a model that vit eval and vit classify accept.
+  std::vector<engine::TensorToWrite> extra{
+      {"optimizer.exp_avg", "F32", flat, model_.store.adam_m()},
+      {"optimizer.exp_avg_sq", "F32", flat, model_.store.adam_v()}};
+  if (ema_) extra.push_back({"optimizer.model_ema", "F32", flat, ema_->shadow.data()});
+  save_model(outputs_.checkpoint, model_, preprocess_, classes_, meta, extra);
 }
 
 void Trainer::restore(const std::filesystem::path& checkpoint) {
@@ -191,6 +201,11 @@ void Trainer::restore(const std::filesystem::path& checkpoint) {
   const engine::Dims flat{model_.store.size()};
   file.read_f32("optimizer.exp_avg", flat, model_.store.adam_m());
   file.read_f32("optimizer.exp_avg_sq", flat, model_.store.adam_v());
+  if (ema_) {
+    require(file.contains("optimizer.model_ema"),
+            where + ": its recipe has a model_ema_decay but it holds no optimizer.model_ema");
+    file.read_f32("optimizer.model_ema", flat, ema_->shadow.data());
+  }
   epoch_ = engine::field_int(state, "epoch");
   batch_ = engine::field_int(state, "batch");
   optimizer_.adamw.step = engine::field_int(state, "step");
@@ -329,6 +344,7 @@ bool Trainer::train_epoch(datasets::DataLoader& train, Epoch& e) {
     e.lr = schedule_.at(optimizer_.steps());
     engine::train_step(ctx_, model_, loss_fn_, optimizer_, batch->input, batch->labels,
                        batch->targets.empty() ? nullptr : &batch->targets, e.lr, &e.metrics);
+    if (ema_) ema_->update(model_.store, optimizer_.steps());
     ++batch_;
     report_progress(e);
     if (outputs_.checkpoint_every > 0 && optimizer_.steps() % outputs_.checkpoint_every == 0)
@@ -358,6 +374,14 @@ EpochResult Trainer::end_epoch(datasets::DataLoader* val, const Epoch& e) {
     r.val_loss = v.loss();
     r.val_acc = v.accuracy();
     r.val_top5 = v.top5_accuracy();
+    if (ema_) {
+      ema_->swap(model_.store);
+      const engine::Metrics m = evaluate(ctx_, model_, *val);
+      ema_->swap(model_.store);
+      r.ema_val_loss = m.loss();
+      r.ema_val_acc = m.accuracy();
+      r.ema_val_top5 = m.top5_accuracy();
+    }
   }
   return r;
 }
@@ -366,6 +390,7 @@ void Trainer::log_epoch(const EpochResult& r) {
   std::printf("epoch %lld/%lld  train loss %.4f  train acc %.2f%%", (long long)r.epoch,
               (long long)config_.epochs, r.train_loss, 100 * r.train_acc);
   if (r.validated) std::printf("  val loss %.4f  val acc %.2f%%", r.val_loss, 100 * r.val_acc);
+  if (r.validated && ema_) std::printf("  ema val acc %.2f%%", 100 * r.ema_val_acc);
   std::printf("  %.1fs  %.0f img/s\n", r.seconds, r.images_per_second);
   std::fflush(stdout);
   nlohmann::json line = {{"epoch", r.epoch},
@@ -379,6 +404,11 @@ void Trainer::log_epoch(const EpochResult& r) {
     line["val_loss"] = r.val_loss;
     line["val_acc"] = r.val_acc;
     line["val_top5"] = r.val_top5;
+    if (ema_) {
+      line["ema_val_loss"] = r.ema_val_loss;
+      line["ema_val_acc"] = r.ema_val_acc;
+      line["ema_val_top5"] = r.ema_val_top5;
+    }
   }
   history_.push_back(line);
   if (log_) log_ << line.dump() << std::endl;
@@ -427,7 +457,13 @@ TrainResult Trainer::fit(datasets::DataLoader& train, datasets::DataLoader* val,
   }
   result.seconds = seconds_since(run_start);
   if (!outputs_.out.empty() && !result.interrupted) {
-    save_model(outputs_.out, model_, preprocess_, classes_, file_metadata());
+    std::map<std::string, std::string> meta = file_metadata();
+    if (ema_) {  // the average is the model trained for; the checkpoint keeps both
+      meta["weights"] = "model_ema";
+      ema_->swap(model_.store);
+    }
+    save_model(outputs_.out, model_, preprocess_, classes_, meta);
+    if (ema_) ema_->swap(model_.store);
   }
   return result;
 }

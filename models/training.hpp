@@ -8,12 +8,14 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "datasets/loader.hpp"
+#include "engine/optim.hpp"
 #include "engine/schedule.hpp"
 #include "engine/trainer.hpp"
 #include "models/registry.hpp"
@@ -36,6 +38,9 @@ struct TrainConfig {
   // Fine-tuning (BEiT, MAE, timm): layer-wise lr decay R (0: off) and a linear probe.
   double layer_decay = 0.0;
   bool freeze_backbone = false;
+  // timm's ModelEmaV2 decay (0: off): an average of the weights, validated beside them every
+  // epoch and saved as the final model (engine::ModelEma).
+  double model_ema_decay = 0.0;
   datasets::Augment augment;
 
   void validate() const;
@@ -80,6 +85,7 @@ struct EpochResult {
   double train_loss = 0, train_acc = 0, val_loss = 0, val_acc = 0, val_top5 = 0, lr = 0;
   double seconds = 0, images_per_second = 0;
   bool validated = false;
+  double ema_val_loss = 0, ema_val_acc = 0, ema_val_top5 = 0;  // with --model-ema-decay
 };
 
 struct TrainResult {
@@ -135,6 +141,7 @@ class Trainer {
   TrainConfig config_;
   TrainOutputs outputs_;
   engine::Optimizer optimizer_;
+  std::optional<engine::ModelEma> ema_;  // with a model_ema_decay
   engine::WarmupCosineSchedule schedule_;
   engine::SoftmaxCrossEntropy loss_fn_;
   std::ofstream log_;

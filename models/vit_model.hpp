@@ -1,7 +1,9 @@
 // The Vision Transformer behind the engine::Model interface.
 #pragma once
 
+#include <algorithm>
 #include <memory>
+#include <vector>
 
 #include "engine/model.hpp"
 #include "vit/inference.hpp"
@@ -27,6 +29,12 @@ class VitModel : public engine::Model {
   }
   void begin_step(int64_t step) override { net.begin_step(step); }
   bool any_batch_size_is_cheap() const override { return true; }  // VitInference's storage
+  std::vector<int64_t> plan_sizes(int64_t max_batch) const override {
+    std::vector<int64_t> sizes;  // a larger batch runs in chunks, each padded to one of these
+    for (int64_t n = 1; n <= std::min(max_batch, inference->chunk_images()); ++n)
+      if (vit::VitInference::plan_images(n) == n) sizes.push_back(n);
+    return sizes;
+  }
   void train(bool on) override {
     training_ = on;
     net.train(on);

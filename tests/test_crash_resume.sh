@@ -79,6 +79,35 @@ else
   fail "no checkpoint appeared before the run ended"
 fi
 
+# --- with a weight average: validated beside the weights, the final file holds it, and a
+# resume ends as an uninterrupted run ---------------------------------------------------------
+ema=("${model[@]}" --epochs 6 --val-split 0.25 --model-ema-decay 0.99)
+"$vit" train "${ema[@]}" --log "$tmp/m.log" --out "$tmp/m.safetensors" >"$tmp/m.out" 2>&1 \
+  && ok || { fail "EMA run"; sed 's/^/  /' "$tmp/m.out" | tail -5; }
+python3 -c '
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert len(lines) == 6 and all(0 <= l["ema_val_acc"] <= 1 and "val_acc" in l for l in lines)
+' "$tmp/m.log" && ok || fail "EMA run: no ema_val_acc beside val_acc in every epoch"
+"$vit" train "${ema[@]}" --stop-after-epochs 2 --log "$tmp/n.log" --out "$tmp/n.safetensors" \
+  >"$tmp/n.out" 2>&1 && "$vit" train --data "$data/train" --resume "$tmp/n.ckpt.safetensors" \
+  --log "$tmp/n.log" --out "$tmp/n.safetensors" --no-progress >"$tmp/n2.out" 2>&1 \
+  && ok || { fail "EMA resume"; sed 's/^/  /' "$tmp/n2.out" | tail -5; }
+metrics "$tmp/m.safetensors" >"$tmp/m.eval" && metrics "$tmp/n.safetensors" >"$tmp/n.eval"
+cmp -s "$tmp/m.eval" "$tmp/n.eval" && ok || fail "the resumed EMA model evaluates differently"
+# The final file is the average, not the last weights (which the checkpoint holds).
+python3 -c '
+import json, struct, sys
+def meta(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(n))["__metadata__"]
+assert meta(sys.argv[1]).get("weights") == "model_ema"
+assert "weights" not in meta(sys.argv[2])
+' "$tmp/m.safetensors" "$tmp/m.ckpt.safetensors" && ok || fail "the final file does not hold the average"
+metrics "$tmp/m.ckpt.safetensors" >"$tmp/m.raw.eval"
+cmp -s "$tmp/m.eval" "$tmp/m.raw.eval" && fail "the average evaluates exactly as the last weights" || ok
+
 # --- SIGTERM: checkpoint, stop, exit 128+15; the resume ends as the reference ------------------
 "$vit" train "${recipe[@]}" --log "$tmp/c.log" --out "$tmp/c.safetensors" >"$tmp/c.out" 2>"$tmp/c.err" &
 pid=$!

@@ -75,6 +75,41 @@ TEST_CASE("AdamW: hand-computed steps, decoupled decay only where the mask says"
   CHECK(adam.step == 2);
 }
 
+TEST_CASE("ModelEma: warmed-up decay, hand-computed averages of weights and buffers, swap") {
+  Context ctx(1);
+  ParameterStore store;
+  Parameter& w = store.add("w", {2});
+  Parameter& buf = store.add_buffer("running", {1});
+  store.allocate(ctx.eng);
+  w.value[0] = 1.0f, w.value[1] = -2.0f, buf.value[0] = 4.0f;
+  ModelEma ema(ctx.eng, store, 0.9f);
+  CHECK(ema.decay_at(1) == doctest::Approx(2.0 / 11));  // (1 + t) / (10 + t) below the decay
+  CHECK(ema.decay_at(70) == doctest::Approx(71.0 / 80));
+  CHECK(ema.decay_at(1000) == 0.9f);  // then the decay itself
+  // Step 1 moves the weights; the average follows by 1 - 2/11 of the way.
+  w.value[0] = 3.0f, buf.value[0] = 6.0f;
+  ema.update(store, 1);
+  const double d1 = 2.0 / 11, e0 = d1 * 1.0 + (1 - d1) * 3.0, eb = d1 * 4.0 + (1 - d1) * 6.0;
+  CHECK(ema.shadow[store["w"].offset] == doctest::Approx(e0));
+  CHECK(ema.shadow[store["w"].offset + 1] == doctest::Approx(-2.0));
+  CHECK(ema.shadow[store["running"].offset] == doctest::Approx(eb));  // buffers too (timm)
+  w.value[0] = 5.0f;
+  ema.update(store, 2000);
+  const double e1 = 0.9 * e0 + 0.1 * 5.0;
+  CHECK(ema.shadow[store["w"].offset] == doctest::Approx(e1));
+  // swap: the store holds the average, and a second swap gives the weights back.
+  const uint64_t version = store.version();
+  ema.swap(store);
+  CHECK(w.value[0] == doctest::Approx(e1));
+  CHECK(buf.value[0] == doctest::Approx(0.9 * eb + 0.1 * 6.0));
+  CHECK(store.version() != version);  // packed copies (VitInference) refresh
+  ema.swap(store);
+  CHECK(w.value[0] == 5.0f);
+  CHECK(buf.value[0] == 6.0f);
+  CHECK_THROWS_WITH_AS(ModelEma(ctx.eng, store, 1.0f),
+                       "--model-ema-decay must be in [0, 1), got 1.000000", Error);
+}
+
 TEST_CASE("SGD with momentum: hand-computed steps, coupled weight decay") {
   Context ctx(1);
   ParameterStore store;

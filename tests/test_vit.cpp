@@ -1,5 +1,7 @@
 // The Vision Transformer's pieces against finite differences, the whole model's gradients,
 // and its configuration rules.
+#include <set>
+
 #include <doctest/doctest.h>
 
 #include <nlohmann/json.hpp>
@@ -309,6 +311,39 @@ TEST_CASE("VitInference: a batch larger than a chunk runs in chunks, same logits
     CHECK(one_chunk.packed_bytes() > 0);
     CHECK(fused.packed_bytes() == one_chunk.packed_bytes());
   }
+}
+
+TEST_CASE("VitInference: a pass is padded to a quarter-octave plan, same logits") {
+  const std::vector<int64_t> sizes{1, 2, 8, 9, 10, 11, 16, 17, 20, 33, 40, 63, 64, 65, 100};
+  const std::vector<int64_t> plans{1, 2, 8, 10, 10, 12, 16, 20, 20, 40, 40, 64, 64, 80, 112};
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    CAPTURE(sizes[i]);
+    CHECK(VitInference::plan_images(sizes[i]) == plans[i]);
+  }
+  Context ctx(7);
+  std::mt19937_64 rng(159);
+  VitConfig c = tiny_config();
+  ParameterStore store;
+  VisionTransformer model(store, c);
+  store.allocate(ctx.eng);
+  randomize_parameters(store, rng, 0.2f);
+  model.train(false);
+  VitInference fused(model, store, engine::Precision::f32);
+  REQUIRE(fused.chunk_images() >= 32);
+  // Every batch size up to 32 (largest last, so a padded plan follows smaller real ones), each
+  // row as the layers compute it: the padding never reaches an image's logits.
+  std::set<int64_t> expected;
+  for (int64_t n = 1; n <= 32; ++n) {
+    CAPTURE(n);
+    Tensor patches = check::random_tensor(ctx, {n, c.num_patches(), c.patch_dim()}, rng);
+    Tensor want(ctx.eng, {n, c.num_classes});
+    want.copy_from(model.forward(ctx, patches));
+    ctx.wait();
+    CHECK(max_abs_diff(ctx, fused.forward(ctx, patches), want) < 1e-5);
+    expected.insert(VitInference::plan_images(n));
+  }
+  CHECK(fused.plans() == expected.size());
+  CHECK(fused.plans() == 16);  // 1..8, 10, 12, 14, 16, 20, 24, 28, 32: not 32
 }
 
 // The prefix-token and pooling variants timm has, each through both paths.

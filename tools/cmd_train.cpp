@@ -49,6 +49,7 @@ const RecipeFlag kRecipeFlags[] = {
     {"val-split", "val_split"},
     {"layer-decay", "layer_decay"},
     {"freeze-backbone", "freeze_backbone"},
+    {"model-ema-decay", "model_ema_decay"},
     {"crop", "crop", "augment"},
     {"pad", "pad", "augment"},
     {"hflip", "hflip", "augment"},
@@ -222,6 +223,10 @@ int run_train(const std::vector<std::string>& args) {
              "lr·R^(depth+1) (0: off)");
   add_recipe("freeze-backbone", po::bool_switch(),
              "a linear probe: only the head and the final norm train");
+  add_recipe("model-ema-decay", po::value<double>()->default_value(0.0),
+             "keep an exponential moving average of the weights with this decay (timm's "
+             "ModelEmaV2, e.g. 0.999; warmed up as (1+t)/(10+t)): validated beside them every "
+             "epoch, and the final model file holds it (0: off)");
   add_recipe("seed", po::value<uint64_t>()->default_value(0),
              "seeds initialisation, data order and augmentation");
   add_recipe("threads", po::value<int>()->default_value(0), "compute threads (0: all cores)");

@@ -178,9 +178,11 @@ class Results(Table):
     """A results folder: cells.csv (a Table of FIELDS rows) and run.json with the settings, the
     commands of every cell, the versions at every start and which start ran each cell; more
     tables with table(). Opening a folder that holds a run with other settings (but those in
-    `free`, which may change) is an error."""
+    `free`, which may change) is an error. `fields`, `key`, `ints` and `floats` describe the
+    rows of cells.csv (default: a sweep's FIELDS, one row per model, size and seed)."""
 
-    def __init__(self, out, vit, settings, free=("sizes", "seeds", "budget_rule")):
+    def __init__(self, out, vit, settings, free=("sizes", "seeds", "budget_rule"), fields=FIELDS,
+                 key=("model", "size", "seed"), ints=INTS, floats=FLOATS):
         self.out = out
         self.run_file = os.path.join(out, "run.json")
         os.makedirs(os.path.join(out, "cells"), exist_ok=True)
@@ -204,8 +206,7 @@ class Results(Table):
                        "started": previous.get("started", now), "versions": runs[-1]["versions"],
                        "runs": runs, "cells": previous.get("cells", {}),
                        "cell_run": previous.get("cell_run", {})}
-        super().__init__(os.path.join(out, "cells.csv"), FIELDS, ("model", "size", "seed"),
-                         INTS, FLOATS, self)
+        super().__init__(os.path.join(out, "cells.csv"), fields, key, ints, floats, self)
 
     def table(self, name, fields, key, ints=(), floats=()):
         return Table(os.path.join(self.out, name), fields, key, ints, floats, self)

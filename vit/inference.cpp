@@ -24,6 +24,14 @@ int64_t VitInference::chunk_images() const {
   return chunk;
 }
 
+int64_t VitInference::plan_images(int64_t n) {
+  if (n <= 8) return n;
+  int64_t octave = 8;  // octave < n <= 2 · octave
+  while (2 * octave < n) octave *= 2;
+  const int64_t step = octave / 4;
+  return (n + step - 1) / step * step;
+}
+
 const Tensor& VitInference::forward(Context& ctx, const Tensor& patches) {
   const VitConfig& c = model_.config;
   engine::check_same_dims(patches.dims(), {patches.dim(0), c.num_patches(), c.patch_dim()},
@@ -34,16 +42,24 @@ const Tensor& VitInference::forward(Context& ctx, const Tensor& patches) {
   if (logits_.empty() || logits_.dim(0) != B) logits_ = Tensor(ctx.eng, {B, K});
   const int64_t chunk = chunk_images();
   for (int64_t b = 0; b < B; b += chunk) {
-    const int64_t n = std::min(chunk, B - b);
-    Plan& p = plans_.get({n}, [&] {
+    const int64_t n = std::min(chunk, B - b), rows = plan_images(n);
+    Plan& p = plans_.get({rows}, [&] {
       auto plan = std::make_unique<Plan>();
-      engine::FusedBuild f{ctx,           packed_,       precision,     n,
+      engine::FusedBuild f{ctx,           packed_,       precision,     rows,
                            plan->buffers, plan->matmuls, &activations_, chunk};
       plan->net = model_.fused(f, taps_);
       return plan;
     });
     packed_.refresh(ctx);
-    p.net->set_input(patches.data() + b * per_image);
+    float* input = patches.data() + b * per_image;
+    if (rows > n) {  // the images, then zeros: the padding rows' logits are never read
+      if (staged_.empty() || staged_.numel() < rows * per_image)
+        staged_ = Tensor(ctx.eng, {rows, c.num_patches(), c.patch_dim()});
+      std::copy_n(input, n * per_image, staged_.data());
+      std::fill_n(staged_.data() + n * per_image, (rows - n) * per_image, 0.0f);
+      input = staged_.data();
+    }
+    p.net->set_input(input);
     p.net->run(ctx.strm);
     ctx.wait();
     std::copy_n(p.net->logits(), n * K, logits_.data() + b * K);

@@ -39,6 +39,15 @@ class VitInference {
   // last one), so that one chunk's activations stay in the cache from block to block.
   int64_t chunk_images() const;
 
+  // The images a plan holds for a pass of n: n up to 8, then n rounded up to a quarter of its
+  // octave (10, 12, 14, 16, 20, 24, ..., 56, 64, 80, ...). A server's batches come in every
+  // size; a plan per size kept its primitives' JIT code and scratchpads for each (measured:
+  // RSS 67 -> 139 MB over the sizes 1..64 of the bundled ViT), so a pass is padded to the
+  // next of these with zero images instead, at most 25 % more rows, 20 plans up to 64.
+  static int64_t plan_images(int64_t n);
+  // Plans built so far, one per plan_images() size seen.
+  size_t plans() const { return plans_.size(); }
+
   // From the next forward on, also copy out the attention probabilities of these blocks
   // (exact attention only; empty: none, and the plans are as if never asked).
   void tap_attention(std::vector<int64_t> blocks);
@@ -63,6 +72,7 @@ class VitInference {
   // views over it. Declared before the plans, which point into it.
   std::map<std::string, dnnl::memory> activations_;
   engine::PlanCache<Plan> plans_;  // by images per pass
+  Tensor staged_;                  // a chunk padded to its plan's size; zero past its images
   Tensor logits_;                  // [B, K] gathered from the chunks
   std::vector<int64_t> taps_;
   std::map<int64_t, Tensor> probs_;  // by tapped block, [B, H, N, N] gathered from the chunks
