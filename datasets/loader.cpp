@@ -84,6 +84,8 @@ DataLoader::DataLoader(const dnnl::engine& eng, const ImageSource& source, Loade
   engine::require(!options_.augment || !options_.augmentation.mixes() || options_.num_classes > 0,
                   "DataLoader: mixup and cutmix need num_classes");
   options_.augmentation.validate();
+  engine::require(options_.augmentation.crop != "auto",
+                  "DataLoader: crop 'auto' depends on the run; resolve it with Augment::for_run");
 }
 
 DataLoader::~DataLoader() {

@@ -12,8 +12,8 @@ namespace datasets {
 using engine::require;
 
 void Augment::validate() const {
-  require(crop == "none" || crop == "pad" || crop == "rrc",
-          "--crop must be none, pad or rrc, got '" + crop + "'");
+  require(crop == "none" || crop == "pad" || crop == "rrc" || crop == "auto",
+          "--crop must be auto, none, pad or rrc, got '" + crop + "'");
   require(pad >= 0, "--pad must not be negative");
   require(rrc_scale_min > 0.0 && rrc_scale_min <= 1.0, "--rrc-scale-min must be in (0, 1]");
   for (auto [v, flag] : {std::pair{hflip, "hflip"},
@@ -22,6 +22,18 @@ void Augment::validate() const {
                          {switch_prob, "switch-prob"}})
     require(v >= 0.0 && v <= 1.0, std::string("--") + flag + " must be a probability in [0, 1]");
   require(mixup_alpha >= 0.0 && cutmix_alpha >= 0.0, "--mixup and --cutmix must not be negative");
+}
+
+Augment Augment::for_run(int64_t epochs) const {
+  Augment a = *this;
+  if (crop != "auto") return a;
+  a.pad = auto_pad(epochs, pad);
+  a.crop = a.pad > 0 ? "pad" : "none";
+  return a;
+}
+
+int64_t auto_pad(int64_t epochs, int64_t max_pad) {
+  return epochs < kAutoPadFirstEpoch ? 0 : std::min(max_pad, kAutoPad);
 }
 
 double sample_beta(double alpha, std::mt19937_64& rng) {

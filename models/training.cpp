@@ -536,7 +536,8 @@ TrainResult train_on_folder(Context& ctx, engine::Model& model,
   train_opts.shuffle = true;
   train_opts.drop_last = true;
   train_opts.augment = true;
-  train_opts.augmentation = recipe.augment;
+  // The recipe keeps "auto"; a resumed run, whose epochs are the checkpoint's, resolves it alike.
+  train_opts.augmentation = recipe.augment.for_run(recipe.epochs);
   train_opts.num_classes = static_cast<int64_t>(folder.classes().size());
   train_opts.seed = recipe.seed;
   train_opts.workers = std::max(1, data.workers);
@@ -559,6 +560,11 @@ TrainResult train_on_folder(Context& ctx, engine::Model& model,
               model.config().dump().c_str(), double(model.store.num_trainable()) / 1e6,
               model.flops_per_image() / 1e6);
   std::printf("recipe: %s, %d threads\n", nlohmann::json(recipe).dump().c_str(), ctx.threads);
+  if (recipe.augment.crop == "auto") {
+    const datasets::Augment& a = train_opts.augmentation;
+    std::printf("augmentation: --crop auto for %lld epochs: %s\n", (long long)recipe.epochs,
+                a.crop == "pad" ? ("pad by " + std::to_string(a.pad)).c_str() : "no crop");
+  }
   std::fflush(stdout);
 
   Trainer trainer(ctx, model, preprocess, folder.classes(), recipe, outputs);

@@ -151,6 +151,38 @@ run "resume: a contradicting --embed-dim" 2 "--embed-dim 64 contradicts the chec
 run "resume: a contradicting --model" 2 "--model vit_fmnist_patch7 \\(patch_size 7\\) contradicts the checkpoint's patch_size 4" \
   -- train --data "$data/train" --resume "$tmp/b.ckpt.safetensors" --model vit_fmnist_patch7 \
   --img-size 16 --embed-dim 32 --depth 2 --num-heads 2 --out "$tmp/c.safetensors"
+# --- crop auto, the default: resolved from the run's epochs, kept as "auto" in the recipe -----
+auto=(--model vit_fmnist_patch4 --img-size 16 --embed-dim 32 --depth 2 --batch-size 16 --seed 3
+      --no-progress --patch-size 4 --num-heads 2)
+run "train with the default crop" 0 "" -- train --data "$data/train" "${auto[@]}" --epochs 2 \
+  --stop-after-epochs 1 --out "$tmp/auto.safetensors"
+grep -q "augmentation: --crop auto for 2 epochs: no crop" "$tmp/out" && ok ||
+  fail "crop auto was not resolved for 2 epochs: $(grep augmentation "$tmp/out")"
+python3 -c "
+import json, struct, sys
+f = open(sys.argv[1], 'rb'); n = struct.unpack('<Q', f.read(8))[0]; m = json.loads(f.read(n))['__metadata__']
+a = json.loads(m['train_config'])['augment']
+assert a['crop'] == 'auto' and a['pad'] == 4, a" "$tmp/auto.ckpt.safetensors" && ok ||
+  fail "the checkpoint's recipe does not keep crop auto"
+run "resume: --pad alone contradicts crop auto" 2 "--pad 4 contradicts the checkpoint's augment.crop auto" \
+  -- train --data "$data/train" --resume "$tmp/auto.ckpt.safetensors" --pad 4 --out "$tmp/c.safetensors"
+run "resume crop auto" 0 "" -- train --data "$data/train" --resume "$tmp/auto.ckpt.safetensors" \
+  --no-progress --out "$tmp/auto.safetensors"
+grep -q "augmentation: --crop auto for 2 epochs: no crop" "$tmp/out" && ok ||
+  fail "the resumed run resolved crop auto otherwise"
+first=$(sed -n 's/.*kAutoPadFirstEpoch = \([0-9]*\).*/\1/p' "$fixtures/../../datasets/transforms.hpp")
+run "a long run with the default crop" 0 "" -- train --data "$data/train" "${auto[@]}" \
+  --epochs "$first" --stop-after-epochs 1 --out "$tmp/auto_long.safetensors"
+grep -q "augmentation: --crop auto for $first epochs: pad by 2" "$tmp/out" && ok ||
+  fail "crop auto did not pad for $first epochs: $(grep augmentation "$tmp/out")"
+run "--pad alone is the pad crop" 0 "" -- train --data "$data/train" "${auto[@]}" --pad 2 \
+  --epochs 1 --out "$tmp/pad.safetensors"
+grep -Eq '"crop":"pad".*"pad":2' "$tmp/out" && ! grep -q "augmentation: --crop auto" "$tmp/out" &&
+  ok || fail "--pad 2 alone did not give the pad crop: $(grep recipe "$tmp/out")"
+run "--crop auto --pad 0" 0 "" -- train --data "$data/train" "${auto[@]}" --crop auto --pad 0 \
+  --epochs 1 --out "$tmp/pad.safetensors"
+run "--crop bad" 1 "--crop must be auto, none, pad or rrc, got 'big'" -- train --data "$data/train" \
+  "${auto[@]}" --crop big --out "$tmp/pad.safetensors"
 run "resume: the same flags again" 0 "" -- train --data "$data/train" --resume "$tmp/b.ckpt.safetensors" \
   "${small[@]}" --epochs 4 --out "$tmp/c.safetensors"
 # The folder changed under the checkpoint: other images, or another number of batches per epoch.

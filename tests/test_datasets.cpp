@@ -91,6 +91,35 @@ TEST_CASE("DataLoader: the same seed gives the same batches, whatever the worker
   CHECK(batches(1, 10) != one);
 }
 
+TEST_CASE("crop auto: no crop for a short run, the pad crop for a long one") {
+  Augment a;
+  a.crop = "auto", a.pad = 4, a.hflip = 0.5;
+  const int64_t first = kAutoPadFirstEpoch;
+  CHECK(a.for_run(1).crop == "none");
+  CHECK(a.for_run(first - 1).crop == "none");
+  CHECK(a.for_run(first).crop == "pad");
+  CHECK(a.for_run(first).pad == kAutoPad);
+  CHECK(a.for_run(10 * first).pad == kAutoPad);
+  CHECK(a.for_run(first).hflip == 0.5);  // the rest of the recipe as it was
+  a.pad = 1;                             // --pad is the most it pads
+  CHECK(a.for_run(first).pad == 1);
+  a.pad = 0;
+  CHECK(a.for_run(first).crop == "none");
+  for (const char* crop : {"none", "pad", "rrc"}) {  // only auto depends on the run
+    Augment b;
+    b.crop = crop, b.pad = 2;
+    CHECK(b.for_run(0).crop == crop);
+    CHECK(b.for_run(0).pad == 2);
+  }
+  engine::Context ctx(1);
+  const ImageFolder f(kStripes + "/train");
+  const ImageSource source(f, all_of(f), stripes_preprocess(), SourceOptions{});
+  LoaderOptions o;
+  o.augment = true, o.augmentation.crop = "auto";
+  CHECK_THROWS_WITH(DataLoader(ctx.eng, source, o),
+                    doctest::Contains("crop 'auto' depends on the run"));
+}
+
 TEST_CASE("DataLoader: mixup and cutmix give soft targets that sum to one") {
   engine::Context ctx(1);
   const ImageFolder f(kStripes + "/train");

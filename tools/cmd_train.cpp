@@ -81,6 +81,8 @@ bool given(const po::variables_map& vm, const char* flag) {
 models::TrainConfig recipe_from_flags(const po::variables_map& vm) {
   nlohmann::json j = models::TrainConfig{};
   for (const RecipeFlag& f : kRecipeFlags) slot(j, f) = flag_json(vm[f.flag]);
+  // --pad 2 alone asks for that padding, as before crop "auto" was the default.
+  if (given(vm, "pad") && !given(vm, "crop")) j["augment"]["crop"] = "pad";
   parse_precision_flag(vm, "vit train");  // a usage error before the recipe's own check
   models::TrainConfig recipe = j.get<models::TrainConfig>();
   recipe.validate();
@@ -106,6 +108,9 @@ void refuse_contradictions(const po::variables_map& vm, const models::Resumed& r
     const nlohmann::json value = flag_json(vm[f.flag]);
     if (value != slot(saved, f)) throw contradiction(f.flag, value, f.key, slot(saved, f));
   }
+  if (given(vm, "pad") && !given(vm, "crop") && resumed.recipe.augment.crop != "pad")
+    throw contradiction("pad", vm["pad"].as<int64_t>(), "augment.crop",
+                        resumed.recipe.augment.crop);
   if (given(vm, "val-data") && resumed.recipe.val_split > 0)
     throw contradiction("val-data", vm["val-data"].as<std::string>(), "val_split",
                         resumed.recipe.val_split);
@@ -208,9 +213,11 @@ int run_train(const std::vector<std::string>& args) {
   add_recipe("smoothing", po::value<double>()->default_value(0.1), "label smoothing");
   add_recipe("clip-grad", po::value<double>()->default_value(0.0),
              "global gradient-norm limit (0: none)");
-  add_recipe("crop", po::value<std::string>()->default_value("pad"),
-             "augmentation crop: none, pad (pad-and-crop) or rrc");
-  add_recipe("pad", po::value<int64_t>()->default_value(4), "padding of the pad crop");
+  add_recipe("crop", po::value<std::string>()->default_value("auto"),
+             "augmentation crop: auto (none below 48 epochs, then pad-and-crop by 2, at most "
+             "--pad), none, pad (pad-and-crop) or rrc");
+  add_recipe("pad", po::value<int64_t>()->default_value(4),
+             "padding of the pad crop (given alone: --crop pad; with auto: its largest)");
   add_recipe("hflip", po::value<double>()->default_value(0.0), "horizontal flip probability");
   add_recipe("random-erase", po::value<double>()->default_value(0.0), "random erasing probability");
   add_recipe("mixup", po::value<double>()->default_value(0.0), "mixup alpha (0: off)");
