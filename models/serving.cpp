@@ -58,7 +58,7 @@ Batcher::Batcher(Context& ctx, std::vector<ServedModel> models, BatchOptions opt
   // alternating runs against 1 740-2 040 with the warm-up where the forwards run).
   std::promise<void> warm;
   std::future<void> warmed = warm.get_future();
-  thread_ = std::thread([this, &warm] {
+  thread_ = std::thread([this, warm = std::move(warm)]() mutable {
     try {
       warm_up();
     } catch (...) {
