@@ -27,13 +27,9 @@ void Augment::validate() const {
 Augment Augment::for_run(int64_t epochs) const {
   Augment a = *this;
   if (crop != "auto") return a;
-  a.pad = auto_pad(epochs, pad);
+  a.pad = epochs < kAutoPadFirstEpoch ? 0 : std::min(pad, kAutoPad);
   a.crop = a.pad > 0 ? "pad" : "none";
   return a;
-}
-
-int64_t auto_pad(int64_t epochs, int64_t max_pad) {
-  return epochs < kAutoPadFirstEpoch ? 0 : std::min(max_pad, kAutoPad);
 }
 
 double sample_beta(double alpha, std::mt19937_64& rng) {

@@ -28,20 +28,19 @@ struct Augment {
 
   bool mixes() const { return mixup_alpha > 0.0 || cutmix_alpha > 0.0; }
   void validate() const;
-  // What a run of `epochs` epochs applies: crop "auto" made "none" or "pad" with the padding
-  // `auto_pad` gives; any other crop unchanged.
+  // What a run of `epochs` epochs applies: crop "auto" made "none" below kAutoPadFirstEpoch,
+  // else "pad" by min(pad, kAutoPad); any other crop unchanged.
   Augment for_run(int64_t epochs) const;
 };
 
-// --crop auto's padding for a run of `epochs` passes over its images, at most `max_pad`. A
-// random crop regularises, which pays only once the images have been seen often enough to be
-// overfitted; before that it slows learning. What decides is the passes, not the steps.
+// --crop auto's rule, on the passes over the images. A random crop regularises, which pays
+// only once the images have been seen often enough to be overfitted; before that it slows
+// learning. What decides is the passes, not the steps.
 // Fashion-MNIST, vit_fmnist_patch4, validation accuracy, seed 0 (README, "The default crop"):
 // 12 epochs of 1 000, 3 000 and 5 000 images, pad 2 lost 6-9 points to no crop (and pad 1
 // 4-8); 48 epochs of 3 000 and 60 of 1 000 (nearly the steps of 12 of 5 000), pad 2 was level
 // (+0.7; -1.0 over 3 seeds, inside their spread). Longer runs or more padding were not
 // measured, so auto stops at 2.
-int64_t auto_pad(int64_t epochs, int64_t max_pad);
 constexpr int64_t kAutoPadFirstEpoch = 48, kAutoPad = 2;
 
 // uint8 square image -> augmented uint8 image of the same size.

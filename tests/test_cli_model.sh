@@ -33,6 +33,13 @@ run() {
 }
 
 json_field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
+# metadata_ok FILE CODE: Python CODE, with the model file's metadata as the dict m, passes.
+metadata_ok() {
+  python3 -c "
+import json, struct, sys
+f = open(sys.argv[1], 'rb'); n = struct.unpack('<Q', f.read(8))[0]; m = json.loads(f.read(n))['__metadata__']
+$2" "$1"
+}
 
 base=(--model vit_fmnist_patch4 --img-size 16 --embed-dim 32 --depth 2 --batch-size 16
       --crop none --seed 3 --no-progress)
@@ -158,11 +165,9 @@ run "train with the default crop" 0 "" -- train --data "$data/train" "${auto[@]}
   --stop-after-epochs 1 --out "$tmp/auto.safetensors"
 grep -q "augmentation: --crop auto for 2 epochs: no crop" "$tmp/out" && ok ||
   fail "crop auto was not resolved for 2 epochs: $(grep augmentation "$tmp/out")"
-python3 -c "
-import json, struct, sys
-f = open(sys.argv[1], 'rb'); n = struct.unpack('<Q', f.read(8))[0]; m = json.loads(f.read(n))['__metadata__']
+metadata_ok "$tmp/auto.ckpt.safetensors" "
 a = json.loads(m['train_config'])['augment']
-assert a['crop'] == 'auto' and a['pad'] == 4, a" "$tmp/auto.ckpt.safetensors" && ok ||
+assert a['crop'] == 'auto' and a['pad'] == 4, a" && ok ||
   fail "the checkpoint's recipe does not keep crop auto"
 run "resume: --pad alone contradicts crop auto" 2 "--pad 4 contradicts the checkpoint's augment.crop auto" \
   -- train --data "$data/train" --resume "$tmp/auto.ckpt.safetensors" --pad 4 --out "$tmp/c.safetensors"
@@ -376,11 +381,9 @@ run "init: resume" 0 "" -- train --data "$data/train" --resume "$tmp/ft_b.ckpt.s
 same_tensors "$tmp/ft_a.safetensors" "$tmp/ft_b.safetensors" && ok ||
   fail "a resumed fine-tuning ends with other weights than the uninterrupted one"
 run "init: the result loads back" 0 "" -- eval --model "$tmp/ft_b.safetensors" --data "$data/val" --json
-python3 -c "
-import json, struct, sys
-f = open(sys.argv[1], 'rb'); n = struct.unpack('<Q', f.read(8))[0]; m = json.loads(f.read(n))['__metadata__']
+metadata_ok "$tmp/ft_b.safetensors" "
 assert m['init'].endswith('timm_token') and m['init_source'] == 'timm vit_tiny_patch16_224', m.get('init')
-assert json.loads(m['train_config'])['layer_decay'] == 0.75" "$tmp/ft_b.safetensors" && ok ||
+assert json.loads(m['train_config'])['layer_decay'] == 0.75" && ok ||
   fail "the fine-tuned file does not record its init"
 run "init: a linear probe" 0 "" -- train --data "$data/train" --init "$hub/timm_token" --freeze-backbone \
   --epochs 2 --batch-size 16 --no-progress --out "$tmp/probe.safetensors"

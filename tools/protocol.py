@@ -98,12 +98,11 @@ def one_run(args, name, flags, seed, images):
                                       max(1e-9, sum(e["seconds"] for e in curve)), 1)}
     if args.mode == "select":
         # With --model-ema-decay the model file holds the average: rank by what is saved.
-        acc, loss = ("ema_val_acc", "ema_val_loss") if "ema_val_acc" in curve[-1] else \
-            ("val_acc", "val_loss")
+        metric = "ema_val" if "ema_val_acc" in curve[-1] else "val"
+        acc = metric + "_acc"
         best = max(range(len(curve)), key=lambda i: curve[i][acc])
-        row.update(metric="ema_val" if acc == "ema_val_acc" else "val", acc=curve[-1][acc],
-                   loss=curve[-1][loss], best_acc=curve[best][acc], best_epoch=best + 1,
-                   eval_seconds=0.0)
+        row.update(metric=metric, acc=curve[-1][acc], loss=curve[-1][metric + "_loss"],
+                   best_acc=curve[best][acc], best_epoch=best + 1, eval_seconds=0.0)
     else:
         evaluation = [args.vit, "eval", "--model", model_file, "--data", args.test_data, "--json",
                       "--threads", str(args.threads)]
