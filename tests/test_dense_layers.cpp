@@ -1,6 +1,8 @@
 // Linear, LayerNorm, Gelu, Relu, Softmax: forward against naive loops and a hand-computed
 // case, backward against finite differences, and oneDNN's overwrite semantics.
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include <doctest/doctest.h>
 
@@ -316,9 +318,27 @@ TEST_CASE("Softmax over the last axis, forward and backward") {
   CHECK(p[1] == doctest::Approx(2.0 / 6));
   CHECK(p[2] == doctest::Approx(3.0 / 6));
 
-  auto forward = [&]() -> const Tensor& { return softmax.forward(ctx, x); };
-  Tensor r = check::random_tensor(ctx, forward().dims(), rng);
-  const Tensor& dx = softmax.backward(ctx, r);
-  ctx.wait();
-  check::check_gradients(ctx, forward, r, {{"x", x.data(), x.numel(), dx.data()}});
+  // Both backward paths against finite differences, and against each other.
+  Tensor r = check::random_tensor(ctx, x.dims(), rng);
+  std::vector<std::vector<float>> grads;
+  for (Softmax::Backward kind : {Softmax::Backward::primitive, Softmax::Backward::composite}) {
+    Softmax sm;
+    sm.backward_kind = kind;
+    auto forward = [&]() -> const Tensor& { return sm.forward(ctx, x); };
+    forward();
+    CHECK(std::string(sm.backward_used()) ==
+          (kind == Softmax::Backward::primitive ? "primitive" : "composite"));
+    const Tensor& dx = sm.backward(ctx, r);
+    ctx.wait();
+    grads.emplace_back(dx.data(), dx.data() + dx.numel());
+    check::check_gradients(ctx, forward, r, {{"x", x.data(), x.numel(), dx.data()}});
+  }
+  for (size_t i = 0; i < grads[0].size(); ++i)
+    CHECK(std::abs(grads[1][i] - grads[0][i]) <= 1e-6f);  // y, dy in [-1, 1]: rounding only
+  // Over one token the composite's row sum would be empty: the primitive runs instead.
+  Softmax one;
+  one.backward_kind = Softmax::Backward::composite;
+  const Tensor single = check::random_tensor(ctx, {4, 1}, rng);
+  one.forward(ctx, single);
+  CHECK(std::string(one.backward_used()) == "primitive");
 }
