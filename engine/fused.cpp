@@ -131,6 +131,21 @@ memory PackedWeights::linear(Context& ctx, const Parameter& weight, const memory
   return find_or_add(ctx, {&weight, first, rows, scale, -1, out_scale, md, {}, fill, std::nullopt});
 }
 
+memory PackedWeights::conv(Context& ctx, const Parameter& weight, const memory::desc& md,
+                           std::function<std::vector<float>()> scales) {
+  require(weight.dims.size() == 4, "PackedWeights: '" + weight.name + "' is not a conv weight");
+  const float* values = weight.value.data();
+  const memory::desc oihw(weight.dims, memory::data_type::f32, memory::format_tag::oihw);
+  auto fill = [values, oihw, scales = std::move(scales)](Context& c, const memory& packed_memory) {
+    memory packed = packed_memory;
+    memory src(oihw, c.eng, const_cast<float*>(values));
+    dnnl::primitive_attr attr;
+    attr.set_output_scales(1 << 0, scales());  // per output channel
+    dnnl::reorder(dnnl::reorder::primitive_desc(src, packed, attr)).execute(c.strm, src, packed);
+  };
+  return find_or_add(ctx, {&weight, 0, 0, 1.0f, -3, nullptr, md, {}, fill, std::nullopt});
+}
+
 memory PackedWeights::vector(Context& ctx, const Parameter& p, int64_t first, int64_t n,
                              float scale, const Parameter* out_scale) {
   require(first >= 0 && first + n <= p.value.numel(),

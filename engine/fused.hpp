@@ -39,6 +39,11 @@ class PackedWeights {
   dnnl::memory linear(Context& ctx, const Parameter& weight, const dnnl::memory::desc& md,
                       int64_t first = 0, int64_t rows = -1, float scale = 1.0f,
                       const Parameter* out_scale = nullptr);
+  // A convolution's weight [O, C, k, k] (torch's OIHW) in the layout `md` its kernel asked for,
+  // output channel o multiplied by scales()[o], which is called at every refill (a BatchNorm
+  // folded in).
+  dnnl::memory conv(Context& ctx, const Parameter& weight, const dnnl::memory::desc& md,
+                    std::function<std::vector<float>()> scales);
   // f32 [1, n]: elements [first, first + n) of a parameter times `scale` (and elementwise
   // times out_scale[first..] when given). Unscaled, a view of the store itself (no copy).
   dnnl::memory vector(Context& ctx, const Parameter& p, int64_t first, int64_t n,
@@ -58,7 +63,7 @@ class PackedWeights {
     const void* source;  // the Parameter, or a derived table's owner
     int64_t first, rows;
     float scale;
-    int tag;  // -1: packed weight, -2: vector, else a derived table's tag
+    int tag;  // -1: packed weight, -2: vector, -3: convolution weight, else a derived table's
     const Parameter* out_scale;
     dnnl::memory::desc md;
     dnnl::memory mem;

@@ -32,6 +32,8 @@ class Model {
   virtual std::string arch() const = 0;        // the registry's key, e.g. "vit"
   virtual nlohmann::json config() const = 0;   // enough to build the same model again
   virtual double flops_per_image() const = 0;  // forward, 2 × multiply-adds
+  // How datasets::Preprocess cuts its input: patches of this size, or 0 for whole images.
+  virtual int64_t input_patch_size() const { return config().value("patch_size", int64_t{0}); }
   virtual int64_t num_classes() const = 0;
 
   // Fine-tuning. The name prefixes of the classifier's parameters, re-initialised when a

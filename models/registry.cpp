@@ -108,11 +108,12 @@ std::unique_ptr<engine::Model> inspect_model(const engine::SafetensorsFile& file
   if (static_cast<int64_t>(classes.size()) != model->num_classes())
     throw Error(where + ": " + std::to_string(classes.size()) + " class names for a model of " +
                 std::to_string(model->num_classes()) + " classes");
-  const nlohmann::json model_preprocess = model->config();
+  nlohmann::json model_preprocess = model->config();
+  model_preprocess["patch_size"] = model->input_patch_size();  // 0: whole images
   for (const char* key : {"img_size", "in_chans", "patch_size"})
     if (model_preprocess.contains(key) && model_preprocess[key] != nlohmann::json(preprocess)[key])
       throw Error(where + ": __metadata__ 'preprocess' has " + key + " " +
-                  nlohmann::json(preprocess)[key].dump() + " but 'config' has " +
+                  nlohmann::json(preprocess)[key].dump() + " but the model takes " +
                   model_preprocess[key].dump());
   engine::check_state_dict(model->store, file, /*strict=*/true, extra_prefixes);
   return model;

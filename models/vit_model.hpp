@@ -51,6 +51,7 @@ class VitModel : public engine::Model {
   std::string arch() const override { return "vit"; }
   nlohmann::json config() const override { return net.config; }
   double flops_per_image() const override { return net.config.flops_per_image(); }
+  int64_t input_patch_size() const override { return net.config.input_patch_size(); }
   int64_t num_classes() const override { return net.config.num_classes; }
   std::vector<std::string> head_prefixes() const override { return {"head.", "head_dist."}; }
   int64_t layer_id(const std::string& name) const override { return net.layer_id(name); }

@@ -207,7 +207,8 @@ void randomize_parameters(engine::ParameterStore& store, std::mt19937_64& rng, f
 void randomize_for_fd(engine::ParameterStore& store, std::mt19937_64& rng, float scale) {
   randomize_parameters(store, rng, scale);
   for (engine::Parameter& p : store.parameters())
-    if (p.trainable && p.name.find("norm") != std::string::npos && p.name.ends_with("weight"))
+    if (p.trainable && p.name.ends_with("weight") &&
+        (p.name.find("norm") != std::string::npos || p.name.find(".bn.") != std::string::npos))
       randomize(p.value, rng, 0.5f, 1.5f);
 }
 

@@ -237,6 +237,49 @@ run "CNN 4 epochs" 0 "" -- train --data "$data/train" "${cnn[@]}" --epochs 4 --o
 run "ViT flag on a CNN" 2 "--patch-size does not apply to cnn_resnet8_fmnist" -- train --data "$data/train" \
   "${cnn[@]}" --patch-size 4
 
+# --- a ViT with a convolutional stem: whole images in, timm's ConvStem names, exact resume ---
+stem=("${small[@]}" --stem-channels 8,16 --stem-strides 2,2)
+run "train a conv-stem ViT" 0 "" -- train --data "$data/train" --val-data "$data/val" "${stem[@]}" \
+  --epochs 6 --out "$tmp/stem.safetensors"
+run "eval the conv-stem ViT" 0 "" -- eval --model "$tmp/stem.safetensors" --data "$data/val" --json
+cp "$tmp/out" "$tmp/stem.json"
+top1=$(json_field "$tmp/stem.json" "['top1']")
+python3 -c "import sys; sys.exit(0 if float('$top1') >= 0.9 else 1)" && ok || fail "conv-stem validation top-1 $top1 < 0.9"
+metadata_ok "$tmp/stem.safetensors" "
+c, p = json.loads(m['config']), json.loads(m['preprocess'])
+assert c['stem_channels'] == [8, 16] and c['stem_strides'] == [2, 2] and c['patch_size'] == 4, c
+assert p['patch_size'] == 0, p  # whole images
+" && ok || fail "the conv-stem file's config or preprocess"
+python3 - "$tmp/stem.safetensors" <<'PY' && ok || fail "the conv-stem file lacks timm's ConvStem names"
+import json, struct, sys
+blob = open(sys.argv[1], "rb").read()
+header = json.loads(blob[8:8 + struct.unpack("<Q", blob[:8])[0]])
+for key in ("patch_embed.backbone.0.conv.weight", "patch_embed.backbone.1.bn.running_var",
+            "patch_embed.backbone.2.conv.weight", "patch_embed.backbone.2.conv.bias"):
+    assert key in header, key
+assert "patch_embed.proj.weight" not in header
+PY
+run "classify with the conv-stem ViT" 0 "" -- classify --model "$tmp/stem.safetensors" --json --top-k 1 \
+  "$data/val/horizontal/001.png" "$data/val/vertical/001.png" "$data/val/diagonal/001.png"
+cp "$tmp/out" "$tmp/stem_classify.json"
+classes=$(python3 -c "import json; print(' '.join(r['top_k'][0]['class'] for r in json.load(open('$tmp/stem_classify.json'))))")
+[ "$classes" = "horizontal vertical diagonal" ] && ok || fail "the conv-stem ViT classifies as '$classes'"
+run "conv stem 2 of 4 epochs" 0 "stopped as asked" -- train --data "$data/train" "${stem[@]}" --epochs 4 \
+  --stop-after-epochs 2 --out "$tmp/stem_b.safetensors"
+run "conv stem resume" 0 "" -- train --data "$data/train" --resume "$tmp/stem_b.ckpt.safetensors" \
+  --no-progress --out "$tmp/stem_b.safetensors"
+run "conv stem 4 epochs" 0 "" -- train --data "$data/train" "${stem[@]}" --epochs 4 --out "$tmp/stem_a.safetensors"
+"$vit" eval --model "$tmp/stem_a.safetensors" --data "$data/val" --json >"$tmp/stem_a.json"
+"$vit" eval --model "$tmp/stem_b.safetensors" --data "$data/val" --json >"$tmp/stem_b.json"
+[ "$(json_field "$tmp/stem_a.json" "['loss']")" = "$(json_field "$tmp/stem_b.json" "['loss']")" ] && ok ||
+  fail "resumed conv-stem ViT differs"
+run "stem strides not the patch" 1 "--stem-strides multiply to 2, not the patch size 4" -- \
+  train --data "$data/train" "${small[@]}" --stem-channels 8,16 --stem-strides 2,1
+run "stem lists not integers" 2 "--stem-channels: '8,x' is not a comma-separated list" -- \
+  train --data "$data/train" "${small[@]}" --stem-channels 8,x --stem-strides 2,2
+run "stem on a CNN" 2 "--stem-channels does not apply to cnn_resnet8_fmnist" -- \
+  train --data "$data/train" "${cnn[@]}" --stem-channels 8
+
 # --- vit folder: the folder as vit train reads it, the one list tools/compare.py uses ----------
 run "folder" 0 "" -- folder "$data/train"
 python3 - "$tmp/out" <<'PY' && ok || fail "vit folder: wrong classes or counts"

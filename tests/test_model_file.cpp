@@ -74,7 +74,7 @@ TEST_CASE("model file: the metadata must agree with itself") {
   nlohmann::json preprocess = tiny_preprocess();
   preprocess["patch_size"] = 2;
   check_rejected(model_bytes(tiny_config(), preprocess, 2),
-                 "'preprocess' has patch_size 2 but 'config' has 4");
+                 "'preprocess' has patch_size 2 but the model takes 4");
   check_rejected(model_bytes(tiny_config(), tiny_preprocess(), 3),
                  "3 class names for a model of 2 classes");
   nlohmann::json config = tiny_config();

@@ -55,6 +55,58 @@ void check_fixture(const std::string& file_name) {
   }
 }
 
+// A ViT with a conv stem (torchvision's conv_stem_configs): its input is the images themselves.
+// Evaluation (running statistics; layers and fused path), then training mode: batch statistics,
+// every parameter's gradient of sum(logits · cotangent), and the running statistics after.
+void check_conv_stem_fixture(const std::string& file_name) {
+  CAPTURE(file_name);
+  const engine::SafetensorsFile file(std::string(VIT_FIXTURES) + "/" + file_name);
+  const VitConfig config = nlohmann::json::parse(file.metadata().at("config")).get<VitConfig>();
+  REQUIRE(config.conv_stem());
+  Context ctx(0);
+  ParameterStore store;
+  VisionTransformer model(store, config);
+  store.allocate(ctx.eng);
+  store.allocate_training(ctx.eng);
+  engine::load_state_dict(store, file, /*strict=*/true,
+                          {"input", "logits", "logits_train", "cotangent", "grad.", "after."});
+  const int64_t n = file.entries().at("input").shape[0], K = config.num_classes;
+  Tensor images(ctx.eng, config.input_dims(n));
+  file.read_f32("input", images.dims(), images.data());
+  std::vector<float> want(n * K);
+
+  file.read_f32("logits", {n, K}, want.data());
+  model.train(false);
+  const Tensor& layers = model.forward(ctx, images);
+  ctx.wait();
+  check::check_close_to_largest(layers, want, "layers, evaluation mode");
+  VitInference fused(model, store, engine::Precision::f32);
+  const Tensor& fused_logits = fused.forward(ctx, images);
+  ctx.wait();
+  check::check_close_to_largest(fused_logits, want, "fused f32");
+
+  model.train(true);
+  file.read_f32("logits_train", {n, K}, want.data());
+  const Tensor& train_logits = model.forward(ctx, images);
+  ctx.wait();
+  check::check_close_to_largest(train_logits, want, "training mode");
+  Tensor cotangent(ctx.eng, {n, K});
+  file.read_f32("cotangent", {n, K}, cotangent.data());
+  store.zero_grad();
+  model.backward(ctx, cotangent);
+  ctx.wait();
+  for (const engine::Parameter& p : store.parameters()) {
+    std::vector<float> expected(p.value.numel());
+    if (p.trainable) {
+      file.read_f32("grad." + p.name, p.dims, expected.data());
+      check::check_close_to_largest(p.grad, expected, ("grad " + p.name).c_str());
+    } else {
+      file.read_f32("after." + p.name, p.dims, expected.data());
+      check::check_close_to_largest(p.value, expected, p.name.c_str());
+    }
+  }
+}
+
 void check_resnet_fixture(const std::string& file_name) {
   CAPTURE(file_name);
   const engine::SafetensorsFile file(std::string(VIT_FIXTURES) + "/" + file_name);
@@ -106,4 +158,12 @@ TEST_CASE("ViT forward equals torchvision's VisionTransformer (RGB, 32x32, patch
 
 TEST_CASE("ViT forward equals torchvision's VisionTransformer (grayscale, 28x28, patch 7)") {
   check_fixture("torchvision_vit_gray.safetensors");
+}
+
+TEST_CASE("ViT with a conv stem equals torchvision's conv_stem_configs (RGB, 3 stages)") {
+  check_conv_stem_fixture("torchvision_vit_convstem_rgb.safetensors");
+}
+
+TEST_CASE("ViT with a conv stem equals torchvision's conv_stem_configs (grayscale, 28x28)") {
+  check_conv_stem_fixture("torchvision_vit_convstem_gray.safetensors");
 }

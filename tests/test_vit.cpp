@@ -35,6 +35,7 @@ void check_every_gradient(const ParameterStore& store, const VitConfig& c) {
     for (int64_t i = 0; i < p.grad.numel(); ++i)
       overall = std::max(overall, double(std::abs(p.grad[i])));
   for (const engine::Parameter& p : store.parameters()) {
+    if (!p.trainable) continue;  // BatchNorm's running statistics
     INFO(p.name);
     // Softmax over keys ignores what adds the same to every score of a query: the key bias
     // (unless qk_norm normalizes k after it) and k_norm's bias.
@@ -421,6 +422,73 @@ TEST_CASE(
   }
 }
 
+TEST_CASE("conv stem: timm's ConvStem names, gradients by FD in training mode, both paths") {
+  Context ctx(9);
+  std::mt19937_64 rng(160);
+  for (int64_t chans : {1, 2}) {  // one channel is already NHWC; two are transposed first
+    CAPTURE(chans);
+    VitConfig c = tiny_config();
+    c.in_chans = chans, c.stem_channels = {3, 5}, c.stem_strides = {2, 2};
+    ParameterStore store;
+    VisionTransformer model(store, c);
+    store.allocate(ctx.eng);
+    model.init_weights(ctx);
+    CHECK(store.find("patch_embed.proj.weight") == nullptr);
+    CHECK(store["patch_embed.backbone.0.conv.weight"].dims == Dims{3, chans, 3, 3});
+    CHECK(store.find("patch_embed.backbone.0.conv.bias") == nullptr);
+    CHECK(store["patch_embed.backbone.1.conv.weight"].dims == Dims{5, 3, 3, 3});
+    CHECK(store["patch_embed.backbone.1.bn.weight"].value[4] == 1.0f);
+    CHECK_FALSE(store["patch_embed.backbone.1.bn.running_var"].trainable);
+    CHECK_FALSE(store["patch_embed.backbone.1.bn.bias"].decay);
+    CHECK(store["patch_embed.backbone.2.conv.weight"].dims == Dims{8, 5, 1, 1});
+    CHECK(store["patch_embed.backbone.2.conv.bias"].dims == Dims{8});
+    CHECK(model.layer_id("patch_embed.backbone.1.bn.weight") == 0);
+    CHECK(c.input_dims(3) == Dims{3, chans, 8, 8});
+    CHECK(c.input_patch_size() == 0);
+    // 3×3 stages at 4×4 and 2×2, then the 1×1 conv on the 4 tokens: forward multiply-adds ×2.
+    VitConfig plain = c;
+    plain.stem_channels.clear(), plain.stem_strides.clear();
+    CHECK(c.flops_per_image() - plain.flops_per_image() ==
+          doctest::Approx(2.0 * (16 * chans * 3 * 9 + 4 * 3 * 5 * 9 + 4 * 5 * 8) -
+                          2.0 * 4 * plain.patch_dim() * 8));
+
+    randomize_for_fd(store, rng, 0.4f);
+    model.train(true);  // the stem normalises with the batch's statistics
+    Tensor images = check::random_tensor(ctx, c.input_dims(3), rng);
+    auto forward = [&]() -> const Tensor& { return model.forward(ctx, images); };
+    Tensor r = check::random_tensor(ctx, forward().dims(), rng);
+    store.zero_grad();
+    model.backward(ctx, r);
+    ctx.wait();
+    check_every_gradient(store, c);
+    // The stem's ReLUs see the batch statistics: a step of 1e-2 in its weights moves every
+    // pre-activation and crosses several kinks, so the stem takes a smaller one.
+    std::vector<GradTarget> stem, rest;
+    for (const GradTarget& t : parameter_targets(store, 6))
+      (t.name.starts_with("patch_embed.") ? stem : rest).push_back(t);
+    check::check_gradients(ctx, forward, r, rest, 1e-2f);
+    check::check_gradients(ctx, forward, r, stem, 1e-3f);
+
+    // Evaluation: the running statistics, folded into the fused path's convolutions; an
+    // optimizer step and new statistics must reach the packed copies.
+    model.train(false);
+    VitInference fused(model, store, engine::Precision::f32);
+    for (int round = 0; round < 2; ++round) {
+      CAPTURE(round);
+      Tensor want(ctx.eng, {3, c.num_classes});
+      want.copy_from(model.forward(ctx, images));
+      ctx.wait();
+      CHECK(max_abs_diff(ctx, fused.forward(ctx, images), want) < 1e-5);
+      for (engine::Parameter& p : store.parameters())
+        if (p.trainable) check::randomize(p.grad, rng, -1.0f, 1.0f);
+      engine::Sgd{}.update(store, 0.05f);
+      check::randomize(store["patch_embed.backbone.0.bn.running_mean"].value, rng, -0.5f, 0.5f);
+      check::randomize(store["patch_embed.backbone.1.bn.running_var"].value, rng, 0.5f, 2.0f);
+      store.mark_changed();
+    }
+  }
+}
+
 TEST_CASE("VitConfig: contradictory sizes name the flag") {
   VitConfig c = tiny_config();
   c.patch_size = 3;
@@ -431,6 +499,18 @@ TEST_CASE("VitConfig: contradictory sizes name the flag") {
   c = tiny_config();
   c.drop_path_rate = 1.0;
   CHECK_THROWS_AS(c.validate(), engine::Error);
+  c = tiny_config();
+  c.stem_channels = {4, 4}, c.stem_strides = {2};
+  CHECK_THROWS_WITH_AS(c.validate(), "--stem-channels gives 2 stages but --stem-strides 1",
+                       engine::Error);
+  c.stem_strides = {2, 1};
+  CHECK_THROWS_WITH_AS(c.validate(),
+                       "--stem-strides multiply to 2, not the patch size 4 (the stem's total "
+                       "stride is the token's)",
+                       engine::Error);
+  c.stem_strides = {2, 2}, c.stem_channels = {4, 0};
+  CHECK_THROWS_WITH_AS(c.validate(), "--stem-channels: stage 1 has 0 channels, not in [1, 4096]",
+                       engine::Error);
   CHECK_THROWS_WITH_AS(vit_preset("vit_huge"), doctest::Contains("unknown model 'vit_huge'"),
                        engine::Error);
   const VitConfig ti = vit_preset("vit_tiny_patch16_224");
@@ -447,6 +527,7 @@ TEST_CASE("VitConfig: every key to_json writes is read back, unknown keys are re
   c.class_token = false, c.reg_tokens = 2, c.no_embed_class = true, c.global_pool = "avg";
   c.fc_norm = false, c.init_values = 0.25, c.qk_norm = true, c.pre_norm = true;
   c.distilled = true, c.norm_eps = 1e-5, c.act_layer = "quick_gelu";
+  c.stem_channels = {4}, c.stem_strides = {4};
   const nlohmann::json j = c;
   CHECK(j.get<VitConfig>() == c);
   for (const auto& [key, value] : j.items()) {  // each key matters: flipping it changes the config
@@ -458,6 +539,8 @@ TEST_CASE("VitConfig: every key to_json writes is read back, unknown keys are re
       changed[key] = "token";
     else if (value.is_number_integer())
       changed[key] = value.get<int64_t>() + 4;
+    else if (value.is_array())  // the stem's lists
+      changed[key] = nlohmann::json::array({8});
     else
       changed[key] = value.get<double>() / 2;
     CHECK_FALSE(changed.get<VitConfig>() == c);

@@ -26,6 +26,18 @@ std::vector<float> parse_floats(const std::string& text, const std::string& flag
   return values;
 }
 
+// "32,64" -> {32, 64}; "none" -> {} (a stem preset without its stem).
+static std::vector<int64_t> parse_ints(const std::string& text, const std::string& flag) {
+  if (text == "none") return {};
+  std::vector<int64_t> values;
+  for (float v : parse_floats(text, flag)) {
+    if (v != static_cast<float>(static_cast<int64_t>(v)))
+      throw UsageError("--" + flag + ": '" + text + "' is not a comma-separated list of integers");
+    values.push_back(static_cast<int64_t>(v));
+  }
+  return values;
+}
+
 po::options_description load_options_description(bool with_img_size) {
   po::options_description opts("resolution");
   auto add = opts.add_options();
@@ -101,6 +113,10 @@ po::options_description model_options(const std::string& default_model) {
   add("drop-rate", po::value<double>(), "dropout");
   add("attn-drop-rate", po::value<double>(), "attention dropout");
   add("drop-path-rate", po::value<double>(), "stochastic depth");
+  add("stem-channels", po::value<std::string>(),
+      "a ViT's convolutional stem: the 3×3 stages' channels, e.g. 32,64 (none: patches)");
+  add("stem-strides", po::value<std::string>(),
+      "the stem stages' strides, e.g. 2,2, multiplying to --patch-size");
   for (const LabFlag& f : kLabFlags) {
     if (f.integer)
       add(f.flag, po::value<int64_t>(), f.help);
@@ -126,6 +142,15 @@ nlohmann::json model_config(const po::variables_map& vm, const models::Preset& p
     apply(flag, int64_t{});
   for (const char* flag : {"mlp-ratio", "drop-rate", "attn-drop-rate", "drop-path-rate"})
     apply(flag, double{});
+  for (const char* flag : {"stem-channels", "stem-strides"}) {
+    if (!vm.count(flag)) continue;
+    if (preset.arch != "vit")
+      throw UsageError(command + ": --" + flag + " does not apply to " + preset.name + " (a " +
+                       preset.arch + " model)");
+    config[snake(flag)] = parse_ints(vm[flag].as<std::string>(), flag);
+  }
+  if (config.contains("stem_channels") && config["stem_channels"].empty())
+    config.erase("stem_channels"), config.erase("stem_strides");  // --stem-channels none
   for (const LabFlag& f : kLabFlags) {
     if (!vm.count(f.flag)) continue;
     if (preset.arch != "vit")
@@ -139,11 +164,12 @@ nlohmann::json model_config(const po::variables_map& vm, const models::Preset& p
   return config;
 }
 
-datasets::Preprocess model_preprocess(const nlohmann::json& config) {
+datasets::Preprocess model_preprocess(const engine::Model& model) {
+  const nlohmann::json config = model.config();
   datasets::Preprocess p;
   p.img_size = config.at("img_size").get<int64_t>();
   p.in_chans = config.at("in_chans").get<int64_t>();
-  p.patch_size = config.value("patch_size", int64_t{0});
+  p.patch_size = model.input_patch_size();
   p.mean.assign(static_cast<size_t>(p.in_chans), 0.5f);
   p.std.assign(static_cast<size_t>(p.in_chans), 0.5f);
   return p;

@@ -49,9 +49,9 @@ nlohmann::json model_config(const po::variables_map& vm, const models::Preset& p
 // A self-attention lab setting's default (its key in snake case), null for any other key: a
 // model file names only the settings that differ from it.
 nlohmann::json lab_default(const std::string& key);
-// What a freshly built model takes: its image size, channels and patch size (none for a CNN),
-// mean and std 0.5.
-datasets::Preprocess model_preprocess(const nlohmann::json& config);
+// What a freshly built model takes: its image size, channels and patch size (0, whole images,
+// for a CNN or a ViT with a conv stem), mean and std 0.5.
+datasets::Preprocess model_preprocess(const engine::Model& model);
 
 // --img-size and --pos-interp, for the commands that load a model file or checkpoint folder
 // (without --img-size for vit train, whose model options have it).

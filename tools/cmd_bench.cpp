@@ -243,7 +243,7 @@ int run_bench(const std::vector<std::string>& args) {
     // for ViT-B); --mode train allocates them below.
     net = models::make_model(preset.arch, config, ctx, /*inference_only=*/true);
     net->init_weights(ctx);
-    preprocess = model_preprocess(net->config());
+    preprocess = model_preprocess(*net);
   }
   net->set_precision(precision);
   if (mode == "train") net->store.allocate_training(ctx.eng);

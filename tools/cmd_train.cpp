@@ -335,7 +335,7 @@ int run_train(const std::vector<std::string>& args) {
     config["num_classes"] = static_cast<int64_t>(folder.classes().size());
     net = models::make_model(preset.arch, config, ctx);
     net->init_weights(ctx);
-    preprocess = model_preprocess(net->config());
+    preprocess = model_preprocess(*net);
     if (vm.count("mean")) preprocess.mean = parse_floats(vm["mean"].as<std::string>(), "mean");
     if (vm.count("std")) preprocess.std = parse_floats(vm["std"].as<std::string>(), "std");
     preprocess.crop_pct = vm["crop-pct"].as<double>();

@@ -38,6 +38,26 @@ void VitConfig::validate() const {
   require(img_size % patch_size == 0, "--patch-size " + std::to_string(patch_size) +
                                           " does not divide --img-size " +
                                           std::to_string(img_size));
+  require(stem_channels.size() == stem_strides.size(),
+          "--stem-channels gives " + std::to_string(stem_channels.size()) +
+              " stages but --stem-strides " + std::to_string(stem_strides.size()));
+  require(stem_channels.size() <= 8,
+          "--stem-channels: at most 8 stages, got " + std::to_string(stem_channels.size()));
+  if (conv_stem()) {
+    int64_t stride = 1;
+    for (size_t i = 0; i < stem_channels.size(); ++i) {
+      require(stem_channels[i] > 0 && stem_channels[i] <= 4096,
+              "--stem-channels: stage " + std::to_string(i) + " has " +
+                  std::to_string(stem_channels[i]) + " channels, not in [1, 4096]");
+      require(stem_strides[i] >= 1 && stem_strides[i] <= 4,
+              "--stem-strides: stage " + std::to_string(i) + " has stride " +
+                  std::to_string(stem_strides[i]) + ", not in [1, 4]");
+      stride *= stem_strides[i];
+    }
+    require(stride == patch_size, "--stem-strides multiply to " + std::to_string(stride) +
+                                      ", not the patch size " + std::to_string(patch_size) +
+                                      " (the stem's total stride is the token's)");
+  }
   require(embed_dim % num_heads == 0, "--num-heads " + std::to_string(num_heads) +
                                           " does not divide --embed-dim " +
                                           std::to_string(embed_dim));
@@ -130,10 +150,25 @@ int64_t VitConfig::keys_per_query() const {
   return num_tokens();
 }
 
+std::vector<int64_t> VitConfig::input_dims(int64_t batch) const {
+  if (conv_stem()) return {batch, in_chans, img_size, img_size};
+  return {batch, num_patches(), patch_dim()};
+}
+
 double VitConfig::flops_per_image() const {
   const double N = double(num_tokens()), L = double(num_patches()), D = double(embed_dim),
                F = double(mlp_hidden());
-  const double patch = L * double(patch_dim()) * D;
+  double patch = L * double(patch_dim()) * D;
+  if (conv_stem()) {  // each 3×3 stage at its output size (padding 1: ceil(side / stride)),
+    int64_t side = img_size, in = in_chans;  // then the 1×1 convolution to D
+    patch = 0;
+    for (size_t i = 0; i < stem_channels.size(); ++i) {
+      side = (side + stem_strides[i] - 1) / stem_strides[i];
+      patch += double(side * side) * double(in * stem_channels[i] * 9);
+      in = stem_channels[i];
+    }
+    patch += L * double(in) * D;
+  }
   const double mlp = N * 2 * D * F;  // multiply-adds; attention_flops counts ×2 already
   const double heads = distilled ? 2.0 : 1.0;
   return 2.0 * (patch + double(depth) * mlp + heads * D * double(num_classes)) +
@@ -167,6 +202,7 @@ void to_json(nlohmann::json& j, const VitConfig& c) {
   if (c.distilled) j["distilled"] = true;
   if (c.norm_eps != plain.norm_eps) j["norm_eps"] = c.norm_eps;
   if (c.act_layer != plain.act_layer) j["act_layer"] = c.act_layer;
+  if (c.conv_stem()) j["stem_channels"] = c.stem_channels, j["stem_strides"] = c.stem_strides;
   const nlohmann::json settings = lab_settings(c), defaults = lab_settings(plain);
   for (auto it = settings.begin(); it != settings.end(); ++it)
     if (*it != defaults[it.key()]) j[it.key()] = *it;
@@ -189,13 +225,13 @@ void from_json(const nlohmann::json& j, VitConfig& c) {
       engine::json_int, engine::json_string;
   if (!j.is_object()) throw engine::Error("a ViT config must be a JSON object, not " + j.dump());
   static const char* const known[] = {
-      "img_size",       "patch_size",        "in_chans",        "num_classes", "embed_dim",
-      "depth",          "num_heads",         "mlp_ratio",       "qkv_bias",    "drop_rate",
-      "attn_drop_rate", "drop_path_rate",    "class_token",     "reg_tokens",  "no_embed_class",
-      "global_pool",    "fc_norm",           "attn_layer",      "init_values", "qk_norm",
-      "pre_norm",       "distilled",         "norm_eps",        "act_layer",   "pos_embed",
-      "attn_score",     "attn_additive_dim", "attn_norm",       "attn_window", "attn_lowrank",
-      "attn_features",  "attn_redraw",       "attn_window_impl"};
+      "img_size",       "patch_size",        "in_chans",         "num_classes",   "embed_dim",
+      "depth",          "num_heads",         "mlp_ratio",        "qkv_bias",      "drop_rate",
+      "attn_drop_rate", "drop_path_rate",    "class_token",      "reg_tokens",    "no_embed_class",
+      "global_pool",    "fc_norm",           "attn_layer",       "init_values",   "qk_norm",
+      "pre_norm",       "distilled",         "norm_eps",         "act_layer",     "pos_embed",
+      "attn_score",     "attn_additive_dim", "attn_norm",        "attn_window",   "attn_lowrank",
+      "attn_features",  "attn_redraw",       "attn_window_impl", "stem_channels", "stem_strides"};
   for (const auto& [key, value] : j.items())
     require(std::find(std::begin(known), std::end(known), key) != std::end(known),
             "'" + key + "' is not a setting of a ViT");
@@ -238,6 +274,11 @@ void from_json(const nlohmann::json& j, VitConfig& c) {
   c.attn_lowrank = json_int(j, "attn_lowrank", plain.attn_lowrank);
   c.attn_features = json_int(j, "attn_features", plain.attn_features);
   c.attn_redraw = json_int(j, "attn_redraw", plain.attn_redraw);
+  c.stem_channels = j.contains("stem_channels")
+                        ? engine::json_ints(j["stem_channels"], "stem_channels")
+                        : std::vector<int64_t>{};
+  c.stem_strides = j.contains("stem_strides") ? engine::json_ints(j["stem_strides"], "stem_strides")
+                                              : std::vector<int64_t>{};
   // Read when a command passes it (vit bench --attn-window-impl); to_json never writes it.
   c.attn_window_impl = json_string(j, "attn_window_impl", plain.attn_window_impl);
 }
@@ -247,6 +288,12 @@ static VitConfig make(int64_t img, int64_t patch, int64_t chans, int64_t dim, in
   VitConfig c;
   c.img_size = img, c.patch_size = patch, c.in_chans = chans, c.embed_dim = dim;
   c.depth = depth, c.num_heads = heads, c.num_classes = classes;
+  return c;
+}
+
+static VitConfig with_stem(VitConfig c, std::vector<int64_t> channels,
+                           std::vector<int64_t> strides) {
+  c.stem_channels = std::move(channels), c.stem_strides = std::move(strides);
   return c;
 }
 
@@ -262,6 +309,9 @@ const std::vector<VitPreset>& vit_presets() {
        make(28, 4, 1, 128, 6, 4, 10)},
       {"vit_fmnist_patch7", "28x28 grayscale, patch 7 (16 tokens + cls), D 128, depth 6",
        make(28, 7, 1, 128, 6, 4, 10)},
+      {"vit_fmnist_convstem",
+       "28x28 grayscale, conv stem 32-64 (stride 4: 49 tokens + cls), D 128, depth 6",
+       with_stem(make(28, 4, 1, 128, 6, 4, 10), {32, 64}, {2, 2})},
       {"vit_micro_patch4_32", "32x32 colour (CIFAR-sized), patch 4, D 192, depth 6",
        make(32, 4, 3, 192, 6, 3, 10)},
       {"vit_micro_patch8_64", "64x64 colour, patch 8, D 192, depth 6",

@@ -67,6 +67,16 @@ struct VitConfig {
   int64_t attn_features = 0;   // Performer's M random features (attn_layer "performer")
   int64_t attn_redraw = 1000;  // Performer: training steps between feature redraws; 0: never
 
+  // A convolutional stem instead of the patch embedding (the ViT paper's hybrid; Xiao et al.
+  // 2021, "Early convolutions help transformers see better"): stage i is a 3×3 convolution of
+  // stem_channels[i] filters, stride stem_strides[i], padding 1, no bias, then BatchNorm and
+  // ReLU; a 1×1 convolution with bias then maps the last stage's channels to embed_dim. In timm:
+  // ConvStem(channels=(*stem_channels, embed_dim), stride=(*stem_strides, 1), kernel_size=(3, ..,
+  // 3, 1)) inside HybridEmbed(proj=False), so its state-dict names (patch_embed.backbone.i.conv,
+  // .bn). patch_size is then the stem's total stride; the model takes whole images [B, C, H, W].
+  std::vector<int64_t> stem_channels;  // empty: timm's PatchEmbed
+  std::vector<int64_t> stem_strides;
+
   int64_t grid() const { return img_size / patch_size; }
   // Per image out of the model: the logits, or the pooled features without a head.
   int64_t num_outputs() const { return num_classes > 0 ? num_classes : embed_dim; }
@@ -77,7 +87,12 @@ struct VitConfig {
   int64_t num_tokens() const { return num_patches() + num_prefix_tokens(); }  // N
   int64_t pos_embed_len() const { return no_embed_class ? num_patches() : num_tokens(); }
   int64_t patch_dim() const { return in_chans * patch_size * patch_size; }  // C·P·P
-  int64_t head_dim() const { return embed_dim / num_heads; }                // d
+  bool conv_stem() const { return !stem_channels.empty(); }
+  // What the model takes for B images: patches [B, L, C·P·P], or images [B, C, H, W] with a
+  // convolutional stem; and so how the input is cut (0: whole images), datasets::Preprocess's.
+  std::vector<int64_t> input_dims(int64_t batch) const;
+  int64_t input_patch_size() const { return conv_stem() ? 0 : patch_size; }
+  int64_t head_dim() const { return embed_dim / num_heads; }  // d
   int64_t additive_dim() const { return attn_additive_dim > 0 ? attn_additive_dim : head_dim(); }
   // The keys each patch query attends to, at most: all N, the window and the prefix, or K.
   int64_t keys_per_query() const;

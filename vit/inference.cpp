@@ -34,8 +34,8 @@ int64_t VitInference::plan_images(int64_t n) {
 
 const Tensor& VitInference::forward(Context& ctx, const Tensor& patches) {
   const VitConfig& c = model_.config;
-  engine::check_same_dims(patches.dims(), {patches.dim(0), c.num_patches(), c.patch_dim()},
-                          "VitInference", "patches");
+  engine::check_same_dims(patches.dims(), c.input_dims(patches.dims().empty() ? 0 : patches.dim(0)),
+                          "VitInference", c.conv_stem() ? "images" : "patches");
   const int64_t B = patches.dim(0), K = c.num_outputs();
   engine::require(B > 0, "VitInference: an empty batch");
   const int64_t per_image = patches.numel() / B;
@@ -54,7 +54,7 @@ const Tensor& VitInference::forward(Context& ctx, const Tensor& patches) {
     float* input = patches.data() + b * per_image;
     if (rows > n) {  // the images, then zeros: the padding rows' logits are never read
       if (staged_.empty() || staged_.numel() < rows * per_image)
-        staged_ = Tensor(ctx.eng, {rows, c.num_patches(), c.patch_dim()});
+        staged_ = Tensor(ctx.eng, c.input_dims(rows));
       std::copy_n(input, n * per_image, staged_.data());
       std::fill_n(staged_.data() + n * per_image, (rows - n) * per_image, 0.0f);
       input = staged_.data();

@@ -41,6 +41,7 @@ void VisionTransformer::begin_step(int64_t step) {
 void VisionTransformer::train(bool on) {
   const bool backbone = on && !frozen_backbone_;  // frozen features are computed as in eval
   pos_drop_.training = backbone;
+  patch_embed_.train(backbone);
   for (auto& b : blocks_) b->train(backbone);
   head_.train(on);
 }
@@ -80,9 +81,6 @@ void VisionTransformer::init_weights(Context& ctx) {
 }
 
 const Tensor& VisionTransformer::forward_features(Context& ctx, const Tensor& patches) {
-  engine::check_same_dims(patches.dims(),
-                          {patches.dim(0), config.num_patches(), config.patch_dim()},
-                          "VisionTransformer", "patches");
   const Tensor* x = &pos_drop_.forward(ctx, pos_.forward(ctx, patch_embed_.forward(ctx, patches)));
   if (norm_pre_) x = &norm_pre_->forward(ctx, *x);
   for (auto& block : blocks_) x = &block->forward(ctx, *x);

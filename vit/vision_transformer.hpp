@@ -22,7 +22,7 @@ class VisionTransformer {
  public:
   VisionTransformer(ParameterStore& store, const VitConfig& config);
 
-  // patches [B, L, C·P·P] -> logits [B, K].
+  // patches [B, L, C·P·P] (with a conv stem, images [B, C, H, W]) -> logits [B, K].
   const Tensor& forward(Context& ctx, const Tensor& patches);
   const Tensor& forward_features(Context& ctx, const Tensor& patches);  // -> [B, N, D]
   const Tensor& forward_head(Context& ctx, const Tensor& features);     // -> [B, K]
