@@ -25,4 +25,16 @@ void Reorder::operator()(Context& ctx, const View& src, const View& dst) {
   p.prim.execute(ctx.strm, p.src, p.dst);
 }
 
+const Tensor& ToNhwc::operator()(Context& ctx, const Tensor& nchw) {
+  require(nchw.dims().size() == 4,
+          "ToNhwc: images have shape " + to_string(nchw.dims()) + ", expected [B, C, H, W]");
+  const int64_t B = nchw.dim(0), C = nchw.dim(1), H = nchw.dim(2), W = nchw.dim(3);
+  if (C == 1) return view_ = nchw.reshaped({B, H, W, 1});
+  Tensor& nhwc = buffers_.get(nchw.dims(), [&] {
+    return std::make_unique<Tensor>(ctx.eng, Dims{B, H, W, C});
+  });
+  transpose_(ctx, View{nchw.data(), {B, H, W, C}, {C * H * W, W, 1, H * W}}, nhwc.as_view());
+  return nhwc;
+}
+
 }  // namespace engine

@@ -25,4 +25,17 @@ class Reorder {
   PlanCache<Plan> plans_;
 };
 
+// Images [B, C, H, W] (torch's NCHW) as channels-last [B, H, W, C] for the NHWC convolutions:
+// one channel is the same bytes (a view), more are transposed into a buffer kept per shape.
+// The result stays valid until the next call.
+class ToNhwc {
+ public:
+  const Tensor& operator()(Context& ctx, const Tensor& nchw);
+
+ private:
+  Reorder transpose_;
+  PlanCache<Tensor> buffers_;
+  Tensor view_;
+};
+
 }  // namespace engine

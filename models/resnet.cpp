@@ -205,14 +205,7 @@ const Tensor& ResNet::forward(Context& ctx, const Tensor& input) {
   const int64_t C = config_.in_chans, S = config_.img_size;
   engine::check_same_dims(input.dims(), {B, C, S, S}, "ResNet", "input");
   // The image comes as [B, C, H, W]; one channel is already NHWC, more are transposed once.
-  Tensor& x_nhwc = nhwc_input_.get(input.dims(), [&] {
-    return std::make_unique<Tensor>(C == 1 ? Tensor() : Tensor(ctx.eng, {B, S, S, C}));
-  });
-  const Tensor x_view = C == 1 ? input.reshaped({B, S, S, 1}) : x_nhwc.reshaped({B, S, S, C});
-  if (C > 1)
-    to_nhwc_(ctx, engine::View{input.data(), {B, S, S, C}, {C * S * S, S, 1, S * S}},
-             x_nhwc.as_view());
-  const Tensor* x = &bn1_.forward(ctx, conv1_.forward(ctx, x_view));  // ReLU fused
+  const Tensor* x = &bn1_.forward(ctx, conv1_.forward(ctx, to_nhwc_(ctx, input)));  // ReLU fused
   for (auto& block : blocks_) x = &block->forward(ctx, *x);
   features_ = x;
   return forward_head(ctx, *x);

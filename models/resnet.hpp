@@ -116,8 +116,7 @@ class ResNet : public engine::Model {
   std::vector<std::unique_ptr<BasicBlock>> blocks_;  // layer1.0, layer1.1, ..., in order
   engine::GlobalAvgPool2d avgpool_{engine::Layout::nhwc};
   engine::Linear fc_;
-  engine::Reorder to_nhwc_;
-  engine::PlanCache<Tensor> nhwc_input_;
+  engine::ToNhwc to_nhwc_;
   const Tensor* features_ = nullptr;
 };
 

@@ -18,6 +18,11 @@ using namespace vit;
 
 namespace {
 
+// Evaluation mode: the layers, the fused path (f32, and bf16 where the CPU has it) against the
+// fixture's logits. The model's input is the patches cut with OpenCV, or with a conv stem
+// (torchvision's conv_stem_configs) the images themselves; a stem's fixture also checks training
+// mode: batch statistics, every parameter's gradient of sum(logits · cotangent), and the
+// running statistics after that pass.
 void check_fixture(const std::string& file_name) {
   CAPTURE(file_name);
   const engine::SafetensorsFile file(std::string(VIT_FIXTURES) + "/" + file_name);
@@ -26,65 +31,40 @@ void check_fixture(const std::string& file_name) {
   ParameterStore store;
   VisionTransformer model(store, config);
   store.allocate(ctx.eng);
-  engine::load_state_dict(store, file, /*strict=*/true, {"input", "logits"});
+  engine::load_state_dict(store, file, /*strict=*/true,
+                          {"input", "logits", "logits_train", "cotangent", "grad.", "after."});
   model.train(false);
 
-  const auto& in = file.entries().at("input");
-  const int64_t n = in.shape[0], C = config.in_chans, S = config.img_size;
-  std::vector<float> images(n * C * S * S);
-  file.read_f32("input", {n, C, S, S}, images.data());
-  std::vector<float> want(n * config.num_classes);
-  file.read_f32("logits", {n, config.num_classes}, want.data());
+  const int64_t n = file.entries().at("input").shape[0], C = config.in_chans, S = config.img_size,
+                K = config.num_classes;
+  Tensor images(ctx.eng, {n, C, S, S});
+  file.read_f32("input", images.dims(), images.data());
+  std::vector<float> want(n * K);
+  file.read_f32("logits", {n, K}, want.data());
 
-  const Tensor patches = check::patches_from_nchw(ctx, images.data(), n, C, S, config.patch_size);
-  const Tensor& layers = model.forward(ctx, patches);
+  Tensor patches;
+  if (!config.conv_stem())
+    patches = check::patches_from_nchw(ctx, images.data(), n, C, S, config.patch_size);
+  const Tensor& input = config.conv_stem() ? images : patches;
+  const Tensor& layers = model.forward(ctx, input);
   ctx.wait();
   check::check_close_to_largest(layers, want, "layers");
   // The fused inference path, on the same weights.
   VitInference fused(model, store, engine::Precision::f32);
-  const Tensor& fused_logits = fused.forward(ctx, patches);
+  const Tensor& fused_logits = fused.forward(ctx, input);
   ctx.wait();
   check::check_close_to_largest(fused_logits, want, "fused f32");
   if (engine::precision_supported(engine::Precision::bf16)) {
     VitInference fused_bf16(model, store, engine::Precision::bf16);
-    const Tensor& bf16_logits = fused_bf16.forward(ctx, patches);
+    const Tensor& bf16_logits = fused_bf16.forward(ctx, input);
     ctx.wait();
     check::check_close_to_largest(bf16_logits, want, "fused bf16", 2e-2);
   } else {
     MESSAGE("bf16 skipped: this CPU has no AVX-512");
   }
-}
+  if (!config.conv_stem()) return;
 
-// A ViT with a conv stem (torchvision's conv_stem_configs): its input is the images themselves.
-// Evaluation (running statistics; layers and fused path), then training mode: batch statistics,
-// every parameter's gradient of sum(logits · cotangent), and the running statistics after.
-void check_conv_stem_fixture(const std::string& file_name) {
-  CAPTURE(file_name);
-  const engine::SafetensorsFile file(std::string(VIT_FIXTURES) + "/" + file_name);
-  const VitConfig config = nlohmann::json::parse(file.metadata().at("config")).get<VitConfig>();
-  REQUIRE(config.conv_stem());
-  Context ctx(0);
-  ParameterStore store;
-  VisionTransformer model(store, config);
-  store.allocate(ctx.eng);
   store.allocate_training(ctx.eng);
-  engine::load_state_dict(store, file, /*strict=*/true,
-                          {"input", "logits", "logits_train", "cotangent", "grad.", "after."});
-  const int64_t n = file.entries().at("input").shape[0], K = config.num_classes;
-  Tensor images(ctx.eng, config.input_dims(n));
-  file.read_f32("input", images.dims(), images.data());
-  std::vector<float> want(n * K);
-
-  file.read_f32("logits", {n, K}, want.data());
-  model.train(false);
-  const Tensor& layers = model.forward(ctx, images);
-  ctx.wait();
-  check::check_close_to_largest(layers, want, "layers, evaluation mode");
-  VitInference fused(model, store, engine::Precision::f32);
-  const Tensor& fused_logits = fused.forward(ctx, images);
-  ctx.wait();
-  check::check_close_to_largest(fused_logits, want, "fused f32");
-
   model.train(true);
   file.read_f32("logits_train", {n, K}, want.data());
   const Tensor& train_logits = model.forward(ctx, images);
@@ -161,9 +141,9 @@ TEST_CASE("ViT forward equals torchvision's VisionTransformer (grayscale, 28x28,
 }
 
 TEST_CASE("ViT with a conv stem equals torchvision's conv_stem_configs (RGB, 3 stages)") {
-  check_conv_stem_fixture("torchvision_vit_convstem_rgb.safetensors");
+  check_fixture("torchvision_vit_convstem_rgb.safetensors");
 }
 
 TEST_CASE("ViT with a conv stem equals torchvision's conv_stem_configs (grayscale, 28x28)") {
-  check_conv_stem_fixture("torchvision_vit_convstem_gray.safetensors");
+  check_fixture("torchvision_vit_convstem_gray.safetensors");
 }

@@ -60,20 +60,7 @@ const Tensor& PatchEmbed::forward(Context& ctx, const Tensor& input) {
   engine::check_same_dims(input.dims(), config.input_dims(B), "PatchEmbed",
                           config.conv_stem() ? "images" : "patches");
   if (!config.conv_stem()) return proj.forward(ctx, input);
-  const int64_t C = config.in_chans, S = config.img_size;
-  // The image comes as [B, C, H, W]; one channel is already NHWC, more are transposed once.
-  const Tensor* x = nullptr;
-  Tensor one_channel;
-  if (C == 1) {
-    one_channel = input.reshaped({B, S, S, 1});
-    x = &one_channel;
-  } else {
-    Tensor& nhwc = nhwc_.get(input.dims(), [&] {
-      return std::make_unique<Tensor>(ctx.eng, Dims{B, S, S, C});
-    });
-    to_nhwc_(ctx, View{input.data(), {B, S, S, C}, {C * S * S, S, 1, S * S}}, nhwc.as_view());
-    x = &nhwc;
-  }
+  const Tensor* x = &to_nhwc_(ctx, input);
   for (auto& s : backbone) x = &s->bn.forward(ctx, s->conv.forward(ctx, *x));  // ReLU fused
   return proj.forward(ctx, x->reshaped({B, config.num_patches(), x->dim(3)}));
 }
@@ -107,16 +94,21 @@ std::unique_ptr<PatchEmbed::Fused> PatchEmbed::fused(FusedBuild& f, const memory
   const memory::data_type f32 = memory::data_type::f32;
   auto p = std::make_unique<Fused>();
   p->out = out;
-  if (!config.conv_stem()) {
-    p->input =
-        memory(engine::fused_desc({rows, proj.in_features}, f32), f.ctx.eng, DNNL_MEMORY_NONE);
-    p->input_low = p->input;
+  // The matmul's f32 input [B·L, in]: the patches, or the stem's last map [B, h, w, C], which is
+  // [B·L, C] row-major; in bf16 a copy.
+  auto project = [&](const memory& map) {
+    p->input_low = map;
     if (f.bf16()) {
       p->input_low =
           f.buffer("patch_embed.input", engine::fused_desc({rows, proj.in_features}, f.low()));
-      p->to_low = dnnl::reorder(p->input, p->input_low);
+      p->to_low = dnnl::reorder(map, p->input_low);
     }
     p->proj = proj.fused(f, p->input_low.get_desc(), out.get_desc());
+  };
+  if (!config.conv_stem()) {
+    p->input =
+        memory(engine::fused_desc({rows, proj.in_features}, f32), f.ctx.eng, DNNL_MEMORY_NONE);
+    project(p->input);
     return p;
   }
   const int64_t B = f.images, C = config.in_chans, S = config.img_size;
@@ -179,15 +171,7 @@ std::unique_ptr<PatchEmbed::Fused> PatchEmbed::fused(FusedBuild& f, const memory
     p->stages.push_back(std::move(st));
     in = out_c;
   }
-  // The last map [B, h, w, C] is [B·L, C] row-major: the 1×1 convolution's matmul input.
-  const memory::desc map_md = engine::fused_desc({rows, in}, f32);
-  p->input_low = memory(map_md, f.ctx.eng, x.get_data_handle());
-  if (f.bf16()) {
-    const memory map = p->input_low;
-    p->input_low = f.buffer("patch_embed.input", engine::fused_desc({rows, in}, f.low()));
-    p->to_low = dnnl::reorder(map, p->input_low);
-  }
-  p->proj = proj.fused(f, p->input_low.get_desc(), out.get_desc());
+  project(memory(engine::fused_desc({rows, in}, f32), f.ctx.eng, x.get_data_handle()));
   return p;
 }
 

@@ -63,8 +63,7 @@ struct PatchEmbed {
   std::unique_ptr<Fused> fused(FusedBuild& f, const dnnl::memory& out) const;
 
  private:
-  engine::Reorder to_nhwc_;  // a stem's input on more than one channel
-  engine::PlanCache<Tensor> nhwc_;
+  engine::ToNhwc to_nhwc_;  // the stem's input
 };
 
 }  // namespace vit
