@@ -5,6 +5,7 @@
 
 #include <opencv2/imgproc.hpp>
 
+#include "datasets/trivial_augment.hpp"
 #include "engine/error.hpp"
 
 namespace datasets {
@@ -15,6 +16,8 @@ void Augment::validate() const {
   require(crop == "none" || crop == "pad" || crop == "rrc" || crop == "auto",
           "--crop must be auto, none, pad or rrc, got '" + crop + "'");
   require(pad >= 0, "--pad must not be negative");
+  require(auto_augment == "none" || auto_augment == "ta_wide",
+          "--auto-augment must be none or ta_wide, got '" + auto_augment + "'");
   require(rrc_scale_min > 0.0 && rrc_scale_min <= 1.0, "--rrc-scale-min must be in (0, 1]");
   for (auto [v, flag] : {std::pair{hflip, "hflip"},
                          {random_erase, "random-erase"},
@@ -72,6 +75,7 @@ cv::Mat augment_image(const cv::Mat& image, const Augment& a, std::mt19937_64& r
     cv::flip(out, flipped, 1);
     out = flipped;
   }
+  if (a.auto_augment == "ta_wide") out = trivial_augment(out, rng);
   return out;
 }
 

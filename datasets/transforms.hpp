@@ -1,6 +1,6 @@
 // Training augmentation, all drawn from a generator the caller seeds: random resized crop or
-// pad-and-crop, horizontal flip, random erasing (per image), mixup and cutmix (per batch, as
-// soft targets), following timm's transforms_factory and mixup.
+// pad-and-crop, horizontal flip, TrivialAugment, random erasing (per image), mixup and cutmix (per
+// batch, as soft targets), following timm's transforms_factory and mixup.
 #pragma once
 
 #include <cstdint>
@@ -20,11 +20,14 @@ struct Augment {
   int64_t pad = 4;
   double rrc_scale_min = 0.08;  // random resized crop: area fraction in [min, 1], ratio 3/4..4/3
   double hflip = 0.0;           // probability; 0 for data where a mirror image is another class
-  double random_erase = 0.0;    // probability of erasing one rectangle with normal noise
-  double mixup_alpha = 0.0;     // Beta(α, α) mixing of image pairs; 0 disables
-  double cutmix_alpha = 0.0;    // Beta(α, α) box pasted from another image; 0 disables
-  double mix_prob = 1.0;        // probability that a batch is mixed at all
-  double switch_prob = 0.5;     // with both enabled, the chance of cutmix over mixup
+  // "none" or "ta_wide" (TrivialAugmentWide, after the crop and flip; torchvision's reference
+  // scripts' name for it).
+  std::string auto_augment = "none";
+  double random_erase = 0.0;  // probability of erasing one rectangle with normal noise
+  double mixup_alpha = 0.0;   // Beta(α, α) mixing of image pairs; 0 disables
+  double cutmix_alpha = 0.0;  // Beta(α, α) box pasted from another image; 0 disables
+  double mix_prob = 1.0;      // probability that a batch is mixed at all
+  double switch_prob = 0.5;   // with both enabled, the chance of cutmix over mixup
 
   bool mixes() const { return mixup_alpha > 0.0 || cutmix_alpha > 0.0; }
   void validate() const;

@@ -66,6 +66,7 @@ void to_json(nlohmann::json& j, const TrainConfig& c) {
          {"pad", c.augment.pad},
          {"rrc_scale_min", c.augment.rrc_scale_min},
          {"hflip", c.augment.hflip},
+         {"auto_augment", c.augment.auto_augment},
          {"random_erase", c.augment.random_erase},
          {"mixup_alpha", c.augment.mixup_alpha},
          {"cutmix_alpha", c.augment.cutmix_alpha},
@@ -101,6 +102,7 @@ void from_json(const nlohmann::json& j, TrainConfig& c) {
   c.augment.pad = field_int(a, "pad");
   c.augment.rrc_scale_min = number(a, "rrc_scale_min");
   c.augment.hflip = number(a, "hflip");
+  c.augment.auto_augment = engine::json_string(a, "auto_augment", "none");  // absent before it
   c.augment.random_erase = number(a, "random_erase");
   c.augment.mixup_alpha = number(a, "mixup_alpha");
   c.augment.cutmix_alpha = number(a, "cutmix_alpha");

@@ -188,6 +188,13 @@ run "--crop auto --pad 0" 0 "" -- train --data "$data/train" "${auto[@]}" --crop
   --epochs 1 --out "$tmp/pad.safetensors"
 run "--crop bad" 1 "--crop must be auto, none, pad or rrc, got 'big'" -- train --data "$data/train" \
   "${auto[@]}" --crop big --out "$tmp/pad.safetensors"
+run "--auto-augment ta_wide" 0 "" -- train --data "$data/train" "${auto[@]}" --auto-augment ta_wide \
+  --epochs 1 --out "$tmp/ta.safetensors"
+metadata_ok "$tmp/ta.safetensors" "
+a = json.loads(m['train_config'])['augment']
+assert a['auto_augment'] == 'ta_wide', a" && ok || fail "the model's recipe does not name ta_wide"
+run "--auto-augment bad" 1 "--auto-augment must be none or ta_wide, got 'rand'" -- train \
+  --data "$data/train" "${auto[@]}" --auto-augment rand --out "$tmp/ta.safetensors"
 run "resume: the same flags again" 0 "" -- train --data "$data/train" --resume "$tmp/b.ckpt.safetensors" \
   "${small[@]}" --epochs 4 --out "$tmp/c.safetensors"
 # The folder changed under the checkpoint: other images, or another number of batches per epoch.

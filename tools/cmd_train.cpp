@@ -53,6 +53,7 @@ const RecipeFlag kRecipeFlags[] = {
     {"crop", "crop", "augment"},
     {"pad", "pad", "augment"},
     {"hflip", "hflip", "augment"},
+    {"auto-augment", "auto_augment", "augment"},
     {"random-erase", "random_erase", "augment"},
     {"mixup", "mixup_alpha", "augment"},
     {"cutmix", "cutmix_alpha", "augment"},
@@ -219,6 +220,8 @@ int run_train(const std::vector<std::string>& args) {
   add_recipe("pad", po::value<int64_t>()->default_value(4),
              "padding of the pad crop (given alone: --crop pad; with auto: its largest)");
   add_recipe("hflip", po::value<double>()->default_value(0.0), "horizontal flip probability");
+  add_recipe("auto-augment", po::value<std::string>()->default_value("none"),
+             "none or ta_wide (TrivialAugmentWide: one of 14 operations at a random magnitude)");
   add_recipe("random-erase", po::value<double>()->default_value(0.0), "random erasing probability");
   add_recipe("mixup", po::value<double>()->default_value(0.0), "mixup alpha (0: off)");
   add_recipe("cutmix", po::value<double>()->default_value(0.0), "cutmix alpha (0: off)");
