@@ -89,8 +89,9 @@ bool Explainer::needs_training_store(const engine::Model& model) {
 std::string Explainer::pooling_note(const engine::Model& model) {
   const VitModel* vm = dynamic_cast<const VitModel*>(&model);
   if (!vm || vm->net.config.global_pool == "token") return "";
-  return "the model pools the patch tokens by their mean (no cls token read): the map is the "
-         "mean over the patch queries";
+  return std::string("the model pools the patch tokens by ") +
+         (vm->net.config.global_pool == "seq" ? "learned weights (SeqPool)" : "their mean") +
+         " (no cls token read): the map is the mean over the patch queries";
 }
 
 Explainer::Explainer(Context& ctx, engine::Model& model, ExplainOptions options)

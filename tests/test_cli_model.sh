@@ -287,6 +287,31 @@ run "stem lists not integers" 2 "--stem-channels: '8,x' is not a comma-separated
 run "stem on a CNN" 2 "--stem-channels does not apply to cnn_resnet8_fmnist" -- \
   train --data "$data/train" "${cnn[@]}" --stem-channels 8
 
+# --- CCT's sequence pooling: no cls token, attention_pool in the file, eval and explain -------
+run "train a SeqPool ViT" 0 "" -- train --data "$data/train" --val-data "$data/val" "${small[@]}" \
+  --global-pool seq --class-token false --epochs 6 --out "$tmp/seq.safetensors"
+run "eval the SeqPool ViT" 0 "" -- eval --model "$tmp/seq.safetensors" --data "$data/val" --json
+cp "$tmp/out" "$tmp/seq.json"
+top1=$(json_field "$tmp/seq.json" "['top1']")
+python3 -c "import sys; sys.exit(0 if float('$top1') >= 0.9 else 1)" && ok || fail "SeqPool validation top-1 $top1 < 0.9"
+python3 - "$tmp/seq.safetensors" <<'PY' && ok || fail "the SeqPool file's config or tensors"
+import json, struct, sys
+blob = open(sys.argv[1], "rb").read()
+header = json.loads(blob[8:8 + struct.unpack("<Q", blob[:8])[0]])
+c = json.loads(header["__metadata__"]["config"])
+assert c["global_pool"] == "seq" and c["class_token"] is False, c
+assert header["attention_pool.weight"]["shape"] == [1, 32], header["attention_pool.weight"]
+assert "cls_token" not in header
+PY
+run "explain the SeqPool ViT" 0 "learned weights \\(SeqPool\\)" -- explain --model "$tmp/seq.safetensors" \
+  --out "$tmp/seq_explain" "$data/val/vertical/001.png"
+run "--global-pool bad" 1 "--global-pool must be token, avg or seq, got 'max'" -- train \
+  --data "$data/train" "${small[@]}" --global-pool max --out "$tmp/seq_bad.safetensors"
+run "--global-pool token without the cls token" 1 "--global-pool token needs the class token" -- \
+  train --data "$data/train" "${small[@]}" --class-token false --out "$tmp/seq_bad.safetensors"
+run "--global-pool on a CNN" 2 "--global-pool does not apply to cnn_resnet8_fmnist" -- \
+  train --data "$data/train" "${cnn[@]}" --global-pool seq
+
 # --- vit folder: the folder as vit train reads it, the one list tools/compare.py uses ----------
 run "folder" 0 "" -- folder "$data/train"
 python3 - "$tmp/out" <<'PY' && ok || fail "vit folder: wrong classes or counts"

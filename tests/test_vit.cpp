@@ -371,6 +371,12 @@ std::vector<VitConfig> variant_configs() {
   c = tiny_config();
   c.num_classes = 0, c.reg_tokens = 1, c.init_values = 1.0;
   out.push_back(c);  // no head: the pooled features
+  c = tiny_config();
+  c.class_token = false, c.global_pool = "seq";
+  out.push_back(c);  // CCT's sequence pooling, no cls token
+  c = tiny_config();
+  c.reg_tokens = 1, c.global_pool = "seq", c.fc_norm = true;
+  out.push_back(c);  // SeqPool over the patch rows only, then fc_norm
   return out;
 }
 
@@ -396,6 +402,7 @@ TEST_CASE(
     CHECK((store.find("dist_token") != nullptr) == c.distilled);
     CHECK((store.find("head_dist.weight") != nullptr) == c.distilled);
     CHECK((store.find("head.weight") != nullptr) == (c.num_classes > 0));
+    CHECK((store.find("attention_pool.weight") != nullptr) == (c.global_pool == "seq"));
     if (c.init_values > 0) {  // LayerScale starts at init_values
       model.init_weights(ctx);
       CHECK(store["blocks.0.ls1.gamma"].value[3] == float(c.init_values));
@@ -565,7 +572,8 @@ TEST_CASE("VitConfig: every key to_json writes is read back, unknown keys are re
   CHECK_FALSE(nlohmann::json(tiny_config()).contains("attn_layer"));
   c = tiny_config();
   c.class_token = false;
-  CHECK_THROWS_WITH_AS(c.validate(), "--global-pool token needs the class token (or pool by avg)",
+  CHECK_THROWS_WITH_AS(c.validate(),
+                       "--global-pool token needs the class token (or pool by avg or seq)",
                        engine::Error);
   c = tiny_config();
   c.attn_layer = "nope";

@@ -113,6 +113,10 @@ po::options_description model_options(const std::string& default_model) {
   add("drop-rate", po::value<double>(), "dropout");
   add("attn-drop-rate", po::value<double>(), "attention dropout");
   add("drop-path-rate", po::value<double>(), "stochastic depth");
+  add("global-pool", po::value<std::string>(),
+      "what a ViT's head reads: token (the cls token), avg (the patch tokens' mean) or seq "
+      "(CCT's sequence pooling: the patch tokens weighted by a learned softmax)");
+  add("class-token", po::value<bool>(), "a ViT's cls token: true or false (pool by avg or seq)");
   add("stem-channels", po::value<std::string>(),
       "a ViT's convolutional stem: the 3×3 stages' channels, e.g. 32,64 (none: patches)");
   add("stem-strides", po::value<std::string>(),
@@ -142,6 +146,8 @@ nlohmann::json model_config(const po::variables_map& vm, const models::Preset& p
     apply(flag, int64_t{});
   for (const char* flag : {"mlp-ratio", "drop-rate", "attn-drop-rate", "drop-path-rate"})
     apply(flag, double{});
+  apply("global-pool", std::string{});
+  apply("class-token", bool{});
   for (const char* flag : {"stem-channels", "stem-strides"}) {
     if (!vm.count(flag)) continue;
     if (preset.arch != "vit")

@@ -69,10 +69,10 @@ void VitConfig::validate() const {
                                       " patches, more than the limit of 65536");
   require(reg_tokens >= 0 && reg_tokens <= 64,
           "--reg-tokens must be in [0, 64], got " + std::to_string(reg_tokens));
-  require(global_pool == "token" || global_pool == "avg",
-          "--global-pool must be token or avg, got '" + global_pool + "'");
+  require(global_pool == "token" || global_pool == "avg" || global_pool == "seq",
+          "--global-pool must be token, avg or seq, got '" + global_pool + "'");
   require(class_token || global_pool != "token",
-          "--global-pool token needs the class token (or pool by avg)");
+          "--global-pool token needs the class token (or pool by avg or seq)");
   require(attention_registered(attn_layer), "--attn-layer: no attention named '" + attn_layer +
                                                 "' (known: " + attention_names() + ")");
   require(
@@ -171,7 +171,8 @@ double VitConfig::flops_per_image() const {
   }
   const double mlp = N * 2 * D * F;  // multiply-adds; attention_flops counts ×2 already
   const double heads = distilled ? 2.0 : 1.0;
-  return 2.0 * (patch + double(depth) * mlp + heads * D * double(num_classes)) +
+  const double seq_pool = global_pool == "seq" ? 2 * L * D : 0.0;  // the scores, the weighted sum
+  return 2.0 * (patch + double(depth) * mlp + heads * D * double(num_classes) + seq_pool) +
          double(depth) * attention_flops(*this);
 }
 

@@ -54,13 +54,14 @@ int64_t VisionTransformer::layer_id(const std::string& name) const {
   for (const char* stem :
        {"cls_token", "reg_token", "dist_token", "pos_embed", "patch_embed.", "norm_pre."})
     if (name.starts_with(stem)) return 0;
-  return config.depth + 1;  // norm, fc_norm, head, head_dist
+  return config.depth + 1;  // norm, fc_norm, attention_pool, head, head_dist
 }
 
 void VisionTransformer::freeze_backbone(ParameterStore& store) {
   for (engine::Parameter& p : store.parameters()) {
     const bool head = p.name.starts_with("head.") || p.name.starts_with("head_dist.") ||
-                      p.name.starts_with("norm.") || p.name.starts_with("fc_norm.");
+                      p.name.starts_with("norm.") || p.name.starts_with("fc_norm.") ||
+                      p.name.starts_with("attention_pool.");
     if (!head) p.trainable = false;
   }
   frozen_backbone_ = true;
