@@ -44,13 +44,20 @@ std::unique_ptr<engine::Model> make_model(const std::string& arch, const nlohman
   return model;
 }
 
+// Each preset's own training recipe (Preset::recipe), where one has been chosen.
+static std::string recipe_of(const std::string& preset) {
+  static const std::map<std::string, std::string> recipes = {};
+  const auto r = recipes.find(preset);
+  return r == recipes.end() ? "" : r->second;
+}
+
 const std::vector<Preset>& presets() {
   static const std::vector<Preset> table = [] {
     std::vector<Preset> t;
     for (const vit::VitPreset& p : vit::vit_presets())
-      t.push_back({p.name, "vit", p.description, p.config});
+      t.push_back({p.name, "vit", p.description, p.config, recipe_of(p.name)});
     for (const ResNetPreset& p : resnet_presets())
-      t.push_back({p.name, "resnet", p.description, p.config});
+      t.push_back({p.name, "resnet", p.description, p.config, recipe_of(p.name)});
     return t;
   }();
   return table;

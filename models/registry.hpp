@@ -31,6 +31,10 @@ std::unique_ptr<engine::Model> make_model(const std::string& arch, const nlohman
 struct Preset {
   std::string name, arch, description;
   nlohmann::json config;  // the architecture's own config
+  // The recipe vit train uses for this preset where the command line gives no flag: vit train
+  // flags as typed ("--epochs 18 --opt sgd ..."), recipe flags only; chosen on a validation
+  // split (README, "Results on Fashion-MNIST"). Empty: the flags' own defaults.
+  std::string recipe;
 };
 const std::vector<Preset>& presets();
 const Preset& preset(const std::string& name);  // throws listing the known names

@@ -243,6 +243,16 @@ run "CNN 4 epochs" 0 "" -- train --data "$data/train" "${cnn[@]}" --epochs 4 --o
   fail "resumed CNN differs (batch-norm running statistics?)"
 run "ViT flag on a CNN" 2 "--patch-size does not apply to cnn_resnet8_fmnist" -- train --data "$data/train" \
   "${cnn[@]}" --patch-size 4
+run "a ResNet's widths and depths" 0 "" -- train --data "$data/train" "${cnn[@]}" --widths 8,16,32 \
+  --depths 1,2,1 --epochs 1 --out "$tmp/cnn_wd.safetensors"
+metadata_ok "$tmp/cnn_wd.safetensors" "
+c = json.loads(m['config'])
+assert c['widths'] == [8, 16, 32] and c['depths'] == [1, 2, 1], c" && ok ||
+  fail "--widths/--depths did not reach the model's config"
+run "--widths on a ViT" 2 "--widths does not apply to vit_fmnist_patch4" -- train --data "$data/train" \
+  "${small[@]}" --widths 8,16
+run "--widths not integers" 2 "--widths: '8,a' is not a comma-separated list" -- train \
+  --data "$data/train" "${cnn[@]}" --widths 8,a
 
 # --- a ViT with a convolutional stem: whole images in, timm's ConvStem names, exact resume ---
 stem=("${small[@]}" --stem-channels 8,16 --stem-strides 2,2)

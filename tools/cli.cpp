@@ -117,6 +117,8 @@ po::options_description model_options(const std::string& default_model) {
       "what a ViT's head reads: token (the cls token), avg (the patch tokens' mean) or seq "
       "(CCT's sequence pooling: the patch tokens weighted by a learned softmax)");
   add("class-token", po::value<bool>(), "a ViT's cls token: true or false (pool by avg or seq)");
+  add("widths", po::value<std::string>(), "a ResNet's stage widths, e.g. 32,64,128");
+  add("depths", po::value<std::string>(), "a ResNet's blocks per stage, e.g. 1,1,1");
   add("stem-channels", po::value<std::string>(),
       "a ViT's convolutional stem: the 3×3 stages' channels, e.g. 32,64 (none: patches)");
   add("stem-strides", po::value<std::string>(),
@@ -148,6 +150,13 @@ nlohmann::json model_config(const po::variables_map& vm, const models::Preset& p
     apply(flag, double{});
   apply("global-pool", std::string{});
   apply("class-token", bool{});
+  for (const char* flag : {"widths", "depths"})
+    if (vm.count(flag)) {
+      if (!preset.config.contains(flag))
+        throw UsageError(command + ": --" + flag + " does not apply to " + preset.name + " (a " +
+                         preset.arch + " model)");
+      config[flag] = parse_ints(vm[flag].as<std::string>(), flag);
+    }
   for (const char* flag : {"stem-channels", "stem-strides"}) {
     if (!vm.count(flag)) continue;
     if (preset.arch != "vit")

@@ -48,13 +48,15 @@ int run_models(const std::vector<std::string>& args) {
                                 {"parameters", model->store.num_trainable()},
                                 {"flops_per_image", model->flops_per_image()},
                                 {"description", p.description},
-                                {"config", p.config}};
+                                {"config", p.config},
+                                {"recipe", p.recipe}};
       std::cout << j.dump() << "\n";
       continue;
     }
     std::printf("%-24s %-6s %7.2fM params %8.3f GFLOP/image  %s\n", p.name.c_str(), p.arch.c_str(),
                 double(model->store.num_trainable()) / 1e6, model->flops_per_image() / 1e9,
                 p.description.c_str());
+    if (!p.recipe.empty()) std::printf("%-24s recipe: %s\n", "", p.recipe.c_str());
   }
   return 0;
 }

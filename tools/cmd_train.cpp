@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <iostream>
 #include <numeric>
+#include <optional>
+#include <sstream>
 
 #include "datasets/image_folder.hpp"
 #include "datasets/loader.hpp"
@@ -79,11 +81,19 @@ bool given(const po::variables_map& vm, const char* flag) {
   return vm.count(flag) && !vm[flag].defaulted();
 }
 
-models::TrainConfig recipe_from_flags(const po::variables_map& vm) {
+// The recipe: each flag as given, else as the preset's recipe gives it (`preset`, parsed from
+// Preset::recipe; null for a resumed or fine-tuned run), else its default.
+models::TrainConfig recipe_from_flags(const po::variables_map& vm,
+                                      const po::variables_map* preset = nullptr) {
+  const auto in_preset = [&](const char* flag) { return preset && given(*preset, flag); };
   nlohmann::json j = models::TrainConfig{};
-  for (const RecipeFlag& f : kRecipeFlags) slot(j, f) = flag_json(vm[f.flag]);
-  // --pad 2 alone asks for that padding, as before crop "auto" was the default.
-  if (given(vm, "pad") && !given(vm, "crop")) j["augment"]["crop"] = "pad";
+  for (const RecipeFlag& f : kRecipeFlags)
+    slot(j, f) =
+        flag_json(!given(vm, f.flag) && in_preset(f.flag) ? (*preset)[f.flag] : vm[f.flag]);
+  // --pad 2 alone asks for that padding, as before crop "auto" was the default; so does a
+  // preset's, unless the command line names the padding alone.
+  const bool crop_named = given(vm, "crop") || (in_preset("crop") && !given(vm, "pad"));
+  if (!crop_named && (given(vm, "pad") || in_preset("pad"))) j["augment"]["crop"] = "pad";
   parse_precision_flag(vm, "vit train");  // a usage error before the recipe's own check
   models::TrainConfig recipe = j.get<models::TrainConfig>();
   recipe.validate();
@@ -311,7 +321,24 @@ int run_train(const std::vector<std::string>& args) {
   outputs.stop = &g_stop;
   outputs.stop_after_epochs = vm["stop-after-epochs"].as<int64_t>();
 
-  models::TrainConfig recipe = recipe_from_flags(vm);
+  // A preset trained from scratch brings its own recipe; a resumed run has its checkpoint's,
+  // a fine-tuned one the flags'.
+  const models::Preset& chosen = models::preset(vm["model"].as<std::string>());
+  std::optional<po::variables_map> preset_vm;
+  if (!chosen.recipe.empty() && !vm.count("init") && !vm.count("resume")) {
+    std::vector<std::string> words;
+    std::istringstream in(chosen.recipe);
+    for (std::string w; in >> w;) words.push_back(w);
+    preset_vm = parse(words, recipe_opts);
+    for (const auto& [flag, value] : *preset_vm)
+      if (!value.defaulted() && std::none_of(std::begin(kRecipeFlags), std::end(kRecipeFlags),
+                                             [&](const RecipeFlag& f) { return flag == f.flag; }))
+        throw std::logic_error("the preset " + chosen.name + "'s recipe sets --" + flag +
+                               ", which is not a recipe flag");
+    std::printf("recipe of the preset %s, where no flag is given: %s\n", chosen.name.c_str(),
+                chosen.recipe.c_str());
+  }
+  models::TrainConfig recipe = recipe_from_flags(vm, preset_vm ? &*preset_vm : nullptr);
   const std::string resume = vm.count("resume") ? vm["resume"].as<std::string>() : "";
   engine::Context ctx(recipe.seed, vm["threads"].as<int>());
   const datasets::ImageFolder folder(data.train);
