@@ -46,7 +46,13 @@ std::unique_ptr<engine::Model> make_model(const std::string& arch, const nlohman
 
 // Each preset's own training recipe (Preset::recipe), where one has been chosen.
 static std::string recipe_of(const std::string& preset) {
-  static const std::map<std::string, std::string> recipes = {};
+  static const std::map<std::string, std::string> recipes = {
+      // docs/accuracy/select-cnn18: 18 epochs, 5 000 validation images, seed 0: pad 2 94.24 %,
+      // with --random-erase 0.25 94.24 %, with TrivialAugment 93.08 %: the simplest of the two
+      // best.
+      {"cnn_resnet8_fmnist",
+       "--epochs 18 --opt sgd --lr 0.1 --weight-decay 5e-4 --warmup-epochs 1 --hflip 0.5 --pad 2"},
+  };
   const auto r = recipes.find(preset);
   return r == recipes.end() ? "" : r->second;
 }

@@ -208,9 +208,32 @@ rm "$tmp/moving"/diagonal/0[0-2]*.png
 run "resume on a folder with fewer images" 1 "batches per epoch, the data now gives" \
   -- train --data "$tmp/moving" --resume "$tmp/m.ckpt.safetensors" --no-progress --out "$tmp/m.safetensors"
 
+# --- a preset's own recipe: every flag not given, a given flag over it, a resume keeps its own ---
+run "the CNN preset's recipe" 0 "" -- train --data "$data/train" --model cnn_resnet8_fmnist --img-size 16 \
+  --batch-size 16 --seed 3 --no-progress --epochs 2 --stop-after-epochs 1 --lr 0.05 \
+  --out "$tmp/cnn_recipe.safetensors"
+grep -q "recipe of the preset cnn_resnet8_fmnist, where no flag is given: --epochs" "$tmp/out" && ok ||
+  fail "vit train did not print the preset's recipe"
+metadata_ok "$tmp/cnn_recipe.ckpt.safetensors" "
+r = json.loads(m['train_config'])
+assert r['opt'] == 'sgd' and r['weight_decay'] == 5e-4 and r['augment']['hflip'] == 0.5, r
+assert r['lr'] == 0.05 and r['epochs'] == 2, r  # the flags given
+assert r['augment']['crop'] == 'pad' and r['augment']['pad'] == 2, r  # the preset's --pad alone" &&
+  ok || fail "the CNN preset's recipe is not the one trained"
+run "resume a preset's run" 0 "" -- train --data "$data/train" --resume "$tmp/cnn_recipe.ckpt.safetensors" \
+  --no-progress --out "$tmp/cnn_recipe.safetensors"
+! grep -q "recipe of the preset" "$tmp/out" && ok || fail "a resumed run took the preset's recipe"
+python3 - "$vit" <<'PY' && ok || fail "vit models --json does not show the CNN preset's recipe"
+import json, subprocess, sys
+rows = [json.loads(l) for l in subprocess.check_output([sys.argv[1], "models", "--json"]).splitlines()]
+cnn = next(r for r in rows if r["name"] == "cnn_resnet8_fmnist")
+assert cnn["recipe"].startswith("--epochs "), cnn["recipe"]
+PY
+
 # --- the CNN baseline: same commands, same file format, exact resume -------------------------
+# The flags the preset's own recipe would otherwise set, as the tests were written for AdamW.
 cnn=(--model cnn_resnet8_fmnist --img-size 16 --batch-size 16 --crop none --seed 3 --no-progress
-     --lr 3e-3 --warmup-epochs 0.5)
+     --lr 3e-3 --warmup-epochs 0.5 --opt adamw --weight-decay 0.05 --hflip 0)
 run "train a CNN" 0 "" -- train --data "$data/train" --val-data "$data/val" "${cnn[@]}" --epochs 4 \
   --out "$tmp/cnn.safetensors"
 grep -q "model: resnet" "$tmp/out" && ok || fail "vit train does not name the CNN"
