@@ -135,13 +135,14 @@ po::options_description model_options(const std::string& default_model) {
 nlohmann::json model_config(const po::variables_map& vm, const models::Preset& preset,
                             const std::string& command) {
   nlohmann::json config = preset.config;
+  const auto not_for_preset = [&](const std::string& flag) {
+    return UsageError(command + ": --" + flag + " does not apply to " + preset.name + " (a " +
+                      preset.arch + " model)");
+  };
   auto apply = [&](const char* flag, auto type_tag) {
     if (!vm.count(flag)) return;
-    std::string key = flag;
-    std::replace(key.begin(), key.end(), '-', '_');
-    if (!preset.config.contains(key))
-      throw UsageError(command + ": --" + flag + " does not apply to " + preset.name + " (a " +
-                       preset.arch + " model)");
+    const std::string key = snake(flag);
+    if (!preset.config.contains(key)) throw not_for_preset(flag);
     config[key] = vm[flag].as<decltype(type_tag)>();
   };
   for (const char* flag : {"img-size", "patch-size", "in-chans", "embed-dim", "depth", "num-heads"})
@@ -150,27 +151,20 @@ nlohmann::json model_config(const po::variables_map& vm, const models::Preset& p
     apply(flag, double{});
   apply("global-pool", std::string{});
   apply("class-token", bool{});
-  for (const char* flag : {"widths", "depths"})
-    if (vm.count(flag)) {
-      if (!preset.config.contains(flag))
-        throw UsageError(command + ": --" + flag + " does not apply to " + preset.name + " (a " +
-                         preset.arch + " model)");
-      config[flag] = parse_ints(vm[flag].as<std::string>(), flag);
-    }
-  for (const char* flag : {"stem-channels", "stem-strides"}) {
+  // Lists of integers, each for one architecture (a plain ViT's config has no stem lists).
+  for (auto [flag, arch] : {std::pair{"widths", "resnet"},
+                            {"depths", "resnet"},
+                            {"stem-channels", "vit"},
+                            {"stem-strides", "vit"}}) {
     if (!vm.count(flag)) continue;
-    if (preset.arch != "vit")
-      throw UsageError(command + ": --" + flag + " does not apply to " + preset.name + " (a " +
-                       preset.arch + " model)");
+    if (preset.arch != arch) throw not_for_preset(flag);
     config[snake(flag)] = parse_ints(vm[flag].as<std::string>(), flag);
   }
   if (config.contains("stem_channels") && config["stem_channels"].empty())
     config.erase("stem_channels"), config.erase("stem_strides");  // --stem-channels none
   for (const LabFlag& f : kLabFlags) {
     if (!vm.count(f.flag)) continue;
-    if (preset.arch != "vit")
-      throw UsageError(command + ": --" + f.flag + " does not apply to " + preset.name + " (a " +
-                       preset.arch + " model)");
+    if (preset.arch != "vit") throw not_for_preset(f.flag);
     nlohmann::json value = f.integer ? nlohmann::json(vm[f.flag].as<int64_t>())
                                      : nlohmann::json(vm[f.flag].as<std::string>());
     if (value == "learned") value = "learn";  // timm's name for the learned table
